@@ -1,0 +1,123 @@
+"""Box arithmetic of the cascade: candidates from PNet cells, regression,
+squaring, clipping for crops, and NMS.
+
+All functions are pure and work on numpy or torch arrays alike (through the
+array API), except `nms`, which is numpy; backends bring their own NMS.
+The float32 arithmetic and the +1 conventions follow the reference
+implementation step by step, since that is what makes results match.
+"""
+from __future__ import annotations
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from .pyramid import CELL, STRIDE
+
+
+def cells_to_boxes(ly, lx, scale, score, reg):
+    """Boxes (n, 9) [x1, y1, x2, y2, score, dx1, dy1, dx2, dy2] of PNet cells.
+
+    ly, lx: cell coordinates within their level; scale: the level's scale.
+    Mirrors the reference's generateBoundingBox, in float32.
+    """
+    xp = array_namespace(score)
+    f32 = xp.float32
+    lx = xp.astype(lx, f32)
+    ly = xp.astype(ly, f32)
+    scale = xp.astype(scale, f32)
+    x1 = xp.floor((STRIDE * lx + 1) / scale)
+    y1 = xp.floor((STRIDE * ly + 1) / scale)
+    x2 = xp.floor((STRIDE * lx + CELL) / scale)
+    y2 = xp.floor((STRIDE * ly + CELL) / scale)
+    return xp.concat([xp.stack([x1, y1, x2, y2, xp.astype(score, f32)], axis=1), xp.astype(reg, f32)], axis=1)
+
+
+def apply_pnet_regression(b):
+    """PNet's regression (widths without +1, as in the reference)."""
+    xp = array_namespace(b)
+    w = b[:, 2] - b[:, 0]
+    h = b[:, 3] - b[:, 1]
+    return xp.stack([b[:, 0] + b[:, 5] * w, b[:, 1] + b[:, 6] * h,
+                     b[:, 2] + b[:, 7] * w, b[:, 3] + b[:, 8] * h, b[:, 4]], axis=1)
+
+
+def apply_regression(b, reg):
+    """RNet/ONet regression (widths with +1, the reference's bbreg)."""
+    xp = array_namespace(b)
+    w = b[:, 2] - b[:, 0] + 1
+    h = b[:, 3] - b[:, 1] + 1
+    return xp.stack([b[:, 0] + reg[:, 0] * w, b[:, 1] + reg[:, 1] * h,
+                     b[:, 2] + reg[:, 2] * w, b[:, 3] + reg[:, 3] * h, b[:, 4]], axis=1)
+
+
+def square(b):
+    """Grow boxes to squares around their centre (the reference's rerec)."""
+    xp = array_namespace(b)
+    w = b[:, 2] - b[:, 0]
+    h = b[:, 3] - b[:, 1]
+    side = xp.maximum(w, h)
+    x1 = b[:, 0] + w * 0.5 - side * 0.5
+    y1 = b[:, 1] + h * 0.5 - side * 0.5
+    return xp.stack([x1, y1, x1 + side, y1 + side, b[:, 4]], axis=1)
+
+
+def crop_windows(b, height: int, width: int):
+    """Integer crop windows [y0, y1) x [x0, x1) of boxes, clipped to the image.
+
+    The reference truncates the box, clips to [1, W] (1-based), and slices
+    [y-1 : ey]; boxes whose window is empty are dropped by the caller.
+    Returns int64 (n, 4) [y0, y1, x0, x1] and a boolean mask of non-empty windows.
+    """
+    xp = array_namespace(b)
+    t = xp.astype(xp.trunc(b[:, :4]), xp.int64)
+    x0 = xp.clip(t[:, 0], 1, None) - 1
+    y0 = xp.clip(t[:, 1], 1, None) - 1
+    x1 = xp.clip(t[:, 2], None, width)
+    y1 = xp.clip(t[:, 3], None, height)
+    win = xp.stack([y0, y1, x0, x1], axis=1)
+    return win, (y1 > y0) & (x1 > x0)
+
+
+def landmarks_from_onet(b, lm):
+    """Landmark offsets (n, 10: 5 x then 5 y) relative to ONet's input box -> (n, 5, 2) pixels."""
+    xp = array_namespace(b)
+    w = (b[:, 2] - b[:, 0] + 1)[:, None]
+    h = (b[:, 3] - b[:, 1] + 1)[:, None]
+    px = w * lm[:, 0:5] + b[:, 0:1] - 1
+    py = h * lm[:, 5:10] + b[:, 1:2] - 1
+    return xp.stack([px, py], axis=2)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, groups: np.ndarray | None = None,
+        mode: str = "union", plus_one: bool = False) -> np.ndarray:
+    """Greedy NMS; indices of kept boxes, by decreasing score.
+
+    mode "union" is IoU, "min" is intersection over the smaller box (the
+    reference's last stage). plus_one uses (x2-x1+1) areas, as the reference's
+    numpy NMS does; torchvision's (used for the other stages) does not.
+    Boxes of different groups never suppress each other. The loop runs once
+    per *kept* box, each step vectorized over the remaining ones.
+    """
+    n = len(scores)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    boxes = boxes.astype(np.float32, copy=False)
+    add = np.float32(1 if plus_one else 0)
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    area = (x2 - x1 + add) * (y2 - y1 + add)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        while order.size:
+            i = order[0]
+            keep.append(i)
+            rest = order[1:]
+            w = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + add, 0)
+            h = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + add, 0)
+            inter = w * h
+            denom = np.minimum(area[i], area[rest]) if mode == "min" else area[i] + area[rest] - inter
+            survive = ~(inter / denom > threshold)
+            if groups is not None:
+                survive |= groups[rest] != groups[i]
+            order = rest[survive]
+    return np.asarray(keep, np.int64)

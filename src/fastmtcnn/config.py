@@ -1,0 +1,66 @@
+"""Detector parameters, their defaults and validation, in one place.
+
+Defaults are the reference MTCNN's (facenet-pytorch 2.6.0): changing them
+trades recall for speed, and the README explains each one.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+
+@dataclass(frozen=True)
+class Config:
+    """Knobs of the cascade.
+
+    minsize: smallest face side (pixels) the pyramid looks for; larger is
+        faster (fewer, smaller levels) and misses smaller faces.
+    factor: scale step between pyramid levels; larger means more levels,
+        slower, slightly higher recall.
+    thresholds: score cut-offs of PNet, RNet, ONet.
+    max_batch: largest RNet/ONet batch per network call (bounds memory); one
+        number for both, or a pair (rnet, onet).
+    packed: run PNet once on a packed canvas of all levels (True) or once
+        per level (False); both give the same detections.
+    """
+
+    minsize: float = 20.0
+    factor: float = 0.709
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    max_batch: int | tuple[int, int] = 512
+    packed: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.minsize >= 12):
+            raise ValueError(f"minsize must be >= 12 pixels (PNet's window), got {self.minsize}")
+        if not (0.05 < self.factor < 1):
+            raise ValueError(f"factor must be in (0.05, 1), got {self.factor}")
+        if len(self.thresholds) != 3 or not all(0 <= t <= 1 for t in self.thresholds):
+            raise ValueError(f"thresholds must be three numbers in [0, 1], got {self.thresholds}")
+        mb = self.max_batch
+        pair = tuple(mb) if isinstance(mb, (tuple, list)) else (mb, mb)
+        if len(pair) != 2 or not all(int(b) >= 1 for b in pair):
+            raise ValueError(f"max_batch must be >= 1 (or a pair of such), got {mb}")
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        object.__setattr__(self, "max_batch", (int(pair[0]), int(pair[1])))
+
+    def replace(self, **changes) -> "Config":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: Named settings. "reference": facenet-pytorch's defaults (what the faithfulness
+#: tests compare against). "jetson": the original "Optimizing TensorRT MTCNN"
+#: post's settings (minsize 40, thresholds 0.7/0.6/0.7, RNet/ONet batches <= 256/64).
+PRESETS: dict[str, Config] = {
+    "reference": Config(),
+    "jetson": Config(minsize=40, thresholds=(0.7, 0.6, 0.7), max_batch=(256, 64)),
+}
+
+
+def preset(name: str) -> Config:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None

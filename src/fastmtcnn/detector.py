@@ -1,0 +1,93 @@
+"""The public detector: configuration + backend + the shared pipeline."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from . import backends
+from .config import Config, preset as get_preset
+from .detections import Detections
+from .images import as_image
+from .pipeline import StageTimer, detect_frames
+from .pyramid import Plan, make_plan
+
+
+class MTCNN:
+    """MTCNN face detector with a single-pass packed PNet.
+
+    Images are RGB (not OpenCV's BGR): uint8 H x W x 3 arrays, or file paths.
+    Grayscale, RGBA and 16-bit inputs are converted.
+
+    >>> det = MTCNN()                                   # doctest: +SKIP
+    >>> faces = det.detect("photo.jpg")                  # doctest: +SKIP
+    >>> faces.boxes, faces.scores, faces.landmarks       # doctest: +SKIP
+
+    backend: "onnxruntime" (default, CPU; `providers` passes through, e.g.
+    ["CUDAExecutionProvider"]) or "torch" (`device="cuda"`).
+    preset: "reference" (facenet-pytorch defaults) or "jetson" (the original
+    post's settings); explicit arguments override the preset.
+    """
+
+    def __init__(self, minsize: float | None = None, factor: float | None = None,
+                 thresholds: Sequence[float] | None = None, max_batch: int | tuple[int, int] | None = None,
+                 packed: bool | None = None, *, preset: str = "reference", backend: str = "onnxruntime",
+                 providers: list | None = None, threads: int | None = None, device: str | None = None,
+                 **backend_options) -> None:
+        changes = {k: v for k, v in dict(minsize=minsize, factor=factor, thresholds=thresholds,
+                                         max_batch=max_batch, packed=packed).items() if v is not None}
+        if "thresholds" in changes:
+            changes["thresholds"] = tuple(changes["thresholds"])
+        self.config: Config = get_preset(preset).replace(**changes)
+        if backend in ("onnxruntime", "ort"):
+            if device is not None:
+                raise ValueError("device= is for the torch backend; ONNX Runtime takes providers=")
+            self.backend = backends.create(backend, providers=providers, threads=threads, **backend_options)
+        else:
+            if providers is not None:
+                raise ValueError("providers= is for the onnxruntime backend; the torch backend takes device=")
+            self.backend = backends.create(backend, device=device or "cpu", threads=threads, **backend_options)
+        self.timer = StageTimer(sync=self.backend.synchronize)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"MTCNN(minsize={c.minsize}, factor={c.factor}, thresholds={c.thresholds}, "
+                f"max_batch={c.max_batch}, packed={c.packed}, backend={self.backend.name!r})")
+
+    def plan(self, height: int, width: int) -> Plan:
+        """The pyramid / canvas plan used for frames of this size (cached)."""
+        c = self.config
+        return make_plan(int(height), int(width), c.minsize, c.factor, c.packed)
+
+    def detect(self, image) -> Detections:
+        """Faces in one image (RGB array or path)."""
+        return self.detect_batch([image])[0]
+
+    def detect_batch(self, images: Iterable | np.ndarray) -> list[Detections]:
+        """Faces in each image, in input order. Images of one size run as one batch."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            if images.dtype != np.uint8 or images.shape[-1] != 3:
+                images = list(images)
+            else:
+                return self._run(images)
+        elif _is_tensor(images):
+            return self._run(images)
+        imgs = [as_image(im) for im in images]
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, im in enumerate(imgs):
+            groups[im.shape].append(i)
+        results: list[Detections | None] = [None] * len(imgs)
+        for idx in groups.values():
+            for i, det in zip(idx, self._run([imgs[i] for i in idx])):
+                results[i] = det
+        return results  # type: ignore[return-value]
+
+    def _run(self, images) -> list[Detections]:
+        frames = self.backend.frames(images)
+        out = detect_frames(self.backend, frames, self.config, self.timer)
+        return [Detections(b[:, :4], b[:, 4], lm) for b, lm in out]
+
+
+def _is_tensor(x) -> bool:
+    return type(x).__module__.startswith("torch")

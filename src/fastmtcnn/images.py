@@ -1,0 +1,112 @@
+"""Reading images and bringing arrays to what the nets expect: RGB uint8, H x W x 3.
+
+Colour order matters: the nets were trained on RGB. Arrays passed to the API
+are taken as RGB; files are decoded with OpenCV (BGR) and converted here.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".jp2"}
+MAX_PIXELS = 200_000_000  # refuse absurd sizes with a clear error instead of running out of memory
+
+
+class ImageError(ValueError):
+    """An input that cannot be used as an image; the message says why, in one line."""
+
+
+def to_rgb(image: np.ndarray, *, bgr: bool = False) -> np.ndarray:
+    """Grayscale, RGBA, 16-bit or float [0, 1] arrays -> contiguous RGB uint8 (H, W, 3)."""
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"expected a numpy array or a path, got {type(image).__name__}")
+    a = image
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise ImageError(f"expected an H x W, H x W x 3 or H x W x 4 image, got shape {image.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ImageError(f"image is empty (shape {image.shape})")
+    if a.dtype == np.uint16:
+        a = (a >> 8).astype(np.uint8)
+    elif a.dtype in (np.float32, np.float64):
+        if not np.isfinite(a).all():
+            raise ImageError("image has NaN or infinite values")
+        hi = float(a.max()) if a.size else 0.0
+        a = np.clip(a * 255.0 if hi <= 1.0 else a, 0, 255).round().astype(np.uint8)
+    elif a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype != np.uint8:
+        raise ImageError(f"unsupported pixel type {a.dtype} (use uint8, uint16 or float)")
+    if a.ndim == 2:
+        a = cv2.cvtColor(a, cv2.COLOR_GRAY2RGB)
+    elif a.shape[2] == 4:
+        a = cv2.cvtColor(a, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB)
+    elif bgr:
+        a = cv2.cvtColor(a, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(a)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to RGB uint8, or raise ImageError with a one-line reason."""
+    p = Path(path)
+    if not p.exists():
+        raise ImageError(f"{p}: no such file")
+    if p.is_dir():
+        raise ImageError(f"{p}: is a directory")
+    try:
+        data = np.fromfile(p, np.uint8)
+    except OSError as e:
+        raise ImageError(f"{p}: cannot read ({e.strerror or e})") from None
+    if data.size == 0:
+        raise ImageError(f"{p}: empty file")
+    _check_complete(p, data)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageError(f"{p}: not an image, or a format OpenCV cannot decode")
+    if img.shape[0] * img.shape[1] > MAX_PIXELS:
+        raise ImageError(f"{p}: {img.shape[1]}x{img.shape[0]} is larger than {MAX_PIXELS} pixels")
+    return to_rgb(img, bgr=True)
+
+
+def _check_complete(p: Path, data: np.ndarray) -> None:
+    """Truncated JPEG/PNG files decode to grey garbage without an error: catch them."""
+    head = data[:8].tobytes()
+    if head[:2] == b"\xff\xd8":  # JPEG must end with EOI (allow trailing padding)
+        tail = data[-64:].tobytes()
+        if b"\xff\xd9" not in tail:
+            raise ImageError(f"{p}: truncated or corrupt JPEG (no end-of-image marker)")
+    elif head == b"\x89PNG\r\n\x1a\n":
+        if b"IEND" not in data[-32:].tobytes():
+            raise ImageError(f"{p}: truncated or corrupt PNG (no IEND chunk)")
+
+
+def as_image(image) -> np.ndarray:
+    """A path or an RGB array -> RGB uint8 (H, W, 3)."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    return to_rgb(image)
+
+
+def expand_inputs(items: list[str]) -> list[str]:
+    """Files, folders (recursive, image suffixes) and globs -> sorted list of paths.
+
+    Paths that match nothing are kept, so the caller reports them as errors
+    rather than dropping them silently.
+    """
+    import glob
+
+    out: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(str(q) for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
+        elif any(c in item for c in "*?[") and not p.exists():
+            hits = sorted(glob.glob(item, recursive=True))
+            out.extend(hits if hits else [item])
+        else:
+            out.append(item)
+    return out

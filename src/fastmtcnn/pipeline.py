@@ -1,0 +1,183 @@
+"""The MTCNN cascade, written once for every backend.
+
+A backend owns where arrays live and how the three nets run; everything here
+is array maths through the array API, so numpy (ONNX Runtime) and torch
+(CPU or CUDA) share it. Stages are separate functions so that the profiler
+can time them and tests can call them.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from array_api_compat import array_namespace
+
+from . import boxes as bx
+from .config import Config
+from .crop import area_resize
+from .pyramid import Canvas, Plan, make_plan
+
+
+class Backend(Protocol):
+    """What the pipeline needs from a backend: arrays and three nets."""
+
+    name: str
+
+    def frames(self, images) -> object:
+        """Stack RGB uint8 images of one size into an (N, H, W, 3) array where the nets run."""
+
+    def integral(self, frames) -> object:
+        """Integral images (N, H+1, W+1, 3) int32 of the frames."""
+
+    def pnet(self, x, mask) -> tuple: ...
+
+    def rnet(self, x) -> tuple: ...
+
+    def onet(self, x) -> tuple: ...
+
+    def nms(self, boxes, scores, threshold: float, groups=None, mode: str = "union", plus_one: bool = False):
+        """Indices of boxes kept by greedy NMS, by decreasing score."""
+
+    def to_numpy(self, x): ...
+
+    def synchronize(self) -> None: ...
+
+
+@dataclass
+class StageTimer:
+    """Wall time per stage, accumulated over calls (the profiler's table)."""
+
+    enabled: bool = False
+    sync: object = None
+    totals: dict = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, name: str):
+        if not self.enabled:
+            yield
+            return
+        if self.sync:
+            self.sync()
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.sync:
+                self.sync()
+            self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t
+
+
+_NO_TIMER = StageTimer()
+
+
+def canvas_input(be: Backend, ii, canvas: Canvas, n: int, scales_hw: tuple[int, int]):
+    """Resize every level of the canvas into one (N, 3, h, w) PNet input."""
+    xp = array_namespace(ii)
+    dev = getattr(ii, "device", None)
+    H, W = scales_hw
+    x = xp.zeros((n, 3, canvas.h, canvas.w), dtype=xp.float32, device=dev)
+    frame = xp.arange(n, dtype=xp.int64, device=dev)
+    full = xp.asarray([[0, H, 0, W]] * n, dtype=xp.int64, device=dev)
+    for lv in canvas.levels:
+        x[:, :, lv.y:lv.y + lv.h, lv.x:lv.x + lv.w] = area_resize(ii, frame, full, lv.h, lv.w)
+    return x
+
+
+def pnet_candidates(be: Backend, reg, prob, canvas: Canvas, plan: Plan, threshold: float):
+    """PNet cells over threshold -> boxes (n, 9), frame index, pyramid level."""
+    xp = array_namespace(prob)
+    dev = getattr(prob, "device", None)
+    cell_level = xp.asarray(canvas.cell_level, device=dev)
+    face = prob[:, 1, :, :]
+    hit = (face >= threshold) & (cell_level >= 0)[None, :, :]
+    f, cy, cx = xp.nonzero(hit)
+    level = cell_level[cy, cx]
+    # each level's origin (in cells) and scale, looked up by pyramid level id
+    oy, ox = canvas.cell_origins
+    oy = xp.asarray(oy, dtype=xp.int64, device=dev)[level]
+    ox = xp.asarray(ox, dtype=xp.int64, device=dev)[level]
+    scale = xp.asarray(plan.scales, dtype=xp.float32, device=dev)[level]
+    r = reg[f, :, cy, cx]  # advanced indices around a slice: (k, 4)
+    b = bx.cells_to_boxes(cy - oy, cx - ox, scale, face[f, cy, cx], r)
+    return b, f, level
+
+
+def stage1(be: Backend, ii, plan: Plan, n: int, cfg: Config, timer: StageTimer = _NO_TIMER):
+    """PNet over all canvases -> squared candidate boxes (m, 5) and their frame index."""
+    parts = []
+    for canvas in plan.canvases:
+        with timer("pyramid"):
+            x = canvas_input(be, ii, canvas, n, (plan.height, plan.width))
+            mask = be.asarray(canvas.mask)
+        with timer("pnet"):
+            reg, prob = be.pnet(x, mask)
+        with timer("candidates"):
+            parts.append(pnet_candidates(be, reg, prob, canvas, plan, cfg.thresholds[0]))
+    with timer("candidates"):
+        xp = array_namespace(parts[0][0])
+        b = xp.concat([p[0] for p in parts], axis=0)
+        f = xp.concat([p[1] for p in parts], axis=0)
+        lv = xp.concat([p[2] for p in parts], axis=0)
+        if b.shape[0] == 0:
+            return b[:, :5], f
+        keep = be.nms(b[:, :4], b[:, 4], 0.5, groups=f * len(plan.scales) + lv)
+        b, f = b[keep], f[keep]
+        keep = be.nms(b[:, :4], b[:, 4], 0.7, groups=f)
+        b, f = b[keep], f[keep]
+        return bx.square(bx.apply_pnet_regression(b)), f
+
+
+def _run_chunks(net, x, max_batch: int):
+    """Run a net over x in chunks of at most max_batch; concatenate each output."""
+    xp = array_namespace(x)
+    outs = [net(x[i:i + max_batch]) for i in range(0, x.shape[0], max_batch)]
+    return tuple(xp.concat([o[k] for o in outs], axis=0) for k in range(len(outs[0])))
+
+
+def refine(be: Backend, ii, b, f, size: int, net, max_batch: int, threshold: float,
+           hw: tuple[int, int], timer: StageTimer, name: str):
+    """Crop boxes, run RNet/ONet, keep the ones over threshold. Returns (boxes with new scores, f, outputs)."""
+    with timer("crops"):
+        win, ok = bx.crop_windows(b, *hw)
+        b, f, win = b[ok], f[ok], win[ok]
+        x = area_resize(ii, f, win, size, size)
+    with timer(name):
+        out = _run_chunks(net, x, max_batch)
+    xp = array_namespace(b)
+    score = out[-1][:, 1]
+    keep = score > threshold
+    b = xp.concat([b[keep][:, :4], score[keep][:, None]], axis=1)
+    return b, f[keep], tuple(o[keep] for o in out[:-1])
+
+
+def detect_frames(be: Backend, frames, cfg: Config, timer: StageTimer = _NO_TIMER):
+    """Run the cascade on (N, H, W, 3) frames -> per-frame (boxes (k,5), landmarks (k,5,2)) on host."""
+    n, H, W = frames.shape[0], frames.shape[1], frames.shape[2]
+    plan = make_plan(H, W, cfg.minsize, cfg.factor, cfg.packed)
+    with timer("integral"):
+        ii = be.integral(frames)
+    xp = array_namespace(ii)
+    if plan.canvases:
+        b, f = stage1(be, ii, plan, n, cfg, timer)
+    else:  # image smaller than minsize allows: nothing to look at
+        b = xp.zeros((0, 5), dtype=xp.float32, device=getattr(ii, "device", None))
+        f = xp.zeros(0, dtype=xp.int64, device=getattr(ii, "device", None))
+    lm = xp.zeros((0, 5, 2), dtype=xp.float32, device=getattr(ii, "device", None))
+    if b.shape[0]:
+        b, f, (reg,) = refine(be, ii, b, f, 24, be.rnet, cfg.max_batch[0], cfg.thresholds[1], (H, W), timer, "rnet")
+        with timer("nms"):
+            keep = be.nms(b[:, :4], b[:, 4], 0.7, groups=f)
+            b = bx.square(bx.apply_regression(b[keep], reg[keep]))
+            f = f[keep]
+    if b.shape[0]:
+        b, f, (reg, lmk) = refine(be, ii, b, f, 48, be.onet, cfg.max_batch[1], cfg.thresholds[2], (H, W), timer, "onet")
+        with timer("nms"):
+            lm = bx.landmarks_from_onet(b, lmk)
+            b = bx.apply_regression(b, reg)
+            keep = be.nms(b[:, :4], b[:, 4], 0.7, groups=f, mode="min", plus_one=True)
+            b, f, lm = b[keep], f[keep], lm[keep]
+    with timer("to_host"):
+        b, f, lm = be.to_numpy(b), be.to_numpy(f), be.to_numpy(lm)
+    return [(b[f == i], lm[f == i]) for i in range(n)]
