@@ -22,6 +22,8 @@ class OrtBackend:
                  provider_options: list | None = None) -> None:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # three sessions run one after another: spinning threads of one would steal the cores of the next
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             so.intra_op_num_threads = int(threads)
         providers = providers or ["CPUExecutionProvider"]
