@@ -1,0 +1,91 @@
+"""`fastmtcnn` command line: a thin layer over the library API.
+
+Each subcommand lives in fastmtcnn/commands/<name>.py with
+`register(subparsers)`, which adds its parser and sets `func(args) -> int`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .config import PRESETS
+
+# subcommand -> module; a module that is not installed (optional extra) is skipped
+COMMANDS = {
+    "detect": "fastmtcnn.commands.detect",
+    "video": "fastmtcnn.commands.video",
+    "align": "fastmtcnn.commands.align",
+    "profile": "fastmtcnn.commands.profile",
+    "batch": "fastmtcnn.commands.batch",
+    "eval": "fastmtcnn.commands.evaluate",
+    "tune": "fastmtcnn.commands.tune",
+    "export-onnx": "fastmtcnn.commands.export",
+    "plan": "fastmtcnn.commands.plan",
+}
+
+
+def add_detector_args(p: argparse.ArgumentParser) -> None:
+    """The detector's knobs, shared by every subcommand that detects."""
+    g = p.add_argument_group("detector")
+    g.add_argument("--preset", choices=sorted(PRESETS), default="reference",
+                   help="starting settings: 'reference' (facenet-pytorch defaults) or 'jetson' "
+                        "(the original post: minsize 40, thresholds 0.7 0.6 0.7, batches 256/64)")
+    g.add_argument("--minsize", type=float, help="smallest face side in pixels (default 20; larger = faster, misses small faces)")
+    g.add_argument("--factor", type=float, help="pyramid scale step (default 0.709; smaller = faster, lower recall)")
+    g.add_argument("--thresholds", type=float, nargs=3, metavar=("P", "R", "O"),
+                   help="PNet/RNet/ONet score thresholds (default 0.6 0.7 0.7)")
+    g.add_argument("--max-batch", type=int, nargs="+", metavar="N", help="RNet/ONet batch limit (one number or two)")
+    g.add_argument("--per-scale", action="store_true", help="run PNet once per pyramid level instead of one packed canvas")
+    g.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime")
+    g.add_argument("--device", help="torch backend device, e.g. cuda or cpu")
+    g.add_argument("--providers", nargs="+", help="ONNX Runtime execution providers, e.g. CUDAExecutionProvider "
+                                                   "(only CPUExecutionProvider is tested here)")
+    g.add_argument("--threads", type=int, help="CPU threads for the networks")
+
+
+def detector_from_args(args: argparse.Namespace):
+    from .detector import MTCNN
+
+    mb = args.max_batch
+    return MTCNN(minsize=args.minsize, factor=args.factor, thresholds=args.thresholds,
+                 max_batch=(tuple(mb) if mb and len(mb) == 2 else (mb[0] if mb else None)),
+                 packed=False if args.per_scale else None, preset=args.preset, backend=args.backend,
+                 providers=args.providers, threads=args.threads, device=args.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="fastmtcnn", description="Fast, faithful MTCNN face detection.")
+    parser.add_argument("--version", action="version", version=f"fastmtcnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("fastmtcnn"):
+                continue  # not part of this build
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as e:  # bad settings or environment: one line, no traceback
+        print(f"fastmtcnn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

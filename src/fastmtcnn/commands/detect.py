@@ -1,0 +1,94 @@
+"""`fastmtcnn detect PATH...`: faces in image files, folders and globs."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..cli import add_detector_args, detector_from_args
+from ..images import ImageError, expand_inputs, read_image
+
+
+def register(sub) -> None:
+    p = sub.add_parser("detect", help="detect faces in images (files, folders, globs)",
+                       description="Detect faces in images. Files are decoded as RGB; prints one line per "
+                                   "image and one per face. Exit code 1 if any input failed.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    p.add_argument("--json", metavar="FILE", help="write JSON Lines: one record per input ('-' for stdout)")
+    p.add_argument("--save-dir", metavar="DIR", help="write annotated images (boxes, scores, landmarks) here")
+    p.add_argument("-q", "--quiet", action="store_true", help="one line per image, no per-face lines")
+    add_detector_args(p)
+    p.set_defaults(func=run)
+
+
+def _out_name(path: str, used: set[str]) -> str:
+    """Annotated file name: the input's name as PNG, made unique within a run."""
+    stem = Path(path).stem
+    name, k = f"{stem}.png", 1
+    while name in used:
+        k += 1
+        name = f"{stem}_{k}.png"
+    used.add(name)
+    return name
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..draw import draw, save_rgb
+
+    det = detector_from_args(args)
+    paths = expand_inputs(args.paths)
+    if not paths:
+        print("fastmtcnn detect: error: no input images found", file=sys.stderr)
+        return 2
+    save_dir = Path(args.save_dir) if args.save_dir else None
+    if save_dir:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    jf = None
+    if args.json:
+        jf = sys.stdout if args.json == "-" else open(args.json, "w", encoding="utf-8")
+    text = sys.stderr if args.json == "-" else sys.stdout
+    used: set[str] = set()
+    failed = faces_total = 0
+    t0 = time.perf_counter()
+    bar = tqdm(paths, unit="img", disable=None if len(paths) > 1 else True, file=sys.stderr, leave=False)
+    try:
+        for path in bar:
+            record: dict = {"path": path}
+            try:
+                img = read_image(path)
+                faces = det.detect(img)
+                h, w = img.shape[:2]
+                record.update(width=w, height=h, faces=faces.to_list())
+                faces_total += len(faces)
+                line = f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''} ({w}x{h})"
+                if save_dir:
+                    out = save_dir / _out_name(path, used)
+                    save_rgb(out, draw(img, faces))
+                    record["annotated"] = str(out)
+                    line += f" -> {out}"
+                bar.write(line, file=text)
+                if not args.quiet:
+                    for i, f in enumerate(record["faces"], 1):
+                        (x1, y1, x2, y2), s, lm = f["box"], f["score"], f["landmarks"]
+                        bar.write(f"  face {i}: box ({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}) score {s:.4f} "
+                                  f"eyes ({lm[0][0]:.0f}, {lm[0][1]:.0f}) ({lm[1][0]:.0f}, {lm[1][1]:.0f})", file=text)
+            except (ImageError, OSError) as e:
+                failed += 1
+                msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+                record["error"] = msg
+                bar.write(f"error: {msg}", file=sys.stderr)
+            if jf:
+                jf.write(json.dumps(record) + "\n")
+                jf.flush()
+    finally:
+        bar.close()
+        if jf and jf is not sys.stdout:
+            jf.close()
+    dt = time.perf_counter() - t0
+    n = len(paths)
+    print(f"{n} image{'s' if n != 1 else ''}, {faces_total} faces, {failed} failed, {dt:.2f}s", file=text)
+    return 1 if failed else 0

@@ -1,0 +1,40 @@
+"""Comparing two sets of boxes: IoU and the greedy one-to-one matching used
+to call a result faithful (DESIGN.md) and by evaluation and tracking reports."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU (len(a), len(b)) of x1, y1, x2, y2 boxes (areas without +1)."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def greedy_match(a: np.ndarray, b: np.ndarray, min_iou: float = 0.7) -> list[tuple[int, int]]:
+    """One-to-one pairs (i, j), highest IoU first, each at IoU >= min_iou."""
+    m = iou_matrix(a, b)
+    pairs: list[tuple[int, int]] = []
+    if m.size == 0:
+        return pairs
+    order = np.dstack(np.unravel_index(np.argsort(-m, axis=None, kind="stable"), m.shape))[0]
+    used_a, used_b = set(), set()
+    for i, j in order:
+        if m[i, j] < min_iou:
+            break
+        if i in used_a or j in used_b:
+            continue
+        used_a.add(int(i))
+        used_b.add(int(j))
+        pairs.append((int(i), int(j)))
+    return pairs
