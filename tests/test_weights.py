@@ -157,7 +157,7 @@ def test_onnx_graphs_match_torch_modules() -> None:
     image = _rand(rng, 2, 3, 37, 42)
     mask = np.where(rng.random((1, 1, 35, 40)) < 0.3, nets.PNET_MASK_VALUE, 0.0).astype(np.float32)
     cases = [
-        ("pnet", pnet, [image, mask], (4, 2)),
+        ("pnet", pnet, [image, mask], (4, 1)),
         ("rnet", rnet, [_rand(rng, 5, 3, 24, 24)], (4, 2)),
         ("onet", onet, [_rand(rng, 5, 3, 48, 48)], (4, 10, 2)),
     ]
@@ -177,8 +177,12 @@ def test_onnx_graphs_match_torch_modules() -> None:
         b = pnet(torch.from_numpy(image), torch.zeros(1, 1, 35, 40))
     for x, y in zip(a, b):
         assert torch.equal(x, y)
-    # Softmax outputs are probabilities over the channel axis.
-    np.testing.assert_allclose(a[1].sum(1).numpy(), 1.0, atol=1e-6)
+    # PNet's face probability equals the 2-class softmax of the original head.
+    with torch.no_grad():
+        x = pnet.prelu3(pnet.conv3(pnet.prelu2(pnet.conv2(torch.nn.functional.max_pool2d(
+            pnet.prelu1(pnet.conv1(torch.from_numpy(image))), 2, 2, ceil_mode=True)))))
+        soft = torch.softmax(pnet.conv4_1(x), dim=1)[:, 1:2]
+    np.testing.assert_allclose(a[1].numpy(), soft.numpy(), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("h,w", [(17, 15), (16, 20), (23, 12)])

@@ -295,8 +295,16 @@ def _doc(net: str) -> str:
     )
 
 
+def face_logit(w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 2-class head (conv4_1) as one face-minus-background logit."""
+    return w[1:2] - w[0:1], b[1:2] - b[0:1]
+
+
 def build_pnet(params: Mapping[str, np.ndarray]):
     """PNet with dynamic N, H, W and an additive pre-pool mask for packed canvases."""
+    params = dict(params)
+    params["pnet.face.weight"], params["pnet.face.bias"] = face_logit(
+        params["pnet.conv4_1.weight"], params["pnet.conv4_1.bias"])
     g = _GraphBuilder("pnet", params)
     x = g.conv("image", "conv1")
     x = g.prelu(x, "prelu1", spatial=True)
@@ -304,12 +312,15 @@ def build_pnet(params: Mapping[str, np.ndarray]):
     x = g.pool(x, "pool1", 2, 2)
     x = g.prelu(g.conv(x, "conv2"), "prelu2", spatial=True)
     x = g.prelu(g.conv(x, "conv3"), "prelu3", spatial=True)
-    g.node("Softmax", [g.conv(x, "conv4_1")], "prob", axis=1)
+    # softmax over 2 classes == sigmoid of the logit difference: one 1x1 conv whose
+    # sigmoid ORT fuses, instead of a channel softmax that forces layout reorders
+    g.node("Sigmoid", [g.conv(x, "face")], "prob")
     g.node("Identity", [g.conv(x, "conv4_2")], "reg")
     return g.model(
         [_tensor("image", ["N", 3, "H", "W"]), _tensor("mask", [1, 1, "mh", "mw"])],
-        [_tensor("reg", ["N", 4, "h", "w"]), _tensor("prob", ["N", 2, "h", "w"])],
-        _doc("pnet") + " mask [1,1,H-2,W-2] is added to prelu1 before pool1 (zeros = plain PNet).",
+        [_tensor("reg", ["N", 4, "h", "w"]), _tensor("prob", ["N", 1, "h", "w"])],
+        _doc("pnet") + " mask [1,1,H-2,W-2] is added to prelu1 before pool1 (zeros = plain PNet);"
+        " prob is P(face) = softmax(conv4_1)[1] = sigmoid(conv4_1[1] - conv4_1[0]).",
     )
 
 

@@ -7,11 +7,13 @@ ONNX Runtime backend never needs it.
 
 Interfaces (identical for the ONNX graphs and the torch modules):
 
-* PNet: ``image`` [N,3,H,W], ``mask`` [1,1,H-2,W-2] -> ``reg`` [N,4,h,w], ``prob`` [N,2,h,w]
+* PNet: ``image`` [N,3,H,W], ``mask`` [1,1,H-2,W-2] -> ``reg`` [N,4,h,w], ``prob`` [N,1,h,w]
 * RNet: ``image`` [N,3,24,24] -> ``reg`` [N,4], ``prob`` [N,2]
 * ONet: ``image`` [N,3,48,48] -> ``reg`` [N,4], ``landmarks`` [N,10], ``prob`` [N,2]
 
-Images are RGB in [-1, 1] ((x - 127.5) / 128); ``prob[:, 1]`` is the face score.
+Images are RGB in [-1, 1] ((x - 127.5) / 128); ``prob[:, -1]`` is the face score (PNet
+gives only that channel: sigmoid of the logit difference, the same number as the
+2-class softmax, but cheaper on a whole canvas).
 """
 
 from __future__ import annotations
@@ -147,7 +149,8 @@ def _torch_classes() -> tuple[type, type, type]:
             x = F.max_pool2d(x, 2, 2, ceil_mode=True)
             x = self.prelu2(self.conv2(x))
             x = self.prelu3(self.conv3(x))
-            return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)
+            a = self.conv4_1(x)
+            return self.conv4_2(x), torch.sigmoid(a[:, 1:2] - a[:, 0:1])
 
     class RNet(nn.Module):
         """RNet on [N,3,24,24] crops."""

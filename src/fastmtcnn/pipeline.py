@@ -16,7 +16,7 @@ from array_api_compat import array_namespace
 
 from . import boxes as bx
 from .config import Config
-from .crop import area_resize
+from .crop import area_resize, resize_frames
 from .pyramid import Canvas, Plan, make_plan
 
 
@@ -72,16 +72,12 @@ class StageTimer:
 _NO_TIMER = StageTimer()
 
 
-def canvas_input(be: Backend, ii, canvas: Canvas, n: int, scales_hw: tuple[int, int]):
+def canvas_input(ii, canvas: Canvas, n: int):
     """Resize every level of the canvas into one (N, 3, h, w) PNet input."""
     xp = array_namespace(ii)
-    dev = getattr(ii, "device", None)
-    H, W = scales_hw
-    x = xp.zeros((n, 3, canvas.h, canvas.w), dtype=xp.float32, device=dev)
-    frame = xp.arange(n, dtype=xp.int64, device=dev)
-    full = xp.asarray([[0, H, 0, W]] * n, dtype=xp.int64, device=dev)
+    x = xp.zeros((n, 3, canvas.h, canvas.w), dtype=xp.float32, device=getattr(ii, "device", None))
     for lv in canvas.levels:
-        x[:, :, lv.y:lv.y + lv.h, lv.x:lv.x + lv.w] = area_resize(ii, frame, full, lv.h, lv.w)
+        x[:, :, lv.y:lv.y + lv.h, lv.x:lv.x + lv.w] = resize_frames(ii, lv.h, lv.w)
     return x
 
 
@@ -90,7 +86,7 @@ def pnet_candidates(be: Backend, reg, prob, canvas: Canvas, plan: Plan, threshol
     xp = array_namespace(prob)
     dev = getattr(prob, "device", None)
     cell_level = xp.asarray(canvas.cell_level, device=dev)
-    face = prob[:, 1, :, :]
+    face = prob[:, -1, :, :]  # PNet gives P(face) as its last (only) channel
     hit = (face >= threshold) & (cell_level >= 0)[None, :, :]
     f, cy, cx = xp.nonzero(hit)
     level = cell_level[cy, cx]
@@ -109,7 +105,7 @@ def stage1(be: Backend, ii, plan: Plan, n: int, cfg: Config, timer: StageTimer =
     parts = []
     for canvas in plan.canvases:
         with timer("pyramid"):
-            x = canvas_input(be, ii, canvas, n, (plan.height, plan.width))
+            x = canvas_input(ii, canvas, n)
             mask = be.asarray(canvas.mask)
         with timer("pnet"):
             reg, prob = be.pnet(x, mask)
