@@ -35,6 +35,10 @@ def _bins(xp, start, length, m: int):
     return lo, hi
 
 
+def _normalize(xp, total, area):
+    return (xp.astype(total, xp.float32) / xp.astype(area, xp.float32) - MEAN) * SCALE
+
+
 def area_resize(ii, frame, windows, out_h: int, out_w: int):
     """Resize windows of frames to out_h x out_w by area averaging, normalized for the nets.
 
@@ -43,12 +47,34 @@ def area_resize(ii, frame, windows, out_h: int, out_w: int):
     Returns (n, C, out_h, out_w) float32, already (x - 127.5) / 128.
     """
     xp = array_namespace(ii)
+    N, H1, W1, C = ii.shape
     ys, ye = _bins(xp, windows[:, 0], windows[:, 1] - windows[:, 0], out_h)
     xs, xe = _bins(xp, windows[:, 2], windows[:, 3] - windows[:, 2], out_w)
-    f = frame[:, None, None]
-    ys, ye = ys[:, :, None], ye[:, :, None]
-    xs, xe = xs[:, None, :], xe[:, None, :]
-    total = ii[f, ye, xe, :] - ii[f, ys, xe, :] - ii[f, ye, xs, :] + ii[f, ys, xs, :]
-    area = xp.astype((ye - ys) * (xe - xs), xp.float32)[..., None]
-    out = (xp.astype(total, xp.float32) / area - MEAN) * SCALE
-    return xp.permute_dims(out, (0, 3, 1, 2))
+    # one flat gather of the four corners: rows of C sums at (frame, y, x)
+    base = frame[:, None, None] * (H1 * W1)
+    rows = [base + (y * W1)[:, :, None] for y in (ys, ye)]
+    corners = [r + x[:, None, :] for r in rows for x in (xs, xe)]  # ss, se, es, ee
+    flat = xp.reshape(ii, (N * H1 * W1, C))
+    g = xp.take(flat, xp.reshape(xp.stack(corners, axis=0), (-1,)), axis=0)
+    g = xp.reshape(g, (4, windows.shape[0], out_h, out_w, C))
+    total = g[3] - g[2] - g[1] + g[0]
+    area = ((ye - ys)[:, :, None] * (xe - xs)[:, None, :])[..., None]
+    return xp.permute_dims(_normalize(xp, total, area), (0, 3, 1, 2))
+
+
+def resize_frames(ii, out_h: int, out_w: int):
+    """Whole frames to out_h x out_w by area averaging (a pyramid level), normalized for PNet.
+
+    Every frame shares the same bins, so the sums separate: two row gathers,
+    then two column gathers, (N, C, out_h, out_w) float32.
+    """
+    xp = array_namespace(ii)
+    N, H1, W1, C = ii.shape
+    dev = getattr(ii, "device", None)
+    zero = xp.zeros(1, dtype=xp.int64, device=dev)
+    ys, ye = _bins(xp, zero, xp.asarray([H1 - 1], dtype=xp.int64, device=dev), out_h)
+    xs, xe = _bins(xp, zero, xp.asarray([W1 - 1], dtype=xp.int64, device=dev), out_w)
+    rows = xp.take(ii, ye[0], axis=1) - xp.take(ii, ys[0], axis=1)  # (N, out_h, W+1, C)
+    total = xp.take(rows, xe[0], axis=2) - xp.take(rows, xs[0], axis=2)  # (N, out_h, out_w, C)
+    area = ((ye - ys)[0][:, None] * (xe - xs)[0][None, :])[None, :, :, None]
+    return xp.permute_dims(_normalize(xp, total, area), (0, 3, 1, 2))
