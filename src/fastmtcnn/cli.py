@@ -48,6 +48,8 @@ def detector_from_args(args: argparse.Namespace):
     from .detector import MTCNN
 
     mb = args.max_batch
+    if mb and len(mb) > 2:
+        raise ValueError(f"--max-batch takes one number (both nets) or two (RNet ONet), got {len(mb)}")
     return MTCNN(minsize=args.minsize, factor=args.factor, thresholds=args.thresholds,
                  max_batch=(tuple(mb) if mb and len(mb) == 2 else (mb[0] if mb else None)),
                  packed=False if args.per_scale else None, preset=args.preset, backend=args.backend,

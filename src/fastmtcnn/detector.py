@@ -40,6 +40,8 @@ class MTCNN:
         if "thresholds" in changes:
             changes["thresholds"] = tuple(changes["thresholds"])
         self.config: Config = get_preset(preset).replace(**changes)
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         if backend in ("onnxruntime", "ort"):
             if device is not None:
                 raise ValueError("device= is for the torch backend; ONNX Runtime takes providers=")

@@ -73,15 +73,46 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def _check_complete(p: Path, data: np.ndarray) -> None:
-    """Truncated JPEG/PNG files decode to grey garbage without an error: catch them."""
-    head = data[:8].tobytes()
-    if head[:2] == b"\xff\xd8":  # JPEG must end with EOI (allow trailing padding)
-        tail = data[-64:].tobytes()
-        if b"\xff\xd9" not in tail:
-            raise ImageError(f"{p}: truncated or corrupt JPEG (no end-of-image marker)")
-    elif head == b"\x89PNG\r\n\x1a\n":
-        if b"IEND" not in data[-32:].tobytes():
-            raise ImageError(f"{p}: truncated or corrupt PNG (no IEND chunk)")
+    """Truncated JPEG/PNG files decode to grey garbage without an error: catch them.
+
+    The file's own structure is walked (JPEG segments up to the first scan,
+    PNG chunks), so trailing bytes after a complete image and end markers
+    inside EXIF thumbnails are both handled right.
+    """
+    buf = data.tobytes()
+    if buf[:2] == b"\xff\xd8" and not _jpeg_complete(buf):
+        raise ImageError(f"{p}: truncated or corrupt JPEG (no end of image after the scan data)")
+    if buf[:8] == b"\x89PNG\r\n\x1a\n" and not _png_complete(buf):
+        raise ImageError(f"{p}: truncated or corrupt PNG (no IEND chunk)")
+
+
+def _jpeg_complete(buf: bytes) -> bool:
+    i = 2
+    while i + 4 <= len(buf):
+        if buf[i] != 0xFF:
+            return False
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        seglen = int.from_bytes(buf[i + 2:i + 4], "big")
+        if marker == 0xDA:  # start of scan: entropy-coded data runs to EOI
+            return buf.find(b"\xff\xd9", i + 2 + seglen) != -1
+        i += 2 + seglen
+    return False
+
+
+def _png_complete(buf: bytes) -> bool:
+    i = 8
+    while i + 8 <= len(buf):
+        length = int.from_bytes(buf[i:i + 4], "big")
+        if buf[i + 4:i + 8] == b"IEND":
+            return True
+        i += 12 + length
+    return False
 
 
 def as_image(image) -> np.ndarray:
