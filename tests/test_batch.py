@@ -176,6 +176,11 @@ def test_manifests_name_inputs_by_line_column_or_uri(collection, clean_run, tmp_
     assert t[uri]["faces"] == clean[files["images"][10]]["faces"]
     assert t[some[0]]["faces"] == clean[files["images"][0]]["faces"]
 
+    globbed = tmp_path / "out_glob"
+    assert main(["batch", str(root / "full" / "*.jpg"), "--out", str(globbed), "-q"]) == 0
+    assert rows(globbed).column("path").to_pylist() == sorted(p for p in files["images"]
+                                                              if "/full/" in p and p.endswith(".jpg"))
+
     csv = tmp_path / "inputs.csv"
     pacsv.write_csv(pa.table({"id": list(range(6)), "file": files["images"][:6]}), csv)
     assert main(["batch", str(csv), "--column", "file", "--out", str(tmp_path / "out_csv"), "-q"]) == 0
@@ -196,6 +201,7 @@ def test_user_mistakes_are_one_line_errors(collection, clean_run, tmp_path, caps
         (["batch", str(tmp_path / "*.jpg"), "--out", str(tmp_path / "o2")], "matches no file"),
         (["batch", str(root), "--out", files["images"][0]], "is a file"),
         (["batch", str(root), "--out", str(tmp_path / "o3"), "--batch", "0"], "--batch"),
+        (["batch", "--ray", str(root), str(root), "--out", str(tmp_path / "o5")], "put --ray after the inputs"),
     ]
     csv = tmp_path / "m.csv"
     csv.write_text("a,b\n1,2\n")

@@ -12,6 +12,7 @@ ray = pytest.importorskip("ray")
 from batch_collection import make_collection  # noqa: E402
 from fastmtcnn.batch import Output  # noqa: E402
 from fastmtcnn.cli import main  # noqa: E402
+from fastmtcnn.raydata import plan_resources  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +67,15 @@ def test_ray_mode_resumes_an_output_started_in_local_mode(collection, local_rows
     t = rows(out)
     assert t.column("path").to_pylist() == sorted(inputs)  # each input exactly once
     assert t.equals(local_rows.filter(pa.compute.is_in(local_rows.column("path"), pa.array(inputs))))
+
+
+def test_resource_plan_leaves_room_for_decoding_and_writing():
+    two = plan_resources({"CPU": 2.0}, gpu=False)
+    assert two.actors == 2 and two.actors * two.actor_cpus + 2 * two.decode_cpus <= 2
+    many = plan_resources({"CPU": 64.0}, gpu=False)
+    assert many.actors == 64 and many.actors * many.actor_cpus < 64
+    assert plan_resources({"CPU": 16.0, "GPU": 4.0}, gpu=True).actors == 4
+    with pytest.raises(RuntimeError, match="no GPUs"):
+        plan_resources({"CPU": 16.0}, gpu=True)
+    with pytest.raises(ValueError, match="at most 2"):
+        plan_resources({"CPU": 2.0}, gpu=False, actors=3)

@@ -10,7 +10,7 @@ every input ends up exactly once.
 
 Memory stays bounded by the images in flight, not by the size of the
 collection: the listing is spooled to a temporary file and the bookkeeping is a
-16-byte key per input (about 160 MB for ten million inputs).
+16-byte key per input (at most some 500 MB, while sorting, for ten million).
 
 Local mode (here) decodes in worker processes and detects in batches in the
 main process; Ray mode (`fastmtcnn.raydata`) runs the same steps as a Ray Data
@@ -488,6 +488,7 @@ class Stats:
     failed: int = 0
     faces: int = 0
     parts: int = 0
+    startup_s: float = 0.0     # time to join or start Ray, before any input is processed
 
     def add(self, table: pa.Table) -> None:
         self.processed += table.num_rows
@@ -589,6 +590,9 @@ def run_local(pending: Pending, output: Output, make_detector: Callable, *, work
             parts.add(results)
             bar.update(len(results))
         parts.flush()
+    except KeyboardInterrupt:
+        parts.flush()  # rows already detected are complete: keep them
+        raise
     finally:
         bar.close()
         if pool:
@@ -617,10 +621,15 @@ def export_jsonl(output: Output, path: str) -> int:
 
 
 def summarize(output: Output) -> dict:
-    """Row, error and face counts of the whole output."""
-    t = output.read(columns=["error", "faces"])
-    faces = int(pc.sum(pc.list_value_length(t.column("faces"))).as_py() or 0)
-    return {"rows": t.num_rows, "errors": t.num_rows - t.column("error").null_count, "faces": faces}
+    """Row, error and face counts of the whole output, one part at a time."""
+    rows = errors = faces = 0
+    for part in output.parts():
+        with output.fs.open_input_file(part) as f:
+            t = pq.read_table(f, columns=["error", "faces"])
+        rows += t.num_rows
+        errors += t.num_rows - t.column("error").null_count
+        faces += int(pc.sum(pc.list_value_length(t.column("faces"))).as_py() or 0)
+    return {"rows": rows, "errors": errors, "faces": faces}
 
 
 def unaccounted(pending: Pending, output: Output) -> int:

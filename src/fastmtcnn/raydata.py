@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -39,7 +39,9 @@ def run_ray(pending: Pending, output: Output, detector_options: argparse.Namespa
     """Run the job on Ray (a new local instance, the cluster at `address`, or the one already initialised)."""
     if pending.todo == 0:
         return Stats()
+    t0 = time.perf_counter()
     started = _connect(address, num_cpus, object_store_mb)
+    startup = time.perf_counter() - t0
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = progress
@@ -51,16 +53,18 @@ def run_ray(pending: Pending, output: Output, detector_options: argparse.Namespa
         opts = argparse.Namespace(**vars(detector_options))
         if opts.threads is None and not gpu:
             opts.threads = 1  # CPU: more single-threaded actors beat more threads per actor
-        # blocks small enough to spread over the workers, large enough to keep per-block overhead low
-        block_rows = min(part_size, max(batch, math.ceil(pending.todo / (4 * layout.actors))))
+        # whole batches per block; about 8 blocks per actor (balance), at most a part (per-block overhead)
+        block_rows = batch * max(1, min(part_size // batch, pending.todo // (batch * 8 * layout.actors)))
         tables = [pa.table({"path": pa.array(c, pa.string())}) for c in chunks(pending, block_rows)]
         sink = PartSink(output, part_size)
         (ray.data.from_arrow(tables)
             .map_batches(decode_batch, batch_format="pyarrow", batch_size=batch, num_cpus=layout.decode_cpus,
                          fn_kwargs={"cwd": os.getcwd()})
-            .map_batches(Detect, batch_format="pyarrow", batch_size=batch, concurrency=layout.actors,
+            .map_batches(Detect, batch_format="pyarrow", batch_size=batch,
+                         compute=ray.data.ActorPoolStrategy(size=layout.actors),
                          num_cpus=layout.actor_cpus, num_gpus=1 if gpu else 0, fn_constructor_args=(opts,))
             .write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_CPUS}))
+        sink.stats.startup_s = startup
         return sink.stats
     finally:
         if started:

@@ -64,7 +64,17 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if args.workers is not None and args.workers < 0:
         raise ValueError("--workers must be >= 0")
+    if args.ray and args.ray not in ("local", "auto") and ":" not in args.ray:
+        raise ValueError(f"--ray {args.ray}: an address is 'auto', HOST:PORT or ray://HOST:PORT "
+                         "(to use a local instance, put --ray after the inputs)")
 
+    if args.ray:
+        try:
+            from .. import raydata  # noqa: F401 - fail before any work when Ray is missing
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("ray"):
+                raise RuntimeError("--ray needs Ray Data: pip install 'fastmtcnn[ray]'") from None
+            raise
     config = detector_from_args(_cpu_detector_args(args)).config
     output = job.Output(args.out)
     output.open(job.settings_of(config))
@@ -78,37 +88,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"{pending.total} inputs: {pending.done} already in {args.out}, {pending.todo} to do{note}",
                   file=sys.stderr)
             t1 = time.perf_counter()
-            if pending.todo == 0:
-                stats = job.Stats()
-            elif args.ray:
-                try:
-                    from ..raydata import run_ray
-                except ModuleNotFoundError as e:
-                    if e.name and e.name.startswith("ray"):
-                        raise RuntimeError("--ray needs Ray Data: pip install 'fastmtcnn[ray]'") from None
-                    raise
-
-                stats = run_ray(pending, output, _detector_options(args), address=args.ray, actors=args.actors,
-                                batch=args.batch, part_size=args.part_size, num_cpus=args.num_cpus,
-                                object_store_mb=args.object_store_mb, progress=not args.quiet)
-            else:
-                gpu = job.uses_gpu(args)
-                cpus = os.cpu_count() or 1
-                workers = args.workers if args.workers is not None else cpus
-                opts = _detector_options(args)
-                if opts.threads is None and not gpu and workers > 0:
-                    opts.threads = max(1, cpus // workers)  # processes, not threads, keep the cores busy
-                stats = job.run_local(pending, output, partial(detector_from_args, opts), workers=workers,
-                                      detect_in_workers=not gpu, batch=args.batch, part_size=args.part_size,
-                                      progress=False if args.quiet else None)
-            dt = time.perf_counter() - t1
+            stats = _process(args, pending, output) if pending.todo else job.Stats()
+            dt = time.perf_counter() - t1 - stats.startup_s
             missing = job.unaccounted(pending, output)
         finally:
             pending.close()
         if missing:
             raise RuntimeError(f"{missing} inputs have no row in {args.out}; re-run the same command to finish them")
         rate = f", {stats.processed / dt:.1f} img/s" if stats.processed and dt > 0 else ""
-        print(f"processed {stats.processed} ({stats.failed} failed, {stats.faces} faces) in {dt:.1f}s{rate}",
+        joined = f" after {stats.startup_s:.1f}s joining Ray" if stats.startup_s else ""
+        print(f"processed {stats.processed} ({stats.failed} failed, {stats.faces} faces) in {dt:.1f}s{rate}{joined}",
               file=sys.stderr)
         total = job.summarize(output)
         if args.jsonl:
@@ -118,6 +107,27 @@ def run(args: argparse.Namespace) -> int:
     finally:
         output.close()
     return 1 if total["errors"] else 0
+
+
+def _process(args: argparse.Namespace, pending, output):
+    """Run the pending inputs in Ray or local mode; returns the run's Stats."""
+    from .. import batch as job
+
+    if args.ray:
+        from ..raydata import run_ray
+
+        return run_ray(pending, output, _detector_options(args), address=args.ray, actors=args.actors,
+                       batch=args.batch, part_size=args.part_size, num_cpus=args.num_cpus,
+                       object_store_mb=args.object_store_mb, progress=not args.quiet)
+    gpu = job.uses_gpu(args)
+    cpus = os.cpu_count() or 1
+    workers = args.workers if args.workers is not None else cpus
+    opts = _detector_options(args)
+    if opts.threads is None and not gpu and workers > 0:
+        opts.threads = max(1, cpus // workers)  # processes, not threads, keep the cores busy
+    return job.run_local(pending, output, partial(detector_from_args, opts), workers=workers,
+                         detect_in_workers=not gpu, batch=args.batch, part_size=args.part_size,
+                         progress=False if args.quiet else None)
 
 
 def _detector_options(args: argparse.Namespace) -> argparse.Namespace:
