@@ -6,10 +6,14 @@ rows (truncated JPEG/PNG, text named .jpg, empty file, random bytes).
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
+
+from conftest import IN_CI
 
 FULL_SIZE = ("bob_multiple-faces.jpg", "matplotlib_grace_hopper.jpg", "skimage_astronaut.png", "skimage_camera.png")
 SMALL_SIZES = ((160, 120), (120, 160), (200, 150), (128, 128))
@@ -49,3 +53,14 @@ def make_collection(shared: Path, root: Path) -> dict:
     (root / BAD[4]).write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     (root / "notes.txt").write_text("not an image suffix: not an input\n")
     return {"images": sorted(str(p) for p in images), "bad": sorted(str(root / b) for b in BAD)}
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency: without it the tests skip, but under CI (which must install the extra) fail."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        msg = f"needs pip install 'fastmtcnn[{extra}]' ({e})"
+        if IN_CI:
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg, allow_module_level=True)

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pa = pytest.importorskip("pyarrow")
+from batch_collection import BAD, FULL_SIZE, make_collection, require
+
+pa = require("pyarrow", "batch")
 import pyarrow.csv as pacsv  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from batch_collection import BAD, FULL_SIZE, make_collection  # noqa: E402
 from conftest import load_reference  # noqa: E402
 from fastmtcnn import read_image  # noqa: E402
 from fastmtcnn.batch import Output  # noqa: E402

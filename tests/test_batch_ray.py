@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-pa = pytest.importorskip("pyarrow")
-ray = pytest.importorskip("ray")
+from batch_collection import make_collection, require
 
-from batch_collection import make_collection  # noqa: E402
+pa = require("pyarrow", "ray")
+ray = require("ray", "ray")
+
 from fastmtcnn.batch import Output  # noqa: E402
 from fastmtcnn.cli import main  # noqa: E402
 from fastmtcnn.raydata import plan_resources  # noqa: E402
