@@ -124,13 +124,18 @@ def test_killed_run_resumes_with_each_input_exactly_once(collection, clean_run, 
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "fastmtcnn", "batch", str(root), "--out", str(out), "--part-size", "8",
            "--workers", "1", "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while len(list(out.glob("part-*.parquet"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("part-*.parquet"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)  # the job's process only: its workers must notice and exit
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+        orphans_gone = _group_empties(proc.pid, timeout=20)
+    finally:
+        _kill_group(proc.pid)
+    assert orphans_gone, "worker processes outlived the killed job"
     n = len(files["images"]) + len(files["bad"])
     written = rows(out).num_rows
     assert 0 < written < n, "the run should have been killed mid-way"
@@ -143,6 +148,25 @@ def test_killed_run_resumes_with_each_input_exactly_once(collection, clean_run, 
     assert len(paths) == len(set(paths)) == n
     assert not list(out.glob(".tmp-*"))
     assert t.equals(rows(clean_run[0]))
+
+
+def _group_empties(pgid: int, timeout: float) -> bool:
+    """Wait until no process is left in the process group (the killed job's helpers)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def test_unreadable_part_is_set_aside_and_its_inputs_redone(collection, clean_run, tmp_path, capsys):

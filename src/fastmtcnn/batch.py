@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import uuid
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -531,9 +532,23 @@ def chunks(it: Iterable, n: int) -> Iterator[list]:
 _worker_detector = None
 
 
-def _init_worker(make_detector: Callable) -> None:
+def _init_worker(parent: int, make_detector: Callable | None) -> None:
+    """Worker set-up: the detector, and an exit if the job's process dies (kill -9 leaves no orphans)."""
+    import threading
+
     global _worker_detector
-    _worker_detector = make_detector()
+    if make_detector is not None:
+        _worker_detector = make_detector()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def detect_paths(paths: list[str], cwd: str | None = None) -> list[Result]:
@@ -565,8 +580,7 @@ def run_local(pending: Pending, output: Output, make_detector: Callable, *, work
     ctx = mp.get_context("forkserver")
     pool = None
     if workers > 0:
-        pool = (ProcessPoolExecutor(workers, ctx, _init_worker, (make_detector,)) if in_workers
-                else ProcessPoolExecutor(workers, ctx))
+        pool = ProcessPoolExecutor(workers, ctx, _init_worker, (os.getpid(), make_detector if in_workers else None))
     jobs = chunks(pending, batch)
     bar = tqdm(total=pending.todo, unit="img", file=sys.stderr, disable=None if progress is None else not progress,
                dynamic_ncols=True, smoothing=0.05)
