@@ -95,17 +95,30 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, groups: np.ndar
     mode "union" is IoU, "min" is intersection over the smaller box (the
     reference's last stage). plus_one uses (x2-x1+1) areas, as the reference's
     numpy NMS does; torchvision's (used for the other stages) does not.
-    Boxes of different groups never suppress each other. The loop runs once
-    per *kept* box, each step vectorized over the remaining ones.
+    Boxes of different groups (frames, pyramid levels) never suppress each
+    other, so each group runs on its own: cost grows with the group sizes,
+    not with the whole batch.
     """
     n = len(scores)
     if n == 0:
         return np.zeros(0, np.int64)
     boxes = boxes.astype(np.float32, copy=False)
     add = np.float32(1 if plus_one else 0)
+    area = (boxes[:, 2] - boxes[:, 0] + add) * (boxes[:, 3] - boxes[:, 1] + add)
+    if groups is None:
+        return _greedy(boxes, area, np.argsort(-scores, kind="stable"), threshold, mode == "min", add)
+    order = np.lexsort((-scores, groups))  # by group, then decreasing score
+    g = groups[order]
+    cuts = np.flatnonzero(g[1:] != g[:-1]) + 1
+    keep = np.concatenate([_greedy(boxes, area, seg, threshold, mode == "min", add)
+                           for seg in np.split(order, cuts)])
+    return keep[np.argsort(-scores[keep], kind="stable")]
+
+
+def _greedy(boxes: np.ndarray, area: np.ndarray, order: np.ndarray, threshold: float,
+            over_min: bool, add: np.float32) -> np.ndarray:
+    """Greedy suppression along `order`: one step per kept box, vectorized over the rest."""
     x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    area = (x2 - x1 + add) * (y2 - y1 + add)
-    order = np.argsort(-scores, kind="stable")
     keep = []
     with np.errstate(divide="ignore", invalid="ignore"):
         while order.size:
@@ -115,9 +128,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, groups: np.ndar
             w = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + add, 0)
             h = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + add, 0)
             inter = w * h
-            denom = np.minimum(area[i], area[rest]) if mode == "min" else area[i] + area[rest] - inter
-            survive = ~(inter / denom > threshold)
-            if groups is not None:
-                survive |= groups[rest] != groups[i]
-            order = rest[survive]
+            denom = np.minimum(area[i], area[rest]) if over_min else area[i] + area[rest] - inter
+            order = rest[~(inter / denom > threshold)]
     return np.asarray(keep, np.int64)
