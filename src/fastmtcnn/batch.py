@@ -41,7 +41,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .detections import Detections
-from .images import IMAGE_SUFFIXES, ImageError, _check_complete, read_image, to_rgb
+from .images import IMAGE_SUFFIXES, ImageError, decode_image, read_image
 
 MANIFEST_SUFFIXES = {".txt", ".lst", ".list", ".csv", ".tsv", ".parquet", ".pq"}
 SETTINGS_FILE = "_fastmtcnn_batch.json"
@@ -244,7 +244,7 @@ def decode(path: str, cwd: str | None = None) -> Decoded:
         if is_uri(path):
             with _open(path) as f:
                 data = np.frombuffer(f.read(), np.uint8)
-            img = decode_bytes(data, path)
+            img = decode_image(data, path)
         else:
             img = read_image(local)
         return Decoded(path, img)
@@ -252,19 +252,6 @@ def decode(path: str, cwd: str | None = None) -> Decoded:
         return Decoded(path, error=_error_text(path, e, local))
     except MemoryError:
         return Decoded(path, error=f"{path}: out of memory while decoding")
-
-
-def decode_bytes(data: np.ndarray, name: str) -> np.ndarray:
-    """Encoded image bytes -> RGB uint8, with the same checks as `read_image`."""
-    import cv2
-
-    if data.size == 0:
-        raise ImageError(f"{name}: empty file")
-    _check_complete(name, data)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ImageError(f"{name}: not an image, or a format OpenCV cannot decode")
-    return to_rgb(img, bgr=True)
 
 
 def decode_many(paths: list[str], cwd: str | None = None) -> list[Decoded]:

@@ -61,18 +61,24 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         data = np.fromfile(p, np.uint8)
     except OSError as e:
         raise ImageError(f"{p}: cannot read ({e.strerror or e})") from None
+    return decode_image(data, str(p))
+
+
+def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
+    """Encoded image bytes (JPEG, PNG, ...) -> RGB uint8; ImageError names `name` on failure."""
+    data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if data.size == 0:
-        raise ImageError(f"{p}: empty file")
-    _check_complete(p, data)
+        raise ImageError(f"{name}: empty file")
+    _check_complete(name, data)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise ImageError(f"{p}: not an image, or a format OpenCV cannot decode")
+        raise ImageError(f"{name}: not an image, or a format OpenCV cannot decode")
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
-        raise ImageError(f"{p}: {img.shape[1]}x{img.shape[0]} is larger than {MAX_PIXELS} pixels")
+        raise ImageError(f"{name}: {img.shape[1]}x{img.shape[0]} is larger than {MAX_PIXELS} pixels")
     return to_rgb(img, bgr=True)
 
 
-def _check_complete(p: Path, data: np.ndarray) -> None:
+def _check_complete(p: str, data: np.ndarray) -> None:
     """Truncated JPEG/PNG files decode to grey garbage without an error: catch them.
 
     The file's own structure is walked (JPEG segments up to the first scan,
