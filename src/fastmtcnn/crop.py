@@ -36,7 +36,12 @@ def _bins(xp, start, length, m: int):
 
 
 def _normalize(xp, total, area):
-    return (xp.astype(total, xp.float32) / xp.astype(area, xp.float32) - MEAN) * SCALE
+    """Mean of each bin, then the nets' (x - 127.5) / 128; in place on one float32 buffer."""
+    out = xp.astype(total, xp.float32)
+    out /= xp.astype(area, xp.float32)
+    out -= MEAN
+    out *= SCALE
+    return out
 
 
 def area_resize(ii, frame, windows, out_h: int, out_w: int):
