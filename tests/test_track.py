@@ -119,3 +119,16 @@ def test_video_track_mode_reports_modes_and_same_faces(shared_data, group, tmp_p
     n = len(MTCNN().detect(group))
     assert all(len(r["faces"]) == n for r in frames)
     assert "tracking: 3 full, 7 tracked, 0 re-detected" in capsys.readouterr().out
+
+
+def test_tracking_runs_on_the_torch_backend_with_the_same_faces(detector, group):
+    pytest.importorskip("torch")
+    try:
+        det = MTCNN(backend="torch", device="cpu")
+    except (ImportError, RuntimeError) as e:
+        pytest.skip(f"torch backend not available: {e}")
+    ours, theirs = Tracker(det, every=3), Tracker(detector, every=3)
+    for _ in range(3):
+        (a, ta), (b, tb) = ours.detect(group), theirs.detect(group)
+        assert ta == tb and len(a) == len(b) >= 15
+        assert len(greedy_match(a.boxes, b.boxes, min_iou=0.95)) == len(b)

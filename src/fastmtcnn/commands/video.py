@@ -79,14 +79,19 @@ class FpsMeter:
 
 
 def annotate(image: np.ndarray, faces, fps: float | None, mode: str | None = None) -> np.ndarray:
-    """The overlay of the live view and --out: boxes, scores, landmarks, FPS (and full/track mode)."""
+    """The overlay of the live view and --out: boxes, scores, landmarks, and a status panel (FPS, mode)."""
     from ..draw import draw
 
-    out = draw(image, faces, fps)
-    if mode:
+    out = draw(image, faces)
+    text = "  ".join(t for t in (f"{fps:.1f} FPS" if fps else None, mode) if t)
+    if text:
         t = max(1, round(max(out.shape[:2]) / 500))
-        cv2.putText(out, mode, (8, 2 * (12 + 14 * t)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * t,
-                    (255, 255, 0), t, cv2.LINE_AA)
+        font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.5 * t
+        (tw, th), base = cv2.getTextSize(text, font, scale, t)
+        pad = 4 * t
+        x1, y1 = min(out.shape[1], tw + 2 * pad), min(out.shape[0], th + base + 2 * pad)
+        out[:y1, :x1] = (out[:y1, :x1] * 0.4).astype(np.uint8)  # darkened panel: readable on any frame
+        cv2.putText(out, text, (pad, pad + th), font, scale, (255, 255, 0), t, cv2.LINE_AA)
     return out
 
 
