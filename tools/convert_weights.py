@@ -255,6 +255,26 @@ class _GraphBuilder:
         slope = self.init(f"{layer}.weight", (c, 1, 1) if spatial else (c,))
         return self.node("PRelu", [x, slope], layer)
 
+    def prelu_blocked(self, x: str, layer: str) -> str:
+        """PReLU as (1 - s) * Relu(x) + s * x, in ops ONNX Runtime keeps in its blocked
+        (NCHWc) layout on the CPU: Relu, and per-channel scales as BatchNormalization
+        (which it runs as depthwise convolutions with the Add fused). Its PRelu kernel
+        would force layout reorders around every layer of the big PNet canvas."""
+        s = self.params[f"{self.net}.{layer}.weight"].astype(np.float32)
+        c = s.shape[0]
+
+        def const(name: str, value: np.ndarray) -> str:
+            self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(value, "<f4"), name))
+            return name
+
+        zero, one = const(f"{layer}.zero", np.zeros(c)), const(f"{layer}.one", np.ones(c))
+        r = self.node("Relu", [x], f"{layer}.relu")
+        a = self.node("BatchNormalization", [r, const(f"{layer}.pos", 1 - s), zero, zero, one],
+                      f"{layer}.pos_part", epsilon=0.0)
+        b = self.node("BatchNormalization", [x, const(f"{layer}.lin", s), zero, zero, one],
+                      f"{layer}.lin_part", epsilon=0.0)
+        return self.node("Add", [a, b], layer)
+
     def pool(self, x: str, layer: str, k: int, s: int) -> str:
         return self.node("MaxPool", [x], layer, kernel_shape=[k, k], strides=[s, s], ceil_mode=1)
 
@@ -307,11 +327,11 @@ def build_pnet(params: Mapping[str, np.ndarray]):
         params["pnet.conv4_1.weight"], params["pnet.conv4_1.bias"])
     g = _GraphBuilder("pnet", params)
     x = g.conv("image", "conv1")
-    x = g.prelu(x, "prelu1", spatial=True)
+    x = g.prelu_blocked(x, "prelu1")
     x = g.node("Add", [x, "mask"], "masked")
     x = g.pool(x, "pool1", 2, 2)
-    x = g.prelu(g.conv(x, "conv2"), "prelu2", spatial=True)
-    x = g.prelu(g.conv(x, "conv3"), "prelu3", spatial=True)
+    x = g.prelu_blocked(g.conv(x, "conv2"), "prelu2")
+    x = g.prelu_blocked(g.conv(x, "conv3"), "prelu3")
     # softmax over 2 classes == sigmoid of the logit difference: one 1x1 conv whose
     # sigmoid ORT fuses, instead of a channel softmax that forces layout reorders
     g.node("Sigmoid", [g.conv(x, "face")], "prob")
