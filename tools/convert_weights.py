@@ -347,9 +347,9 @@ def build_pnet(params: Mapping[str, np.ndarray]):
 def build_rnet(params: Mapping[str, np.ndarray]):
     """RNet on a dynamic batch of 24x24 crops."""
     g = _GraphBuilder("rnet", params)
-    x = g.pool(g.prelu(g.conv("image", "conv1"), "prelu1", True), "pool1", 3, 2)
-    x = g.pool(g.prelu(g.conv(x, "conv2"), "prelu2", True), "pool2", 3, 2)
-    x = g.prelu(g.conv(x, "conv3"), "prelu3", True)
+    x = g.pool(g.prelu_blocked(g.conv("image", "conv1"), "prelu1"), "pool1", 3, 2)
+    x = g.pool(g.prelu_blocked(g.conv(x, "conv2"), "prelu2"), "pool2", 3, 2)
+    x = g.prelu_blocked(g.conv(x, "conv3"), "prelu3")
     x = g.prelu(g.dense(g.flatten_wmajor(x), "dense4"), "prelu4", spatial=False)
     g.node("Softmax", [g.dense(x, "dense5_1")], "prob", axis=1)
     g.node("Identity", [g.dense(x, "dense5_2")], "reg")
@@ -363,10 +363,10 @@ def build_rnet(params: Mapping[str, np.ndarray]):
 def build_onet(params: Mapping[str, np.ndarray]):
     """ONet on a dynamic batch of 48x48 crops."""
     g = _GraphBuilder("onet", params)
-    x = g.pool(g.prelu(g.conv("image", "conv1"), "prelu1", True), "pool1", 3, 2)
-    x = g.pool(g.prelu(g.conv(x, "conv2"), "prelu2", True), "pool2", 3, 2)
-    x = g.pool(g.prelu(g.conv(x, "conv3"), "prelu3", True), "pool3", 2, 2)
-    x = g.prelu(g.conv(x, "conv4"), "prelu4", True)
+    x = g.pool(g.prelu_blocked(g.conv("image", "conv1"), "prelu1"), "pool1", 3, 2)
+    x = g.pool(g.prelu_blocked(g.conv(x, "conv2"), "prelu2"), "pool2", 3, 2)
+    x = g.pool(g.prelu_blocked(g.conv(x, "conv3"), "prelu3"), "pool3", 2, 2)
+    x = g.prelu_blocked(g.conv(x, "conv4"), "prelu4")
     x = g.prelu(g.dense(g.flatten_wmajor(x), "dense5"), "prelu5", spatial=False)
     g.node("Softmax", [g.dense(x, "dense6_1")], "prob", axis=1)
     g.node("Identity", [g.dense(x, "dense6_2")], "reg")
