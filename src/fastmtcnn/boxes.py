@@ -8,6 +8,7 @@ implementation step by step, since that is what makes results match.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from array_api_compat import array_namespace
 
@@ -103,6 +104,13 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, groups: np.ndar
     if n == 0:
         return np.zeros(0, np.int64)
     boxes = boxes.astype(np.float32, copy=False)
+    if mode == "union" and not plus_one:
+        # OpenCV's batched NMS (C++) is the same greedy IoU rule as torchvision's, a few times faster
+        xywh = np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
+        ids = np.zeros(n, np.int32) if groups is None else np.asarray(groups, np.int32)
+        keep = cv2.dnn.NMSBoxesBatched(xywh.astype(np.float64), np.asarray(scores, np.float32), ids,
+                                       -np.inf, float(threshold))
+        return np.asarray(keep, np.int64).reshape(-1)
     add = np.float32(1 if plus_one else 0)
     area = (boxes[:, 2] - boxes[:, 0] + add) * (boxes[:, 3] - boxes[:, 1] + add)
     if groups is None:
