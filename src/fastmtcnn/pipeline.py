@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 from array_api_compat import array_namespace
 
 from . import boxes as bx
@@ -40,9 +41,16 @@ class Backend(Protocol):
     def nms(self, boxes, scores, threshold: float, groups=None, mode: str = "union", plus_one: bool = False):
         """Indices of boxes kept by greedy NMS, by decreasing score."""
 
+    def asarray(self, x):
+        """x where the nets run (backends may cache read-only plan tables)."""
+
     def to_numpy(self, x): ...
 
     def synchronize(self) -> None: ...
+
+    # Optional: `front(frames, plan, timer) -> (ii, [(reg, prob) per canvas])` replaces
+    # `pnet_front` (integral, canvases, PNet), e.g. to replay it as one CUDA graph;
+    # `detect_frames(frames, config)` may answer a whole untimed call (None declines).
 
 
 @dataclass
@@ -81,37 +89,62 @@ def canvas_input(ii, canvas: Canvas, n: int):
     return x
 
 
-def pnet_candidates(be: Backend, reg, prob, canvas: Canvas, plan: Plan, threshold: float):
-    """PNet cells over threshold -> boxes (n, 9), frame index, pyramid level."""
-    xp = array_namespace(prob)
-    dev = getattr(prob, "device", None)
-    cell_level = xp.asarray(canvas.cell_level, device=dev)
-    face = prob[:, -1, :, :]  # PNet gives P(face) as its last (only) channel
-    hit = (face >= threshold) & (cell_level >= 0)[None, :, :]
-    f, cy, cx = xp.nonzero(hit)
-    level = cell_level[cy, cx]
-    # each level's origin (in cells) and scale, looked up by pyramid level id
-    oy, ox = canvas.cell_origins
-    oy = xp.asarray(oy, dtype=xp.int64, device=dev)[level]
-    ox = xp.asarray(ox, dtype=xp.int64, device=dev)[level]
-    scale = xp.asarray(plan.scales, dtype=xp.float32, device=dev)[level]
-    r = reg[f, :, cy, cx]  # advanced indices around a slice: (k, 4)
-    b = bx.cells_to_boxes(cy - oy, cx - ox, scale, face[f, cy, cx], r)
-    return b, f, level
-
-
-def stage1(be: Backend, ii, plan: Plan, n: int, cfg: Config, timer: StageTimer = _NO_TIMER):
-    """PNet over all canvases -> squared candidate boxes (m, 5) and their frame index."""
-    parts = []
+def pnet_front(be: Backend, frames, plan: Plan, timer: StageTimer = _NO_TIMER):
+    """Integral image of the frames and PNet's (reg, prob) on each canvas of the plan."""
+    n = frames.shape[0]
+    with timer("integral"):
+        ii = be.integral(frames)
+    maps = []
     for canvas in plan.canvases:
         with timer("pyramid"):
             x = canvas_input(ii, canvas, n)
             mask = be.asarray(canvas.mask)
         with timer("pnet"):
-            reg, prob = be.pnet(x, mask)
-        with timer("candidates"):
-            parts.append(pnet_candidates(be, reg, prob, canvas, plan, cfg.thresholds[0]))
+            maps.append(be.pnet(x, mask))
+    return ii, maps
+
+
+_LEVEL_TABLES: dict[int, tuple] = {}
+
+
+def _level_table(canvas: Canvas, plan: Plan):
+    """Read-only (origin y, origin x) in cells (int64) and scale (float32) per pyramid level, made once per plan."""
+    hit = _LEVEL_TABLES.get(id(canvas))
+    if hit is None or hit[0] is not canvas:
+        oy, ox = canvas.cell_origins
+        origins = np.asarray([oy, ox], dtype=np.int64)
+        scales = np.asarray(plan.scales[:origins.shape[1]], dtype=np.float32)
+        origins.setflags(write=False)
+        scales.setflags(write=False)
+        if len(_LEVEL_TABLES) > 256:
+            _LEVEL_TABLES.clear()
+        hit = _LEVEL_TABLES[id(canvas)] = (canvas, origins, scales)
+    return hit[1], hit[2]
+
+
+def pnet_candidates(be: Backend, reg, prob, canvas: Canvas, plan: Plan, threshold: float):
+    """PNet cells over threshold -> boxes (n, 9), frame index, pyramid level."""
+    xp = array_namespace(prob)
+    cell_level = be.asarray(canvas.cell_level)
+    face = prob[:, -1, :, :]  # PNet gives P(face) as its last (only) channel
+    hit = (face >= threshold) & (cell_level >= 0)[None, :, :]
+    f, cy, cx = xp.nonzero(hit)
+    level = cell_level[cy, cx]
+    # each level's origin (in cells) and scale, looked up by pyramid level id
+    origins, scales = _level_table(canvas, plan)
+    origins = be.asarray(origins)
+    oy, ox = origins[0, :][level], origins[1, :][level]
+    scale = be.asarray(scales)[level]
+    r = reg[f, :, cy, cx]  # advanced indices around a slice: (k, 4)
+    b = bx.cells_to_boxes(cy - oy, cx - ox, scale, face[f, cy, cx], r)
+    return b, f, level
+
+
+def stage1(be: Backend, maps, plan: Plan, cfg: Config, timer: StageTimer = _NO_TIMER):
+    """PNet outputs of all canvases -> squared candidate boxes (m, 5) and their frame index."""
     with timer("candidates"):
+        parts = [pnet_candidates(be, reg, prob, canvas, plan, cfg.thresholds[0])
+                 for canvas, (reg, prob) in zip(plan.canvases, maps)]
         xp = array_namespace(parts[0][0])
         b = xp.concat([p[0] for p in parts], axis=0)
         f = xp.concat([p[1] for p in parts], axis=0)
@@ -119,10 +152,16 @@ def stage1(be: Backend, ii, plan: Plan, n: int, cfg: Config, timer: StageTimer =
         if b.shape[0] == 0:
             return b[:, :5], f
         keep = be.nms(b[:, :4], b[:, 4], 0.5, groups=f * len(plan.scales) + lv)
-        b, f = b[keep], f[keep]
+        b, f = xp.take(b, keep, axis=0), xp.take(f, keep, axis=0)
         keep = be.nms(b[:, :4], b[:, 4], 0.7, groups=f)
-        b, f = b[keep], f[keep]
+        b, f = xp.take(b, keep, axis=0), xp.take(f, keep, axis=0)
         return bx.square(bx.apply_pnet_regression(b)), f
+
+
+def _select(xp, mask, *arrays):
+    """arrays[mask] for each array, with one nonzero (one device sync, not one per array)."""
+    i = xp.nonzero(mask)[0]
+    return tuple(xp.take(a, i, axis=0) for a in arrays)
 
 
 def _run_chunks(net, x, max_batch: int):
@@ -136,27 +175,32 @@ def refine(be: Backend, ii, b, f, size: int, net, max_batch: int, threshold: flo
            hw: tuple[int, int], timer: StageTimer, name: str):
     """Crop boxes, run RNet/ONet, keep the ones over threshold. Returns (boxes with new scores, f, outputs)."""
     with timer("crops"):
+        xp = array_namespace(b)
         win, ok = bx.crop_windows(b, *hw)
-        b, f, win = b[ok], f[ok], win[ok]
+        b, f, win = _select(xp, ok, b, f, win)
         x = area_resize(ii, f, win, size, size)
     with timer(name):
         out = _run_chunks(net, x, max_batch)
-    xp = array_namespace(b)
     score = out[-1][:, 1]
-    keep = score > threshold
-    b = xp.concat([b[keep][:, :4], score[keep][:, None]], axis=1)
-    return b, f[keep], tuple(o[keep] for o in out[:-1])
+    b, f, score, *out = _select(xp, score > threshold, b, f, score, *out[:-1])
+    b = xp.concat([b[:, :4], score[:, None]], axis=1)
+    return b, f, tuple(out)
 
 
 def detect_frames(be: Backend, frames, cfg: Config, timer: StageTimer = _NO_TIMER):
     """Run the cascade on (N, H, W, 3) frames -> per-frame (boxes (k,5), landmarks (k,5,2)) on host."""
     n, H, W = frames.shape[0], frames.shape[1], frames.shape[2]
+    whole = getattr(be, "detect_frames", None)
+    if whole is not None and not timer.enabled:
+        out = whole(frames, cfg)
+        if out is not None:
+            return out
     plan = make_plan(H, W, cfg.minsize, cfg.factor, cfg.packed)
-    with timer("integral"):
-        ii = be.integral(frames)
+    front = getattr(be, "front", None)
+    ii, maps = front(frames, plan, timer) if front else pnet_front(be, frames, plan, timer)
     xp = array_namespace(ii)
     if plan.canvases:
-        b, f = stage1(be, ii, plan, n, cfg, timer)
+        b, f = stage1(be, maps, plan, cfg, timer)
     else:  # image smaller than minsize allows: nothing to look at
         b = xp.zeros((0, 5), dtype=xp.float32, device=getattr(ii, "device", None))
         f = xp.zeros(0, dtype=xp.int64, device=getattr(ii, "device", None))

@@ -1,0 +1,410 @@
+"""PyTorch backend: the whole cascade on one device (CUDA, or CPU for tests).
+
+Everything after the upload of the frames stays on the device: integral
+images, the packed PNet canvas (one gather for all pyramid levels), PNet, the
+candidates, NMS (`torch_nms.grouped_nms`), the exact area crops, RNet and ONet;
+the pipeline copies the final boxes to the host once. The cascade itself is
+`pipeline.py`'s, shared with the ONNX Runtime backend.
+
+Speed options (each measured on/off by benchmarks/bench_gpu.py):
+
+* ``fp16``: nets in half precision (inputs and pyramid stay exact in float32
+  up to the cast; box maths stays float32).
+* ``channels_last``: NHWC convolutions (the canvas is gathered NHWC already).
+* ``cudnn_benchmark``: let cuDNN time its algorithms per shape (process-wide flag).
+* ``pinned``: host frames go through a reused page-locked buffer and an async copy
+  (off by default: the extra host copy cost more than the faster DMA saved).
+* ``graphs``: stream mode. Batches of up to ``stream_batch`` frames run the
+  whole cascade with fixed shapes (`torch_static.StaticCascade`) replayed as
+  one CUDA graph per (batch, frame size, settings): one launch and one host
+  sync per call. ``caps`` (slots per frame for PNet candidates, RNet and ONet
+  inputs) start at (2048, 512, 128); a frame that needs more is redone by the
+  shared pipeline (exact) and the graph is recaptured with that capacity doubled. Larger batches replay only the fixed-shape front (integral,
+  canvas, PNet) as a graph.
+* ``nms``: "grouped" (default), "torchvision" (`batched_nms`, for comparison), or "numpy".
+* ``kernels``: Triton kernels for the integral image and the canvas (`torch_kernels`;
+  CUDA with Triton only, else the torch versions).
+* ``fuse_pnet``: PNet's bias + PReLU (+ canvas mask + 2x2 pooling after conv1) as
+  Triton kernels after bias-free cuDNN convolutions (CUDA, channels-last).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import boxes as bx
+from ..crop import MEAN, SCALE
+from ..nets import torch_nets
+from ..pyramid import Canvas, Plan
+from . import torch_kernels
+from .torch_nms import grouped_nms
+
+try:  # torchvision is optional (CPU CI has none)
+    from torchvision.ops import batched_nms as _tv_batched_nms
+except ImportError:  # pragma: no cover - depends on the environment
+    _tv_batched_nms = None
+
+
+def _canvas_gather(canvas: Canvas, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat integral-image offsets (4, h*w) of each canvas pixel's area bin, and the bin areas (h*w,).
+
+    Pixel (i, j) of a level of size (lh, lw) averages frame rows
+    [floor(i*H/lh), ceil((i+1)*H/lh)) and likewise columns (adaptive average
+    pooling, as `crop.resize_frames`); canvas pixels outside every level read
+    an empty sum with area 1 (value -0.996, inside PNet's input range: the
+    mask keeps them out of every valid cell).
+    """
+    W1 = width + 1
+    ys = np.zeros((canvas.h, canvas.w), np.int64)
+    ye = np.zeros_like(ys)
+    xs = np.zeros_like(ys)
+    xe = np.zeros_like(ys)
+    for lv in canvas.levels:
+        i = np.arange(lv.h)
+        j = np.arange(lv.w)
+        r0, r1 = (i * height) // lv.h, ((i + 1) * height + lv.h - 1) // lv.h
+        c0, c1 = (j * width) // lv.w, ((j + 1) * width + lv.w - 1) // lv.w
+        sl = (slice(lv.y, lv.y + lv.h), slice(lv.x, lv.x + lv.w))
+        ys[sl], ye[sl] = r0[:, None], r1[:, None]
+        xs[sl], xe[sl] = c0[None, :], c1[None, :]
+    area = (ye - ys) * (xe - xs)
+    pad = area == 0
+    area[pad] = 1
+    corners = np.stack([ys * W1 + xs, ys * W1 + xe, ye * W1 + xs, ye * W1 + xe]).reshape(4, -1)
+    return corners, area.reshape(-1).astype(np.float32)
+
+
+class TorchBackend:
+    """MTCNN's nets and array maths in torch on ``device`` ("cuda", "cuda:1", "cpu")."""
+
+    name = "torch"
+
+    def __init__(self, device: str | torch.device = "cpu", threads: int | None = None, *, fp16: bool = False,
+                 channels_last: bool | None = None, cudnn_benchmark: bool = True, pinned: bool = False,
+                 graphs: bool = False, nms: str = "grouped", stream_batch: int = 4,
+                 caps: tuple[int, int, int] | None = None, kernels: bool = True,
+                 fuse_pnet: bool = True) -> None:
+        self.device = torch.device(device)
+        cuda = self.device.type == "cuda"
+        if cuda and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA GPU")
+        if threads:
+            torch.set_num_threads(int(threads))
+        if nms not in ("grouped", "torchvision", "numpy"):
+            raise ValueError(f"nms must be 'grouped', 'torchvision' or 'numpy', got {nms!r}")
+        if nms == "torchvision" and _tv_batched_nms is None:
+            raise RuntimeError("nms='torchvision' needs torchvision installed")
+        if fp16 and not cuda:
+            raise ValueError("fp16 is for CUDA devices")
+        if graphs and not cuda:
+            raise ValueError("graphs (CUDA graphs) need a CUDA device")
+        self.fp16 = bool(fp16)
+        self.channels_last = cuda if channels_last is None else bool(channels_last)
+        self.pinned = bool(pinned) and cuda
+        self.graphs = bool(graphs)
+        self.nms_impl = nms
+        if cuda:  # process-wide flag: the last backend made sets it
+            torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+        self.dtype = torch.float16 if self.fp16 else torch.float32
+        nets = torch_nets(self.device, self.dtype)
+        if self.channels_last:
+            nets = tuple(m.to(memory_format=torch.channels_last) for m in nets)
+        self._pnet, self._rnet, self._onet = nets
+        self.kernels = bool(kernels) and torch_kernels.available(self.device)
+        if self.kernels:
+            why = torch_kernels.self_test(self.device)
+            if why:
+                import warnings
+
+                warnings.warn(f"fastmtcnn: Triton kernels off ({why}); using torch ops", RuntimeWarning)
+                self.kernels = False
+        self.fused_nms = self.kernels
+        if self.kernels:
+            why = torch_kernels.self_test_nms(self.device)
+            if why:
+                import warnings
+
+                warnings.warn(f"fastmtcnn: fused NMS kernel off ({why}); using torch ops", RuntimeWarning)
+                self.fused_nms = False
+        self.fused_pnet = False
+        if fuse_pnet and self.kernels and self.channels_last:
+            why = torch_kernels.self_test_pnet(self._pnet, self.dtype)
+            if why:
+                import warnings
+
+                warnings.warn(f"fastmtcnn: fused PNet off ({why})", RuntimeWarning)
+            else:
+                self._pnet = torch_kernels.fused_pnet(self._pnet)
+                self.fused_pnet = True
+        self._consts: dict[int, tuple[object, torch.Tensor]] = {}
+        self._staging: torch.Tensor | None = None  # pinned host buffer for uploads
+        self._staged = None  # event: the last upload from the staging buffer is done
+        self._graphs: dict[tuple, tuple] = {}
+        self.stream_batch = int(stream_batch)
+        self.caps = tuple(caps) if caps else None
+        self._streams: dict[tuple, object] = {}
+        self._stream_caps: dict[tuple, tuple] = {}  # per stream: (capacities, NMS steps), grown on overflow
+        self.stream_stats = {"replays": 0, "fallbacks": 0}
+
+    def __repr__(self) -> str:
+        return (f"TorchBackend(device={str(self.device)!r}, fp16={self.fp16}, channels_last={self.channels_last}, "
+                f"graphs={self.graphs}, nms={self.nms_impl!r}, kernels={self.kernels}, "
+                f"fused_pnet={self.fused_pnet})")
+
+    # ------------------------------------------------------------------ arrays
+
+    def asarray(self, x) -> torch.Tensor:
+        """x on the device; read-only numpy arrays (the cached plans' tables) are uploaded once."""
+        if isinstance(x, np.ndarray) and not x.flags.writeable:
+            hit = self._consts.get(id(x))
+            if hit is not None and hit[0] is x:
+                return hit[1]
+            t = torch.from_numpy(np.array(x)).to(self.device)
+            if len(self._consts) > 512:
+                self._consts.clear()
+            self._consts[id(x)] = (x, t)  # keeps x alive, so its id stays unique
+            return t
+        return torch.as_tensor(x, device=self.device)
+
+    def _upload(self, host: np.ndarray) -> torch.Tensor:
+        """Host uint8 frames -> device, through a reused pinned buffer and an async copy."""
+        if not self.pinned:
+            return torch.from_numpy(host).to(self.device)
+        if self._staged is not None:
+            self._staged.synchronize()  # the previous copy out of the buffer has finished
+        nbytes = host.size
+        if self._staging is None or self._staging.numel() < nbytes:
+            self._staging = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        buf = self._staging[:nbytes].view(host.shape)
+        out = torch.empty(host.shape, dtype=torch.uint8, device=self.device)
+        # in slices of >= 8 MB: the DMA of one slice overlaps the host copy of the next
+        step = max(1, (8 << 20) // max(1, host[0].size))
+        for i in range(0, host.shape[0], step):
+            np.copyto(buf[i:i + step].numpy(), host[i:i + step])
+            out[i:i + step].copy_(buf[i:i + step], non_blocking=True)
+        self._staged = torch.cuda.Event()
+        self._staged.record()
+        return out
+
+    def frames(self, images) -> torch.Tensor:
+        """(N, H, W, 3) uint8 on the device: a list of arrays, an NHWC array, or a tensor (not copied if already there)."""
+        if isinstance(images, torch.Tensor):
+            t = images if images.ndim == 4 else images.unsqueeze(0)
+            if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:
+                raise ValueError(f"frame tensors must be uint8 (N, H, W, 3) RGB, got {t.dtype} {tuple(t.shape)}")
+            return t.to(self.device, non_blocking=t.is_pinned()).contiguous()
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            host = np.ascontiguousarray(images)
+        elif self.pinned:
+            first = np.asarray(images[0])
+            host = np.empty((len(images), *first.shape), np.uint8)
+            for i, im in enumerate(images):
+                host[i] = im
+        else:
+            host = np.stack(images)
+        return self._upload(host)
+
+    def integral(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, H+1, W+1, 3) int32 prefix sums: pad a zero row and column, then two scans."""
+        if self.kernels:
+            return torch_kernels.integral(frames)
+        x = F.pad(frames, (0, 0, 1, 0, 1, 0))
+        return torch.cumsum(torch.cumsum(x, 1, dtype=torch.int32), 2, dtype=torch.int32)
+
+    def canvas(self, ii: torch.Tensor, canvas: Canvas, height: int, width: int) -> torch.Tensor:
+        """Every pyramid level of the canvas in one gather: (N, 3, h, w), NHWC in memory."""
+        idx, inv = self._const(("canvas", id(canvas)), canvas, lambda: _canvas_gather(canvas, height, width))
+        n = ii.shape[0]
+        if self.kernels:
+            x = torch_kernels.canvas(ii, idx, inv, self.dtype, MEAN, SCALE)
+            return x.reshape(n, canvas.h, canvas.w, 3).permute(0, 3, 1, 2)
+        g = ii.reshape(n, -1, 3).index_select(1, idx.reshape(-1)).reshape(n, 4, -1, 3)
+        total = (g[:, 3] - g[:, 2]) - (g[:, 1] - g[:, 0])
+        x = (total.to(torch.float32) / inv[None, :, None] - MEAN) * SCALE
+        return x.reshape(n, canvas.h, canvas.w, 3).permute(0, 3, 1, 2).to(self.dtype)
+
+    def _const(self, key, owner, make) -> tuple[torch.Tensor, ...]:
+        """Device copies of numpy tables derived from `owner` (a cached plan object), made once."""
+        hit = self._consts.get(key)
+        if hit is not None and hit[0] is owner:
+            return hit[1]
+        t = tuple(torch.from_numpy(a).to(self.device) for a in make())
+        self._consts[key] = (owner, t)
+        return t
+
+    # ------------------------------------------------------------------ nets
+
+    def _in(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @torch.inference_mode()
+    def pnet(self, x, mask):
+        reg, prob = self._pnet(self._in(x), mask)
+        return reg.float(), prob.float()
+
+    @torch.inference_mode()
+    def rnet(self, x):
+        return tuple(o.float() for o in self._rnet(self._in(x)))
+
+    @torch.inference_mode()
+    def onet(self, x):
+        return tuple(o.float() for o in self._onet(self._in(x)))
+
+    @torch.inference_mode()
+    def front(self, frames: torch.Tensor, plan: Plan, timer):
+        """Integral image, packed canvases and PNet: ii and [(reg, prob)] per canvas.
+
+        Shapes depend only on (batch, frame size), so with ``graphs`` the whole
+        front is captured once and replayed as one CUDA graph.
+        """
+        if self.graphs and not timer.enabled and frames.shape[0] > self.stream_batch:
+            return self._front_graph(frames, plan)
+        return self._front(frames, plan, timer)
+
+    def _front(self, frames, plan: Plan, timer):
+        with timer("integral"):
+            ii = self.integral(frames)
+        maps = []
+        for c in plan.canvases:
+            with timer("pyramid"):
+                x = self.canvas(ii, c, plan.height, plan.width)
+                mask = self.asarray(c.mask)
+            with timer("pnet"):
+                maps.append(self.pnet(x, mask))
+        return ii, maps
+
+    def _front_graph(self, frames: torch.Tensor, plan: Plan):
+        key = (tuple(frames.shape), id(plan))
+        hit = self._graphs.get(key)
+        if hit is None or hit[0] is not plan:
+            static_in = torch.empty_like(frames)
+            static_in.copy_(frames)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):  # warm-up: cuDNN autotune, allocator, constants
+                    self._front(static_in, plan, _NoTimer)
+            torch.cuda.current_stream().wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                out = self._front(static_in, plan, _NoTimer)
+            if len(self._graphs) > 8:
+                self._graphs.clear()
+            hit = self._graphs[key] = (plan, g, static_in, out)
+        _, g, static_in, out = hit
+        static_in.copy_(frames, non_blocking=True)
+        g.replay()
+        return out
+
+    # ------------------------------------------------------------------ stream mode
+
+    def detect_frames(self, frames: torch.Tensor, cfg):
+        """The whole cascade as one CUDA graph replay (stream mode), or None to let the shared pipeline run.
+
+        None also when the replay flags an overflow of the fixed capacities or an
+        unconverged NMS: the shared pipeline then redoes the frames exactly.
+        """
+        if not self.graphs or frames.shape[0] > self.stream_batch:
+            return None
+        key = (tuple(frames.shape), cfg)
+        entry = self._streams.get(key)
+        if entry is None:
+            entry = self._streams[key] = self._capture_stream(frames, cfg)
+        if entry is False:
+            return None
+        cascade, graph, static_in, result, host = entry
+        with torch.inference_mode():  # the graph's buffers were made in inference mode
+            static_in.copy_(frames, non_blocking=True)
+            graph.replay()
+            host.copy_(result, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        out = host.numpy()
+        flags = out[-4:] > 0.5
+        if not flags.all():  # redo exactly; next time a graph with more room (or more NMS steps)
+            from .torch_static import MAX_CAPS
+
+            self.stream_stats["fallbacks"] += 1
+            caps, iters = self._stream_caps[key]
+            caps = tuple(min(2 * c, m) if not ok else c for c, ok, m in zip(caps, flags[:3], MAX_CAPS))
+            self._stream_caps[key] = (caps, iters if flags[3] else iters + 4)
+            del self._streams[key]
+            return None
+        self.stream_stats["replays"] += 1
+        return cascade.unpack(out[:-4].reshape(frames.shape[0], cascade.k3, -1).copy())
+
+    @torch.inference_mode()
+    def _capture_stream(self, frames: torch.Tensor, cfg):
+        from .torch_static import DEFAULT_CAPS, DEFAULT_ITERS, StaticCascade
+
+        key = (tuple(frames.shape), cfg)
+        caps, iters = self._stream_caps.setdefault(key, (self.caps or DEFAULT_CAPS, DEFAULT_ITERS))
+        try:
+            return self._capture(StaticCascade(self, cfg, frames.shape[0], frames.shape[1], frames.shape[2],
+                                               caps=caps, iters=iters), frames)
+        except ValueError:  # no single packed canvas for this size: the shared pipeline handles it
+            return False
+        except RuntimeError as e:  # an op that cannot be captured: say so, run the shared path
+            import warnings
+
+            warnings.warn(f"fastmtcnn: stream mode off for {tuple(frames.shape)}: {e}", RuntimeWarning)
+            return False
+
+    def _capture(self, cascade, frames: torch.Tensor):
+
+        def run(x):
+            out, flags = cascade.run(x)
+            return torch.cat([out.reshape(-1), flags.to(out.dtype)])
+
+        static_in = frames.clone()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up: cuDNN autotune, allocator, device tables
+                run(static_in)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            result = run(static_in)
+        host = torch.empty(result.shape, dtype=result.dtype, pin_memory=True)
+        return cascade, graph, static_in, result, host
+
+    # ------------------------------------------------------------------ the rest
+
+    def nms(self, boxes, scores, threshold, groups=None, mode="union", plus_one=False):
+        if self.nms_impl == "numpy":
+            keep = bx.nms(self.to_numpy(boxes), self.to_numpy(scores), threshold,
+                          None if groups is None else self.to_numpy(groups), mode, plus_one)
+            return torch.from_numpy(keep).to(self.device)
+        if self.nms_impl == "torchvision" and mode == "union" and not plus_one:
+            if groups is None:
+                groups = torch.zeros(scores.shape[0], dtype=torch.int64, device=scores.device)
+            return _tv_batched_nms(boxes.float(), scores.float(), groups, float(threshold))
+        return grouped_nms(boxes, scores, threshold, groups, mode, plus_one)
+
+    def to_numpy(self, x) -> np.ndarray:
+        return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class _NoTimerType:
+    enabled = False
+
+    def __call__(self, name):
+        return _NULL
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NULL = _Null()
+_NoTimer = _NoTimerType()

@@ -1,0 +1,120 @@
+"""Exact greedy NMS for many groups at once, in torch (CPU or CUDA).
+
+Why not torchvision's `batched_nms`: on CUDA it switches, above 5000 boxes, to
+a Python loop over the groups (one NMS call and a host sync per group), and a
+batch of 64 frames has 640 (frame, level) groups; below that size it runs one
+NMS over all boxes, which costs n^2 IoUs and an n x n/64 mask. Boxes of
+different groups never interact, and boxes that do not overlap in x never
+suppress each other, so the work here is only the pairs that overlap in x
+inside a group, all groups in one pass:
+
+1. rank the boxes by score, descending and stable (ties keep input order, as
+   the numpy NMS `boxes.nms` does): the greedy order;
+2. sort by (group, x1) and, for each box, take the following boxes whose x1
+   lies before its x2 (a sweep: one `searchsorted`); compute their IoU and
+   keep the suppression edges higher rank -> lower rank (IoU over threshold);
+3. greedy NMS keeps i iff no *kept* box has an edge to i. Iterating
+   keep <- {i : no kept j -> i} from "all kept" fixes the answer of every box
+   whose longest chain of suppressors has length <= the iteration count, so it
+   reaches the greedy result exactly, and stops at the first repeat (the greedy
+   result is the only fixed point).
+
+The IoU arithmetic is the numpy NMS's, step for step in float32 (and
+symmetric in the two boxes), so CPU torch and numpy keep the same boxes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: pairs (IoU evaluations) per chunk: bounds temporary memory (~60 bytes a pair)
+MAX_PAIRS = 1 << 23
+#: key = group * SPAN + x: coordinates are assumed within +-SPAN/4 pixels
+SPAN = float(1 << 22)
+
+
+def _edges(b, area, rank, hi, r0: int, r1: int, total: int, threshold: float, mode: str, add: float):
+    """Suppression edges (higher rank -> lower rank) among the x-sorted boxes: rows [r0, r1) with their followers."""
+    dev = b.device
+    cnt = hi[r0:r1] - torch.arange(r0 + 1, r1 + 1, device=dev)
+    rows = torch.repeat_interleave(torch.arange(r0, r1, device=dev), cnt, output_size=total)
+    first = torch.cumsum(cnt, 0) - cnt  # offset of each row's first pair
+    cols = rows + 1 + (torch.arange(total, device=dev) - first[rows - r0])
+    bi, bj = b[rows], b[cols]
+    w = torch.clamp(torch.minimum(bi[:, 2], bj[:, 2]) - torch.maximum(bi[:, 0], bj[:, 0]) + add, min=0)
+    h = torch.clamp(torch.minimum(bi[:, 3], bj[:, 3]) - torch.maximum(bi[:, 1], bj[:, 1]) + add, min=0)
+    inter = w * h
+    ai, aj = area[rows], area[cols]
+    denom = torch.minimum(ai, aj) if mode == "min" else ai + aj - inter
+    hit = torch.nonzero(inter / denom > threshold).squeeze(1)
+    r, c = rows[hit], cols[hit]
+    first_hi = rank[r] < rank[c]
+    return torch.where(first_hi, r, c), torch.where(first_hi, c, r)
+
+
+def grouped_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, groups: torch.Tensor | None = None,
+                mode: str = "union", plus_one: bool = False, max_pairs: int = MAX_PAIRS) -> torch.Tensor:
+    """Greedy NMS within each group; indices of kept boxes by decreasing score (like `boxes.nms`)."""
+    n = scores.shape[0]
+    dev = scores.device
+    if n == 0:
+        return torch.zeros(0, dtype=torch.int64, device=dev)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    # sweep order: by group, then x1
+    sp = torch.sort(boxes[:, 0], stable=True).indices
+    g = torch.zeros(n, dtype=torch.float64, device=dev) if groups is None else groups[sp].to(torch.float64)
+    if groups is not None:
+        gs = torch.sort(g, stable=True)
+        sp, g = sp[gs.indices], gs.values
+    b = boxes[sp].to(torch.float32)
+    rank = torch.empty(n, dtype=torch.int64, device=dev)
+    rank[order] = torch.arange(n, device=dev)
+    rank = rank[sp]
+    add = 1.0 if plus_one else 0.0
+    area = (b[:, 2] - b[:, 0] + add) * (b[:, 3] - b[:, 1] + add)
+    lim = SPAN / 4
+    key = g * SPAN + torch.clamp(b[:, 0].to(torch.float64), -lim, lim)
+    # followers j of i overlap it in x only if x1_j < x2_i + add (one pixel of margin against rounding)
+    end = g * SPAN + torch.clamp(b[:, 2].to(torch.float64) + (add + 1.0), -lim, lim)
+    hi = torch.searchsorted(key, end, side="right")
+    hi = torch.maximum(hi, torch.arange(1, n + 1, device=dev))  # at least past itself
+    cum = torch.cumsum(hi - torch.arange(1, n + 1, device=dev), 0)
+    total = int(cum[-1])
+    src, dst = [], []
+    if total <= max_pairs:
+        if total:
+            s, d = _edges(b, area, rank, hi, 0, n, total, threshold, mode, add)
+            src.append(s)
+            dst.append(d)
+    else:  # chunk the rows so that each chunk has at most max_pairs pairs (a row may exceed it alone)
+        cum_h = cum.cpu().numpy()
+        r0, done = 0, 0
+        while r0 < n:
+            r1 = max(r0 + 1, int(np.searchsorted(cum_h, done + max_pairs, side="right")))
+            t = int(cum_h[r1 - 1]) - done
+            if t:
+                s, d = _edges(b, area, rank, hi, r0, r1, t, threshold, mode, add)
+                src.append(s)
+                dst.append(d)
+            done, r0 = int(cum_h[r1 - 1]), r1
+    keep = torch.ones(n, dtype=torch.bool, device=dev)
+    if src:
+        src, dst = torch.cat(src), torch.cat(dst)
+        if src.numel():
+            hits = torch.zeros(n, dtype=torch.int32, device=dev)
+
+            def step(k: torch.Tensor) -> torch.Tensor:
+                return hits.zero_().index_add_(0, dst, k[src].to(torch.int32)) == 0
+
+            rounds = 2
+            while True:
+                for _ in range(rounds - 1):
+                    keep = step(keep)
+                nxt = step(keep)
+                if torch.equal(nxt, keep):
+                    break
+                keep = nxt
+                rounds = min(rounds * 2, 64)
+    kept = torch.zeros(n, dtype=torch.bool, device=dev)
+    kept[sp] = keep
+    return order[kept[order]]

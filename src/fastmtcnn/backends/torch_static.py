@@ -1,0 +1,216 @@
+"""Stream mode: the whole cascade with fixed shapes, replayed as one CUDA graph.
+
+The shared pipeline compacts arrays after every stage (nonzero, boolean
+selection), so each stage's shape depends on the pixels and each compaction
+is a host sync; per frame that is ~900 small kernels and ~20 syncs, which
+a single video stream pays in launch latency, not in GPU work. Here every
+stage keeps a fixed number of slots per frame (capacities K1 PNet candidates,
+K2 RNet inputs, K3 ONet inputs) and a validity mask instead:
+
+* candidates: the PNet map sorted by score (stable, so ties keep the cell
+  order of the shared path) and cut to K1;
+* NMS: a dense suppression matrix per frame over slots already in greedy
+  order, solved by the fixed-point iteration of `torch_nms` (a fixed number
+  of steps, then a convergence check);
+* between stages: a stable sort puts the surviving slots first, in order.
+
+Box maths (`boxes.py`), crops (`crop.area_resize`) and the nets are the
+shared ones, step for step, so the results equal the shared pipeline's. If a
+frame needs more slots than the capacities, or an NMS did not converge, the
+flags say so and the caller reruns the shared pipeline: never a silent cut.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import boxes as bx
+from ..config import Config
+from ..crop import area_resize
+from ..pipeline import _level_table
+from ..pyramid import make_plan
+
+#: slots per frame: PNet candidates, RNet inputs, ONet inputs
+DEFAULT_CAPS = (2048, 512, 128)
+#: a stream that overflows doubles the capacity that was short, up to these
+MAX_CAPS = (16384, 4096, 1024)
+#: fixed-point steps per NMS (real photos need <= 8; see tests)
+DEFAULT_ITERS = 8
+#: columns of the packed result per slot: box (4), score, landmarks (10), kept
+COLS = 16
+
+
+def suppression(b: torch.Tensor, valid: torch.Tensor, group: torch.Tensor | None, threshold: float,
+                mode: str = "union", plus_one: bool = False, dtype=torch.float32) -> torch.Tensor:
+    """(N, K, K) 0/1 matrix S[j, i]: slot j (earlier = higher in greedy order) suppresses slot i.
+
+    IoU arithmetic as `boxes.nms` (float32, same operation order).
+    """
+    add = 1.0 if plus_one else 0.0
+    x1, y1, x2, y2 = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
+    area = (x2 - x1 + add) * (y2 - y1 + add)
+    w = torch.clamp(torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(x1[:, :, None], x1[:, None, :]) + add,
+                    min=0)
+    h = torch.clamp(torch.minimum(y2[:, :, None], y2[:, None, :]) - torch.maximum(y1[:, :, None], y1[:, None, :]) + add,
+                    min=0)
+    inter = w * h
+    aj, ai = area[:, :, None], area[:, None, :]
+    denom = torch.minimum(aj, ai) if mode == "min" else aj + ai - inter
+    s = inter / denom > threshold
+    k = b.shape[1]
+    s &= torch.ones(k, k, dtype=torch.bool, device=b.device).triu(1)
+    s &= valid[:, :, None] & valid[:, None, :]
+    if group is not None:
+        s &= group[:, :, None] == group[:, None, :]
+    return s.to(dtype)
+
+
+def iterate_keep(s: torch.Tensor, valid: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy NMS result from the suppression matrix: `iters` fixed-point steps, and whether it converged."""
+    keep = valid
+    for _ in range(iters):
+        keep = valid & (torch.bmm(keep.to(s.dtype)[:, None, :], s)[:, 0, :] == 0)
+    nxt = valid & (torch.bmm(keep.to(s.dtype)[:, None, :], s)[:, 0, :] == 0)
+    return keep, (nxt == keep).all()
+
+
+def dense_nms(b, valid, group, threshold, iters, mode="union", plus_one=False, fused=False):
+    """Greedy NMS per row over slots in greedy order -> (keep (N, K), converged); `fused`: one Triton kernel for S."""
+    if fused:
+        from .torch_kernels import suppression as fused_suppression
+
+        add = 1.0 if plus_one else 0.0
+        area = (b[..., 2] - b[..., 0] + add) * (b[..., 3] - b[..., 1] + add)
+        s = fused_suppression(b, area, valid, group, threshold, mode, add)
+    else:
+        dtype = torch.float16 if b.is_cuda else torch.float32  # 0/1 sums: exact enough to test == 0
+        s = suppression(b, valid, group, threshold, mode, plus_one, dtype)
+    return iterate_keep(s, valid, iters)
+
+
+def first(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row, the indices of True slots first (in order), then the others; cut to k."""
+    return torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :k]
+
+
+def by_score(score: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per row, slot order by decreasing score (stable), invalid slots last."""
+    key = torch.where(valid, score, torch.full_like(score, -float("inf")))
+    return torch.sort(key, dim=1, descending=True, stable=True).indices
+
+
+def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (N, K, ...) gathered along K by idx (N, M)."""
+    n, m = idx.shape
+    flat = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+    base = (torch.arange(n, device=idx.device) * x.shape[1])[:, None]
+    return flat[(base + idx).reshape(-1)].reshape(n, m, *x.shape[2:])
+
+
+class StaticCascade:
+    """The cascade for N frames of H x W with static shapes: `run(frames)` -> (result, ok)."""
+
+    def __init__(self, be, cfg: Config, n: int, height: int, width: int,
+                 caps: tuple[int, int, int] = DEFAULT_CAPS, iters: int = DEFAULT_ITERS) -> None:
+        self.be, self.cfg, self.n, self.hw = be, cfg, n, (height, width)
+        self.plan = make_plan(height, width, cfg.minsize, cfg.factor, cfg.packed)
+        if len(self.plan.canvases) != 1:
+            raise ValueError("stream mode needs one packed canvas (packed=True, frame >= minsize)")
+        self.canvas = self.plan.canvases[0]
+        self.k1 = min(caps[0], self.canvas.out_shape[0] * self.canvas.out_shape[1])
+        self.k2, self.k3 = min(caps[1], self.k1), min(caps[2], caps[1], self.k1)
+        self.iters = iters
+
+    def _refine(self, ii, b, valid, size, net, threshold):
+        """Crops of the valid slots -> net outputs; slots whose window is empty or score too low drop out."""
+        n, k = b.shape[:2]
+        H, W = self.hw
+        win, ok = bx.crop_windows(b.reshape(n * k, -1), H, W)
+        valid = valid & ok.reshape(n, k)
+        safe = torch.zeros(4, dtype=win.dtype, device=win.device)  # [0, 1, 0, 1]: a 1-pixel window
+        safe[1::2] = 1  # (made by kernels, not a host copy: this runs inside graph capture)
+        win = torch.where(valid.reshape(-1, 1), win, safe)
+        f = torch.arange(n, device=b.device).repeat_interleave(k)
+        out = net(area_resize(ii, f, win, size, size))
+        score = out[-1][:, 1].reshape(n, k)
+        valid = valid & (score > threshold)
+        b = torch.cat([b[..., :4], score[..., None]], dim=2)
+        return b, valid, [o.reshape(n, k, -1) for o in out[:-1]]
+
+    def run(self, frames: torch.Tensor):
+        """(N, H, W, 3) uint8 -> packed (N, K3, 16) float32 result and flags (4,) bool.
+
+        The flags: K1, K2, K3 were enough, every NMS converged. All True: the result is exact.
+        """
+        be, cfg, canvas, plan = self.be, self.cfg, self.canvas, self.plan
+        n, k1, k2, k3, it = self.n, self.k1, self.k2, self.k3, self.iters
+        fz = bool(getattr(be, "fused_nms", False)) and frames.is_cuda
+        H, W = self.hw
+        ii, maps = be._front(frames, plan, _NoTimer())
+        reg, prob = maps[0]
+        cell_level = be.asarray(canvas.cell_level)
+        ow = canvas.out_shape[1]
+        # candidates: cells over threshold, best first, ties in cell order
+        face = prob[:, -1]
+        hit = (face >= cfg.thresholds[0]) & (cell_level >= 0)[None]
+        score, idx = torch.sort(torch.where(hit, face, -1.0).reshape(n, -1), dim=1, descending=True, stable=True)
+        score, idx = score[:, :k1], idx[:, :k1]
+        fit1 = hit.reshape(n, -1).sum(1).max() <= k1
+        valid = hit.reshape(n, -1).gather(1, idx)
+        level = cell_level.reshape(-1)[idx].clamp(min=0)
+        origins, scales = _level_table(canvas, plan)
+        origins, scales = be.asarray(origins), be.asarray(scales)
+        r = reg.reshape(n, 4, -1).gather(2, idx[:, None, :].expand(n, 4, k1)).permute(0, 2, 1)
+        b = bx.cells_to_boxes((idx // ow - origins[0][level]).reshape(-1), (idx % ow - origins[1][level]).reshape(-1),
+                              scales[level].reshape(-1), score.reshape(-1), r.reshape(-1, 4)).reshape(n, k1, 9)
+        # NMS 0.5 within each level, then 0.7 across levels (slots are in greedy order already)
+        keep, c1 = dense_nms(b, valid, level, 0.5, it, fused=fz)
+        keep, c2 = dense_nms(b, keep, None, 0.7, it, fused=fz)
+        b = bx.square(bx.apply_pnet_regression(b.reshape(n * k1, 9))).reshape(n, k1, 5)
+        sel = first(keep, k2)
+        fit2 = keep.sum(1).max() <= k2
+        b, valid = take_rows(b, sel), keep.gather(1, sel)
+        # RNet
+        b, valid, (reg,) = self._refine(ii, b, valid, 24, be.rnet, cfg.thresholds[1])
+        order = by_score(b[..., 4], valid)
+        b, valid, reg = take_rows(b, order), valid.gather(1, order), take_rows(reg, order)
+        keep, c3 = dense_nms(b, valid, None, 0.7, it, fused=fz)
+        b = bx.square(bx.apply_regression(b.reshape(n * k2, 5), reg.reshape(n * k2, 4))).reshape(n, k2, 5)
+        sel = first(keep, k3)
+        fit3 = keep.sum(1).max() <= k3
+        b, valid = take_rows(b, sel), keep.gather(1, sel)
+        # ONet
+        b, valid, (reg, lmk) = self._refine(ii, b, valid, 48, be.onet, cfg.thresholds[2])
+        flat = b.reshape(n * k3, 5)
+        lm = bx.landmarks_from_onet(flat, lmk.reshape(n * k3, 10)).reshape(n, k3, 10)
+        b = bx.apply_regression(flat, reg.reshape(n * k3, 4)).reshape(n, k3, 5)
+        order = by_score(b[..., 4], valid)
+        b, valid, lm = take_rows(b, order), valid.gather(1, order), take_rows(lm, order)
+        keep, c4 = dense_nms(b, valid, None, 0.7, it, mode="min", plus_one=True, fused=fz)
+        out = torch.cat([b, lm, keep[..., None].to(b.dtype)], dim=2)
+        return out, torch.stack([fit1, fit2, fit3, c1 & c2 & c3 & c4])
+
+    @staticmethod
+    def unpack(out: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Host copy of `run`'s result -> per frame (boxes (k, 5), landmarks (k, 5, 2)), as `detect_frames` gives."""
+        res = []
+        for rows in out:
+            rows = rows[rows[:, 15] > 0.5]
+            lm = rows[:, 5:15].reshape(-1, 5, 2)
+            res.append((np.ascontiguousarray(rows[:, :5]), np.ascontiguousarray(lm)))
+        return res
+
+
+class _NoTimer:
+    enabled = False
+
+    def __call__(self, name):
+        return _Null()
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

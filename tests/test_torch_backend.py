@@ -1,0 +1,344 @@
+"""The torch backend: same detections as ONNX Runtime on CPU, and on a GPU where there is one.
+
+Why: the torch backend runs the shared cascade with its own pieces (one-gather
+packed canvas, grouped NMS, device-resident tables, CUDA graphs); each must
+leave the detections unchanged. CPU tests run in CI (torch CPU, no
+torchvision); tests marked `gpu` need CUDA and skip cleanly without it (they
+run on the device machine: `pytest -m gpu tests/test_torch_backend.py`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import load_reference, reference_names  # noqa: E402
+from fastmtcnn import MTCNN, Detections, read_image  # noqa: E402
+from fastmtcnn.boxes import nms as numpy_nms  # noqa: E402
+from fastmtcnn.metrics import greedy_match  # noqa: E402
+from fastmtcnn.pipeline import canvas_input  # noqa: E402
+from fastmtcnn.backends.torch_nms import grouped_nms  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+MIN_IOU = 0.7
+
+
+def assert_same_faces(a: Detections, b: Detections, name: str, landmark_tol: float = 0.01) -> None:
+    """Every face of a paired with one of b at IoU >= 0.7 and vice versa; landmarks within tol of the side."""
+    pairs = greedy_match(a.boxes, b.boxes, MIN_IOU)
+    assert len(pairs) == len(a) == len(b), f"{name}: {len(a)} vs {len(b)} faces, {len(pairs)} paired"
+    for i, j in pairs:
+        side = float(a.boxes[i, 2] - a.boxes[i, 0])
+        err = float(np.abs(a.landmarks[i] - b.landmarks[j]).mean()) / side
+        assert err <= landmark_tol, f"{name}: landmarks differ by {err:.4f} of the side"
+
+
+def reference_recall_precision(dets: dict[str, Detections]) -> tuple[float, float]:
+    n_ref = n_ours = n_pair = 0
+    for name, d in dets.items():
+        r = Detections.from_list(load_reference(name))
+        n_ref, n_ours = n_ref + len(r), n_ours + len(d)
+        n_pair += len(greedy_match(r.boxes, d.boxes, MIN_IOU))
+    return n_pair / max(n_ref, 1), n_pair / max(n_ours, 1)
+
+
+@pytest.fixture(scope="module")
+def photos(shared_data) -> dict[str, np.ndarray]:
+    return {name: read_image(shared_data / name) for name in reference_names()}
+
+
+@pytest.fixture(scope="module")
+def ort_detections(photos, detector) -> dict[str, Detections]:
+    return {name: detector.detect(img) for name, img in photos.items()}
+
+
+@pytest.fixture(scope="module")
+def torch_cpu() -> MTCNN:
+    return MTCNN(backend="torch", device="cpu")
+
+
+# --------------------------------------------------------------------------- CPU (CI)
+
+
+def test_torch_cpu_finds_the_same_faces_as_onnxruntime_on_every_reference_photo(photos, ort_detections, torch_cpu):
+    ours = {}
+    for name, img in photos.items():
+        ours[name] = torch_cpu.detect(img)
+        assert_same_faces(ort_detections[name], ours[name], name)
+    recall, precision = reference_recall_precision(ours)
+    assert recall >= 0.98 and precision >= 0.98, (recall, precision)
+
+
+def test_torch_detect_batch_takes_a_list_an_nhwc_array_and_a_tensor(photos, torch_cpu):
+    img = photos["yolov5_zidane.jpg"]
+    flipped = np.ascontiguousarray(img[:, ::-1])
+    from_list = torch_cpu.detect_batch([img, flipped])
+    from_array = torch_cpu.detect_batch(np.stack([img, flipped]))
+    from_tensor = torch_cpu.detect_batch(torch.from_numpy(np.stack([img, flipped])))
+    assert len(from_list[0]) >= 2 and len(from_list[1]) == len(from_list[0])
+    for other in (from_array, from_tensor):
+        for a, b in zip(from_list, other):
+            np.testing.assert_array_equal(a.boxes, b.boxes)
+            np.testing.assert_array_equal(a.landmarks, b.landmarks)
+    # the mirror image has the mirrored faces
+    w = img.shape[1]
+    mirrored = from_list[1].boxes[:, [2, 1, 0, 3]] * [-1, 1, -1, 1] + [w, 0, w, 0]
+    assert len(greedy_match(from_list[0].boxes, mirrored, 0.8)) == len(from_list[0])
+
+
+def test_one_gather_canvas_equals_the_shared_per_level_resize(photos, torch_cpu):
+    """The backend builds the packed canvas with one gather; inside every level it must equal crop.resize_frames."""
+    be = torch_cpu.backend
+    img = photos["bob_multiple-faces.jpg"]
+    plan = torch_cpu.plan(*img.shape[:2])
+    frames = be.frames([img])
+    ii = be.integral(frames)
+    for canvas in plan.canvases:
+        ours = be.canvas(ii, canvas, plan.height, plan.width)
+        shared = canvas_input(ii, canvas, 1)
+        assert ours.shape == shared.shape
+        for lv in canvas.levels:
+            sl = (slice(None), slice(None), slice(lv.y, lv.y + lv.h), slice(lv.x, lv.x + lv.w))
+            assert torch.equal(ours[sl], shared[sl]), f"level {lv}"
+        assert float(ours.min()) >= -1.0 and float(ours.max()) <= 1.0  # padding stays in PNet's input range
+
+
+def test_integral_image_matches_numpy_cumsum(photos, torch_cpu):
+    img = photos["skimage_astronaut.png"]
+    ii = torch_cpu.backend.integral(torch_cpu.backend.frames([img])).numpy()[0]
+    ref = np.zeros((img.shape[0] + 1, img.shape[1] + 1, 3), np.int64)
+    ref[1:, 1:] = img.astype(np.int64).cumsum(0).cumsum(1)
+    assert ii.dtype == np.int32
+    np.testing.assert_array_equal(ii, ref)
+
+
+def _random_boxes(rng: np.random.Generator, n: int, ties: bool, integer: bool):
+    xy = rng.uniform(0, 200, (n, 2))
+    wh = rng.uniform(4, 60, (n, 2))
+    b = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    if integer:
+        b = np.floor(b)
+    s = rng.uniform(0, 1, n).astype(np.float32)
+    if ties:
+        s = np.round(s, 1).astype(np.float32)
+    return b, s
+
+
+@pytest.mark.parametrize("max_pairs", [500, 1 << 23])
+def test_grouped_nms_keeps_exactly_what_the_numpy_nms_keeps(max_pairs):
+    rng = np.random.default_rng(7)
+    for trial in range(100):
+        n = int(rng.integers(0, 300))
+        b, s = _random_boxes(rng, n, ties=trial % 3 == 0, integer=trial % 2 == 1)
+        g = rng.integers(0, int(rng.integers(1, 10)), n) if trial % 4 else None
+        thr = float(rng.choice([0.3, 0.5, 0.7]))
+        mode = "min" if trial % 5 == 0 else "union"
+        plus_one = trial % 5 == 0
+        ref = numpy_nms(b, s, thr, g, mode, plus_one)
+        got = grouped_nms(torch.from_numpy(b), torch.from_numpy(s), thr,
+                          None if g is None else torch.from_numpy(g), mode, plus_one, max_pairs=max_pairs)
+        got = got.numpy()
+        # the same boxes kept, best first (boxes of equal score may come in another order)
+        np.testing.assert_array_equal(np.sort(got), np.sort(ref), err_msg=f"trial {trial}")
+        assert np.all(np.diff(s[got]) <= 0)
+
+
+def test_grouped_nms_resolves_a_long_suppression_chain():
+    """A row of overlapping boxes with falling scores: box k is kept iff k is even (greedy order matters)."""
+    n = 41
+    x = np.arange(n, dtype=np.float32) * 4
+    b = np.stack([x, np.zeros(n), x + 10, np.full(n, 10)], 1).astype(np.float32)
+    s = np.linspace(1, 0.1, n).astype(np.float32)
+    got = grouped_nms(torch.from_numpy(b), torch.from_numpy(s), 0.3).numpy()
+    np.testing.assert_array_equal(got, numpy_nms(b, s, 0.3))
+    np.testing.assert_array_equal(got, np.arange(0, n, 2))
+
+
+def test_torch_backend_rejects_bad_options():
+    with pytest.raises(ValueError, match="nms"):
+        MTCNN(backend="torch", device="cpu", nms="fast")
+    with pytest.raises(ValueError, match="fp16"):
+        MTCNN(backend="torch", device="cpu", fp16=True)
+    with pytest.raises(ValueError, match="uint8"):
+        MTCNN(backend="torch", device="cpu").detect_batch(torch.zeros(1, 32, 32, 3))
+
+
+def test_static_cascade_gives_the_shared_pipeline_results_and_flags_overflow(photos):
+    """Stream mode's fixed-shape cascade (run here without a graph) equals the shared pipeline, or says it cannot."""
+    import cv2
+
+    from fastmtcnn.backends.torch_static import StaticCascade
+    from fastmtcnn.pipeline import detect_frames
+
+    det = MTCNN(minsize=24, backend="torch", device="cpu")
+    names = ["bob_multiple-faces.jpg", "dlib_2007_007763.jpg", "insightface_t1.jpg"]
+    imgs = [cv2.resize(photos[k], (640, 360), interpolation=cv2.INTER_AREA) for k in names]
+    be = det.backend
+    frames = be.frames(imgs)
+    want = detect_frames(be, frames, det.config)
+    assert sum(len(b) for b, _ in want) >= 20
+    caps = (1024, 512, 64)
+    with torch.inference_mode():
+        out, ok = StaticCascade(be, det.config, 3, 360, 640, caps=caps).run(frames)
+        small, small_ok = StaticCascade(be, det.config, 3, 360, 640, caps=caps[:2] + (4,)).run(frames)
+    assert bool(ok.all()) and small_ok.tolist() == [True, True, False, True]
+    for (wb, wl), (gb, gl) in zip(want, StaticCascade.unpack(out.numpy())):
+        np.testing.assert_allclose(gb, wb, atol=1e-4)
+        np.testing.assert_allclose(gl, wl, atol=1e-4)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA")
+def test_cuda_device_without_a_gpu_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="CUDA"):
+        MTCNN(backend="torch", device="cuda")
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+@pytest.fixture(scope="module")
+def cuda_dets():
+    return {
+        "fp32": MTCNN(backend="torch", device="cuda"),
+        "fp16": MTCNN(backend="torch", device="cuda", fp16=True),
+    }
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_gpu_is_faithful_to_the_reference(photos, ort_detections, cuda_dets, precision):
+    ours = {name: cuda_dets[precision].detect(img) for name, img in photos.items()}
+    recall, precision_ = reference_recall_precision(ours)
+    assert recall >= 0.98 and precision_ >= 0.98, (recall, precision_)
+    if precision == "fp32":
+        for name in photos:
+            assert_same_faces(ort_detections[name], ours[name], name)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_frames_already_on_the_device_are_not_copied_and_give_the_same_faces(photos, cuda_dets):
+    det = cuda_dets["fp32"]
+    img = photos["bob_multiple-faces.jpg"]
+    t = torch.from_numpy(img[None]).cuda()
+    assert det.backend.frames(t).data_ptr() == t.data_ptr()
+    on_gpu = det.detect_batch(t)[0]
+    on_host = det.detect(img)
+    assert len(on_host) >= 15
+    np.testing.assert_allclose(on_gpu.boxes, on_host.boxes, atol=1e-3)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_batch_equals_frame_by_frame_with_and_without_pinned_upload(photos):
+    import cv2
+
+    imgs = [cv2.resize(im, (640, 480), interpolation=cv2.INTER_AREA) for im in photos.values()]
+    det = MTCNN(backend="torch", device="cuda", pinned=True)
+    plain = MTCNN(backend="torch", device="cuda", pinned=False)
+    batch = det.detect_batch(np.stack(imgs))
+    assert sum(len(d) for d in batch) >= 10
+    for im, d, e in zip(imgs, batch, plain.detect_batch(imgs)):
+        assert_same_faces(det.detect(im), d, "batch vs single", landmark_tol=0.03)
+        np.testing.assert_array_equal(d.boxes, e.boxes)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("minsize", [40, 20])
+def test_gpu_stream_mode_graph_replays_give_the_eager_results_on_new_frames(photos, minsize):
+    import cv2
+
+    imgs = [cv2.resize(im, (1280, 720), interpolation=cv2.INTER_AREA) for im in photos.values()]
+    eager = MTCNN(backend="torch", device="cuda", minsize=minsize)
+    graphed = MTCNN(backend="torch", device="cuda", minsize=minsize, graphs=True, caps=(4096, 1024, 256))
+    total = 0
+    for im in imgs + imgs[:3]:  # one graph replayed on every frame, then again
+        a, b = eager.detect(im), graphed.detect(im)
+        assert_same_faces(a, b, "stream vs eager", landmark_tol=0.01)
+        total += len(a)
+    assert total >= 20
+    stats = graphed.backend.stream_stats
+    # a frame beyond the capacities is redone by the shared pipeline (exact either way): rare, not never
+    assert stats["replays"] + stats["fallbacks"] == len(imgs) + 3 and stats["fallbacks"] <= 2, stats
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_stream_mode_falls_back_to_the_exact_pipeline_when_capacities_overflow(photos):
+    img = photos["bob_multiple-faces.jpg"]
+    tiny = MTCNN(backend="torch", device="cuda", graphs=True, caps=(64, 16, 4))
+    a = MTCNN(backend="torch", device="cuda").detect(img)
+    assert len(a) >= 15
+    for _ in range(12):  # each overflow is redone exactly and doubles the short capacity
+        assert_same_faces(a, tiny.detect(img), "fallback")
+    stats = tiny.backend.stream_stats
+    assert 1 <= stats["fallbacks"] < 12 and stats["replays"] >= 1, stats
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_triton_integral_and_canvas_equal_the_torch_versions(photos, cuda_dets):
+    from fastmtcnn.backends import torch_kernels
+
+    if not torch_kernels.available(torch.device("cuda")):
+        pytest.skip("no Triton")
+    det = cuda_dets["fp32"]
+    be = det.backend
+    img = photos["insightface_t1.jpg"]
+    frames = be.frames([img, img[::-1].copy()])
+    ii = torch_kernels.integral(frames)
+    be.kernels = False
+    try:
+        ref = be.integral(frames)
+        assert torch.equal(ii, ref)
+        plan = det.plan(*img.shape[:2])
+        want = be.canvas(ref, plan.canvases[0], plan.height, plan.width)
+        be.kernels = True
+        got = be.canvas(ii, plan.canvases[0], plan.height, plan.width)
+        assert torch.equal(got, want)
+    finally:
+        be.kernels = torch_kernels.available(be.device)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_triton_kernels_pass_their_self_tests_against_torch():
+    from fastmtcnn.backends import torch_kernels
+
+    if not torch_kernels.available(torch.device("cuda")):
+        pytest.skip("no Triton")
+    assert torch_kernels.self_test(torch.device("cuda")) is None
+    assert torch_kernels.self_test_nms(torch.device("cuda")) is None
+    for det in MTCNN(backend="torch", device="cuda"), MTCNN(backend="torch", device="cuda", fp16=True):
+        assert det.backend.fused_pnet, det.backend
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_fused_pnet_finds_the_same_faces(photos):
+    fused = MTCNN(backend="torch", device="cuda", fp16=True)
+    plain = MTCNN(backend="torch", device="cuda", fp16=True, fuse_pnet=False)
+    assert fused.backend.fused_pnet and not plain.backend.fused_pnet
+    for name in ("bob_multiple-faces.jpg", "insightface_t1.jpg", "yolov5_zidane.jpg", "dlib_2008_002079.jpg"):
+        assert_same_faces(plain.detect(photos[name]), fused.detect(photos[name]), name, 0.02)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_grouped_nms_equals_numpy_nms_and_torchvision():
+    rng = np.random.default_rng(3)
+    tv = pytest.importorskip("torchvision").ops.batched_nms
+    for trial in range(40):
+        n = int(rng.integers(1, 3000))
+        b, s = _random_boxes(rng, n, ties=False, integer=trial % 2 == 1)
+        g = rng.integers(0, 50, n)
+        ref = numpy_nms(b, s, 0.5, g)
+        tb, ts, tg = (torch.from_numpy(a).cuda() for a in (b, s, g))
+        got = grouped_nms(tb, ts, 0.5, tg, max_pairs=1 << 16 if trial % 3 == 0 else 1 << 23)
+        np.testing.assert_array_equal(np.sort(got.cpu().numpy()), np.sort(ref))
+        np.testing.assert_array_equal(np.sort(tv(tb, ts, tg, 0.5).cpu().numpy()), np.sort(ref))
