@@ -178,6 +178,9 @@ def refine(be: Backend, ii, b, f, size: int, net, max_batch: int, threshold: flo
         xp = array_namespace(b)
         win, ok = bx.crop_windows(b, *hw)
         b, f, win = _select(xp, ok, b, f, win)
+        # frame by frame, so that a batch's gathers stay within one frame's integral image
+        order = xp.argsort(f, stable=True)
+        b, f, win = (xp.take(a, order, axis=0) for a in (b, f, win))
         x = area_resize(ii, f, win, size, size)
     with timer(name):
         out = _run_chunks(net, x, max_batch)
@@ -185,6 +188,30 @@ def refine(be: Backend, ii, b, f, size: int, net, max_batch: int, threshold: flo
     b, f, score, *out = _select(xp, score > threshold, b, f, score, *out[:-1])
     b = xp.concat([b[:, :4], score[:, None]], axis=1)
     return b, f, tuple(out)
+
+
+def rnet_onet(be: Backend, ii, b, f, cfg: Config, hw: tuple[int, int], timer: StageTimer = _NO_TIMER):
+    """The cascade from RNet on: candidates (m, 5) of frames f -> faces (k, 5), their frames, landmarks (k, 5, 2).
+
+    Also the whole detector of tracking mode, which feeds it boxes around the
+    previous frame's faces instead of PNet's.
+    """
+    xp = array_namespace(b)
+    lm = xp.zeros((0, 5, 2), dtype=xp.float32, device=getattr(b, "device", None))
+    if b.shape[0]:
+        b, f, (reg,) = refine(be, ii, b, f, 24, be.rnet, cfg.max_batch[0], cfg.thresholds[1], hw, timer, "rnet")
+        with timer("nms"):
+            keep = be.nms(b[:, :4], b[:, 4], 0.7, groups=f)
+            b = bx.square(bx.apply_regression(b[keep], reg[keep]))
+            f = f[keep]
+    if b.shape[0]:
+        b, f, (reg, lmk) = refine(be, ii, b, f, 48, be.onet, cfg.max_batch[1], cfg.thresholds[2], hw, timer, "onet")
+        with timer("nms"):
+            lm = bx.landmarks_from_onet(b, lmk)
+            b = bx.apply_regression(b, reg)
+            keep = be.nms(b[:, :4], b[:, 4], 0.7, groups=f, mode="min", plus_one=True)
+            b, f, lm = b[keep], f[keep], lm[keep]
+    return b, f, lm
 
 
 def detect_frames(be: Backend, frames, cfg: Config, timer: StageTimer = _NO_TIMER):
@@ -204,20 +231,7 @@ def detect_frames(be: Backend, frames, cfg: Config, timer: StageTimer = _NO_TIME
     else:  # image smaller than minsize allows: nothing to look at
         b = xp.zeros((0, 5), dtype=xp.float32, device=getattr(ii, "device", None))
         f = xp.zeros(0, dtype=xp.int64, device=getattr(ii, "device", None))
-    lm = xp.zeros((0, 5, 2), dtype=xp.float32, device=getattr(ii, "device", None))
-    if b.shape[0]:
-        b, f, (reg,) = refine(be, ii, b, f, 24, be.rnet, cfg.max_batch[0], cfg.thresholds[1], (H, W), timer, "rnet")
-        with timer("nms"):
-            keep = be.nms(b[:, :4], b[:, 4], 0.7, groups=f)
-            b = bx.square(bx.apply_regression(b[keep], reg[keep]))
-            f = f[keep]
-    if b.shape[0]:
-        b, f, (reg, lmk) = refine(be, ii, b, f, 48, be.onet, cfg.max_batch[1], cfg.thresholds[2], (H, W), timer, "onet")
-        with timer("nms"):
-            lm = bx.landmarks_from_onet(b, lmk)
-            b = bx.apply_regression(b, reg)
-            keep = be.nms(b[:, :4], b[:, 4], 0.7, groups=f, mode="min", plus_one=True)
-            b, f, lm = b[keep], f[keep], lm[keep]
+    b, f, lm = rnet_onet(be, ii, b, f, cfg, (H, W), timer)
     with timer("to_host"):
         b, f, lm = be.to_numpy(b), be.to_numpy(f), be.to_numpy(lm)
     return [(b[f == i], lm[f == i]) for i in range(n)]

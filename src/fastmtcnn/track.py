@@ -18,7 +18,7 @@ import numpy as np
 from . import boxes as bx
 from .detections import Detections
 from .images import as_image
-from .pipeline import refine
+from .pipeline import rnet_onet
 
 #: candidate windows per previous face: (scale of the squared box, x shift, y shift in units of its side).
 #: The squared box alone tracks slow motion; the wider and shifted ones keep fast pans and zooms
@@ -47,8 +47,8 @@ def candidate_boxes(prev_boxes: np.ndarray, jitter=DEFAULT_JITTER) -> np.ndarray
 def refine_candidates(detector, image: np.ndarray, candidates: np.ndarray) -> Detections:
     """The cascade from the RNet stage on: given (m, 5) candidate boxes on one RGB frame, the faces.
 
-    Mirrors the RNet/ONet tail of `pipeline.detect_frames` (same stage functions,
-    same thresholds, NMS and regression), timed under the same stage names.
+    The same RNet/ONet stages as the full detector (`pipeline.rnet_onet`), timed
+    under the same stage names.
     """
     be, cfg, timer = detector.backend, detector.config, detector.timer
     frames = be.frames([image])
@@ -57,20 +57,7 @@ def refine_candidates(detector, image: np.ndarray, candidates: np.ndarray) -> De
         ii = be.integral(frames)
     b = be.asarray(np.ascontiguousarray(candidates, np.float32))
     f = be.asarray(np.zeros(len(candidates), np.int64))
-    if b.shape[0]:
-        b, f, (reg,) = refine(be, ii, b, f, 24, be.rnet, cfg.max_batch[0], cfg.thresholds[1], (H, W), timer, "rnet")
-        with timer("nms"):
-            keep = be.nms(b[:, :4], b[:, 4], 0.7, groups=f)
-            b = bx.square(bx.apply_regression(b[keep], reg[keep]))
-            f = f[keep]
-    if not b.shape[0]:
-        return Detections.empty()
-    b, f, (reg, lmk) = refine(be, ii, b, f, 48, be.onet, cfg.max_batch[1], cfg.thresholds[2], (H, W), timer, "onet")
-    with timer("nms"):
-        lm = bx.landmarks_from_onet(b, lmk)
-        b = bx.apply_regression(b, reg)
-        keep = be.nms(b[:, :4], b[:, 4], 0.7, groups=f, mode="min", plus_one=True)
-        b, lm = b[keep], lm[keep]
+    b, _, lm = rnet_onet(be, ii, b, f, cfg, (H, W), timer)
     with timer("to_host"):
         b, lm = be.to_numpy(b), be.to_numpy(lm)
     return Detections(b[:, :4], b[:, 4], lm)
