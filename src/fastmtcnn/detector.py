@@ -50,6 +50,9 @@ class MTCNN:
             if providers is not None:
                 raise ValueError("providers= is for the onnxruntime backend; the torch backend takes device=")
             self.backend = backends.create(backend, device=device or "cpu", threads=threads, **backend_options)
+            if max_batch is None and str(device or "cpu").startswith("cuda"):
+                # a GPU wants RNet/ONet batches far larger than a CPU's cache does (measured: +15%)
+                self.config = self.config.replace(max_batch=(8192, 4096))
         self.timer = StageTimer(sync=self.backend.synchronize)
 
     def __repr__(self) -> str:
@@ -63,7 +66,9 @@ class MTCNN:
         return make_plan(int(height), int(width), c.minsize, c.factor, c.packed)
 
     def detect(self, image) -> Detections:
-        """Faces in one image (RGB array or path)."""
+        """Faces in one image (RGB array, path, or an (H, W, 3) uint8 tensor on the backend's device)."""
+        if _is_tensor(image) and image.ndim == 3:
+            return self._run(image[None])[0]
         return self.detect_batch([image])[0]
 
     def detect_batch(self, images: Iterable | np.ndarray) -> list[Detections]:
