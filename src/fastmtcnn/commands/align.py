@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..cli import add_detector_args, detector_from_args
+from . import unique_stem
 
 KINDS = ("aligned", "margin")
 
@@ -33,16 +34,6 @@ def register(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only the summary line")
     add_detector_args(p)
     p.set_defaults(func=run)
-
-
-def _stem(path: str, used: set[str]) -> str:
-    """The input's name without suffix, made unique within a run."""
-    stem, name, k = Path(path).stem, Path(path).stem, 1
-    while name in used:
-        k += 1
-        name = f"{stem}_{k}"
-    used.add(name)
-    return name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 img = read_image(path)
                 faces = det.detect(img)
                 faces = faces[faces.scores >= args.min_score]
-                stem = _stem(path, used)
+                stem = unique_stem(path, used)
                 rec.update(width=img.shape[1], height=img.shape[0], faces=faces.to_list())
                 made = {}
                 if "aligned" in kinds:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..cli import add_detector_args, detector_from_args
+from . import unique_stem
 from ..images import ImageError, expand_inputs, read_image
 
 
@@ -21,17 +22,6 @@ def register(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="one line per image, no per-face lines")
     add_detector_args(p)
     p.set_defaults(func=run)
-
-
-def _out_name(path: str, used: set[str]) -> str:
-    """Annotated file name: the input's name as PNG, made unique within a run."""
-    stem = Path(path).stem
-    name, k = f"{stem}.png", 1
-    while name in used:
-        k += 1
-        name = f"{stem}_{k}.png"
-    used.add(name)
-    return name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                 faces_total += len(faces)
                 line = f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''} ({w}x{h})"
                 if save_dir:
-                    out = save_dir / _out_name(path, used)
+                    out = save_dir / f"{unique_stem(path, used)}.png"
                     save_rgb(out, draw(img, faces))
                     record["annotated"] = str(out)
                     line += f" -> {out}"
