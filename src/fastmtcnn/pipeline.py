@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
 from array_api_compat import array_namespace
 
 from . import boxes as bx
@@ -104,24 +103,6 @@ def pnet_front(be: Backend, frames, plan: Plan, timer: StageTimer = _NO_TIMER):
     return ii, maps
 
 
-_LEVEL_TABLES: dict[int, tuple] = {}
-
-
-def _level_table(canvas: Canvas, plan: Plan):
-    """Read-only (origin y, origin x) in cells (int64) and scale (float32) per pyramid level, made once per plan."""
-    hit = _LEVEL_TABLES.get(id(canvas))
-    if hit is None or hit[0] is not canvas:
-        oy, ox = canvas.cell_origins
-        origins = np.asarray([oy, ox], dtype=np.int64)
-        scales = np.asarray(plan.scales[:origins.shape[1]], dtype=np.float32)
-        origins.setflags(write=False)
-        scales.setflags(write=False)
-        if len(_LEVEL_TABLES) > 256:
-            _LEVEL_TABLES.clear()
-        hit = _LEVEL_TABLES[id(canvas)] = (canvas, origins, scales)
-    return hit[1], hit[2]
-
-
 def pnet_candidates(be: Backend, reg, prob, canvas: Canvas, plan: Plan, threshold: float):
     """PNet cells over threshold -> boxes (n, 9), frame index, pyramid level."""
     xp = array_namespace(prob)
@@ -131,7 +112,7 @@ def pnet_candidates(be: Backend, reg, prob, canvas: Canvas, plan: Plan, threshol
     f, cy, cx = xp.nonzero(hit)
     level = cell_level[cy, cx]
     # each level's origin (in cells) and scale, looked up by pyramid level id
-    origins, scales = _level_table(canvas, plan)
+    origins, scales = canvas.level_table
     origins = be.asarray(origins)
     oy, ox = origins[0, :][level], origins[1, :][level]
     scale = be.asarray(scales)[level]

@@ -15,7 +15,7 @@ a level is then identical to the per-scale output; no gaps are needed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -80,14 +80,21 @@ class Canvas:
     def out_shape(self) -> tuple[int, int]:
         return pnet_out(self.h), pnet_out(self.w)
 
-    @property
-    def cell_origins(self) -> tuple[list[int], list[int]]:
-        """(oy, ox) in cells of each pyramid level, indexed by level id (0 for levels elsewhere)."""
+    @cached_property
+    def level_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per pyramid level id: origin (y, x) in cells (2, L) int64 and scale (L,) float32.
+
+        Read-only, made once per (cached) plan; levels on other canvases get 0 and 1.
+        """
         n = max(self.level_ids) + 1
-        oy, ox = [0] * n, [0] * n
+        origins = np.zeros((2, n), np.int64)
+        scales = np.ones(n, np.float32)
         for k, lv in zip(self.level_ids, self.levels):
-            oy[k], ox[k] = lv.y // 2, lv.x // 2
-        return oy, ox
+            origins[:, k] = lv.y // 2, lv.x // 2
+            scales[k] = lv.scale
+        origins.setflags(write=False)
+        scales.setflags(write=False)
+        return origins, scales
 
 
 @dataclass(frozen=True)

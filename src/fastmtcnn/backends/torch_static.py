@@ -27,7 +27,6 @@ import torch
 from .. import boxes as bx
 from ..config import Config
 from ..crop import area_resize
-from ..pipeline import _level_table
 from ..pyramid import make_plan
 
 #: slots per frame: PNet candidates, RNet inputs, ONet inputs
@@ -158,7 +157,7 @@ class StaticCascade:
         fit1 = hit.reshape(n, -1).sum(1).max() <= k1
         valid = hit.reshape(n, -1).gather(1, idx)
         level = cell_level.reshape(-1)[idx].clamp(min=0)
-        origins, scales = _level_table(canvas, plan)
+        origins, scales = canvas.level_table
         origins, scales = be.asarray(origins), be.asarray(scales)
         r = reg.reshape(n, 4, -1).gather(2, idx[:, None, :].expand(n, 4, k1)).permute(0, 2, 1)
         b = bx.cells_to_boxes((idx // ow - origins[0][level]).reshape(-1), (idx % ow - origins[1][level]).reshape(-1),
