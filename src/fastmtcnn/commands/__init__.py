@@ -1,6 +1,7 @@
 """Subcommands of the `fastmtcnn` CLI, one module each (see cli.py)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -14,3 +15,16 @@ def unique_stem(path: str, used: set[str]) -> str:
         name = f"{stem}_{k}"
     used.add(name)
     return name
+
+
+def progress(items, total: int | None = None, unit: str = "img"):
+    """A progress bar on stderr for jobs of more than one item, shown only on a terminal."""
+    from tqdm import tqdm
+
+    total = len(items) if total is None else total
+    return tqdm(items, total=total, unit=unit, disable=None if total > 1 else True, file=sys.stderr, leave=False)
+
+
+def error_text(path: str, e: BaseException) -> str:
+    """One line for a failed input, naming it once."""
+    return str(e) if str(e).startswith(str(path)) else f"{path}: {e}"

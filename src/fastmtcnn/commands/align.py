@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..cli import add_detector_args, detector_from_args
-from . import unique_stem
+from . import error_text, progress, unique_stem
 
 KINDS = ("aligned", "margin")
 
@@ -37,8 +37,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..align import align_faces, margin_crops, template
     from ..draw import save_rgb
     from ..images import ImageError, expand_inputs, read_image
@@ -61,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     records: list[dict] = []
     failed = crops = faces_total = 0
     t0 = time.perf_counter()
-    bar = tqdm(paths, unit="img", disable=None if len(paths) > 1 else True, file=sys.stderr, leave=False)
+    bar = progress(paths)
     try:
         for path in bar:
             rec: dict = {"path": path}
@@ -89,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                     bar.write(f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
             except (ImageError, OSError) as e:
                 failed += 1
-                msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+                msg = error_text(path, e)
                 rec["error"] = msg
                 bar.write(f"error: {msg}", file=sys.stderr)
             records.append(rec)

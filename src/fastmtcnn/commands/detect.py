@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..cli import add_detector_args, detector_from_args
-from . import unique_stem
+from . import error_text, progress, unique_stem
 from ..images import ImageError, expand_inputs, read_image
 
 
@@ -25,8 +25,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..draw import draw, save_rgb
 
     det = detector_from_args(args)
@@ -44,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     used: set[str] = set()
     failed = faces_total = 0
     t0 = time.perf_counter()
-    bar = tqdm(paths, unit="img", disable=None if len(paths) > 1 else True, file=sys.stderr, leave=False)
+    bar = progress(paths)
     try:
         for path in bar:
             record: dict = {"path": path}
@@ -68,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                                   f"eyes ({lm[0][0]:.0f}, {lm[0][1]:.0f}) ({lm[1][0]:.0f}, {lm[1][1]:.0f})", file=text)
             except (ImageError, OSError) as e:
                 failed += 1
-                msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+                msg = error_text(path, e)
                 record["error"] = msg
                 bar.write(f"error: {msg}", file=sys.stderr)
             if jf:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..cli import add_detector_args, detector_from_args
+from . import progress
 
 
 def add_matching_args(p: argparse.ArgumentParser) -> None:
@@ -53,17 +54,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..evaluate import format_report, new_figure, plot_pr, run_detector
 
     if args.plot:
         new_figure()  # fail before the run, not after it, when matplotlib is missing
     ann, keys, rule, edges = load_ground_truth(args)
     det = detector_from_args(args)
-
-    def progress(items, total):
-        return tqdm(items, total=total, unit="img", disable=None if total > 1 else True, file=sys.stderr, leave=False)
 
     ev, seconds = run_detector(det.detect, ann, args.images_dir, keys, rule, edges, progress)
     for rec in ev.per_image:
