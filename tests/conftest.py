@@ -46,3 +46,13 @@ def detector():
     from fastmtcnn import MTCNN
 
     return MTCNN()
+
+
+@pytest.fixture(scope="module")
+def collection(shared_data, tmp_path_factory):
+    """A few hundred test images (and bad files) for `fastmtcnn batch`, written once per
+    test module: (root folder, listed paths). See batch_collection.py."""
+    from batch_collection import make_collection
+
+    root = tmp_path_factory.mktemp("collection")
+    return root, make_collection(shared_data, root)

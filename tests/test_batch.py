@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batch_collection import BAD, FULL_SIZE, make_collection, require
+from batch_collection import BAD, FULL_SIZE, require
 
 pa = require("pyarrow", "batch")
 import pyarrow.csv as pacsv  # noqa: E402
@@ -24,12 +24,6 @@ from fastmtcnn import read_image  # noqa: E402
 from fastmtcnn.batch import Output  # noqa: E402
 from fastmtcnn.cli import main  # noqa: E402
 from fastmtcnn.metrics import greedy_match  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def collection(shared_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("collection")
-    return root, make_collection(shared_data, root)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from batch_collection import make_collection, require
+from batch_collection import require
 
 pa = require("pyarrow", "ray")
 ray = require("ray", "ray")
@@ -14,12 +14,6 @@ ray = require("ray", "ray")
 from fastmtcnn.batch import Output  # noqa: E402
 from fastmtcnn.cli import main  # noqa: E402
 from fastmtcnn.raydata import plan_resources  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def collection(shared_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("collection")
-    return root, make_collection(shared_data, root)
 
 
 @pytest.fixture(scope="module")
