@@ -122,12 +122,12 @@ def main() -> int:
         print(f"{'size':>9} {'minsize':>7} {'batch':>5} {'ours gpu':>9} {'ours host':>9} {'facenet':>8} {'ratio':>7}")
         for size, hw in SIZES.items():
             for minsize in (40, 20):
-                det = ours(minsize, fp16=True, graphs=True, caps=(4096, 1024, 256) if minsize == 20 else None)
+                det = ours(minsize, fp16=True, graphs=True)
                 fn = facenet(minsize) if not args.no_facenet else None
                 for batch in args.batches:
                     host = make_frames(photos, hw, batch)
                     dev = torch.from_numpy(host).cuda()
-                    t_dev = timeit(lambda: det.detect_batch(dev), args.time, 5)
+                    t_dev = timeit(lambda: det.detect_batch(dev), args.time, 5, warmup=4)  # graphs: capture, grow
                     t_host = timeit(lambda: det.detect_batch(host), args.time, 5)
                     t_fn = None
                     if fn is not None and batch in args.facenet_batches:
@@ -139,7 +139,7 @@ def main() -> int:
                     fmt = lambda v, p=0: f"{v:.{p}f}" if v is not None else "-"  # noqa: E731
                     print(f"{size:>9} {minsize:>7} {batch:>5} {row['ours_gpu']:9.0f} {row['ours_host']:9.0f} "
                           f"{fmt(row['facenet'], 1):>8} {fmt(row['ratio'], 1):>7}", flush=True)
-                del det, fn
+                det = fn = None  # free the GPU memory before the next size
                 torch.cuda.empty_cache()
         results["compare"] = rows
         save()
@@ -151,7 +151,7 @@ def main() -> int:
         dev = torch.from_numpy(host).cuda()
         rows = []
         for minsize in (40, 20):
-            big = (4096, 1024, 256)
+            big = (4096, 1024, 512, 256, 256)
             for graphs, fp16, kernels, caps in ((False, True, True, None), (True, False, True, None),
                                                 (True, True, False, None), (True, True, True, big),
                                                 (True, True, True, None)):
@@ -186,25 +186,27 @@ def main() -> int:
             "+ cudnn autotune": dict(fp16=False, channels_last=False),
             "+ channels-last": dict(fp16=False),
             "+ fp16": dict(fp16=True),
-            "fp16 + graphs (the settings of the table above)": dict(fp16=True, graphs=True),
-            "fp16, torchvision batched_nms": dict(fp16=True, nms="torchvision"),
-            "fp16, max_batch 512 (the CPU default)": dict(fp16=True, max_batch=512),
-            "fp16, graphs (front only at this batch)": dict(fp16=True, graphs=True),
-            "fp16, no Triton kernels (torch integral/canvas)": dict(fp16=True, kernels=False),
-            "fp16, Triton integral/canvas, PNet not fused": dict(fp16=True, fuse_pnet=False),
-            "fp16, PNet not fused, graphs": dict(fp16=True, fuse_pnet=False, graphs=True),
+            "fp16 + graphs (fixed shapes; the settings of the table above)": dict(fp16=True, graphs=True),
+            "fp16, graphs, chunks of 32 frames": dict(fp16=True, graphs=True, graph_batch=32),
+            "fp16, graphs, nets not fused": dict(fp16=True, graphs=True, fuse_nets=False),
+            "fp16, graphs, no Triton kernels": dict(fp16=True, graphs=True, kernels=False),
+            "fp16, graphs, fp32": dict(fp16=False, graphs=True),
+            "fp16 eager, torchvision batched_nms": dict(fp16=True, nms="torchvision"),
+            "fp16 eager, max_batch 512 (the CPU default)": dict(fp16=True, max_batch=512),
+            "fp16 eager, no Triton kernels": dict(fp16=True, kernels=False),
+            "fp16 eager, nets not fused": dict(fp16=True, fuse_nets=False),
         }
         rows = []
         for label, opts in variants.items():
             try:
                 det = ours(40, **opts)
-                t = timeit(lambda: det.detect_batch(dev), args.time, 5)
+                t = timeit(lambda: det.detect_batch(dev), args.time, 5, warmup=3)
                 rows.append(dict(variant=label, fps=64 / t))
                 print(f"{label:48s} {64 / t:8.0f} frames/s", flush=True)
             except Exception as e:  # a missing optional package must not end the run
                 print(f"{label:48s} failed: {e}", flush=True)
         for pinned in (False, True):
-            det = ours(40, fp16=True, pinned=pinned)
+            det = ours(40, fp16=True, graphs=True, pinned=pinned)
             t = timeit(lambda: det.detect_batch(host), args.time, 5)
             label = f"fp16, host frames, pinned upload {pinned}"
             rows.append(dict(variant=label, fps=64 / t))
@@ -235,6 +237,27 @@ def main() -> int:
             label = f"{size} min{minsize} b{batch} {'fp16' if fp16 else 'fp32'}"
             rows.append(dict(case=label, **per))
             print(f"{label:32s} " + " ".join(f"{per[s]:9.4f}" for s in STAGES) + f" {sum(per.values()):8.3f}", flush=True)
+        # the fixed-shape cascade of graphs=True, run eagerly with the synchronizing timer
+        from fastmtcnn.backends.torch_static import StaticCascade
+
+        for size, minsize, batch in (("1920x1080", 40, 64), ("1280x720", 40, 64), ("1280x720", 40, 1)):
+            det = ours(minsize, fp16=True)
+            host = make_frames(photos, SIZES[size], batch)
+            dev = torch.from_numpy(host).cuda()
+            cascade = StaticCascade(det.backend, det.config, batch, *SIZES[size])
+            reps = 10 if batch > 1 else 50
+            with torch.inference_mode():
+                for _ in range(3):
+                    cascade.run(dev)
+                det.timer.enabled = True
+                det.timer.totals.clear()
+                for _ in range(reps):
+                    cascade.run(dev)
+                det.timer.enabled = False
+            per = {s: det.timer.totals.get(s, 0.0) * 1e3 / (reps * batch) for s in STAGES}
+            label = f"{size} min{minsize} b{batch} fixed-shape"
+            rows.append(dict(case=label, **per))
+            print(f"{label:32s} " + " ".join(f"{per[s]:9.4f}" for s in STAGES) + f" {sum(per.values()):8.3f}", flush=True)
         results["stages"] = rows
         save()
 
@@ -242,7 +265,7 @@ def main() -> int:
     def sec_profile():
         from torch.profiler import ProfilerActivity, profile
 
-        for label, size, minsize, batch, opts in (("batch", "1920x1080", 40, 64, dict(fp16=True)),
+        for label, size, minsize, batch, opts in (("batch", "1920x1080", 40, 64, dict(fp16=True, graphs=True)),
                                                    ("stream", "1280x720", 40, 1, dict(fp16=True, graphs=True))):
             det = ours(minsize, **opts)
             host = make_frames(photos, SIZES[size], batch)

@@ -180,11 +180,14 @@ def test_static_cascade_gives_the_shared_pipeline_results_and_flags_overflow(pho
     frames = be.frames(imgs)
     want = detect_frames(be, frames, det.config)
     assert sum(len(b) for b, _ in want) >= 20
-    caps = (1024, 512, 64)
+    caps = (1024, 512, 128, 64, 64)  # per frame; crops pooled over the 3 frames
     with torch.inference_mode():
         out, ok = StaticCascade(be, det.config, 3, 360, 640, caps=caps).run(frames)
-        small, small_ok = StaticCascade(be, det.config, 3, 360, 640, caps=caps[:2] + (4,)).run(frames)
-    assert bool(ok.all()) and small_ok.tolist() == [True, True, False, True]
+        few_survivors = StaticCascade(be, det.config, 3, 360, 640, caps=caps[:4] + (4,)).run(frames)[1]
+        few_crops = StaticCascade(be, det.config, 3, 360, 640, caps=(1024, 8, 128, 64, 64)).run(frames)[1]
+    assert bool(ok.all())
+    assert few_survivors.tolist() == [True, True, True, True, False, True]
+    assert few_crops.tolist()[:2] == [True, False]
     for (wb, wl), (gb, gl) in zip(want, StaticCascade.unpack(out.numpy())):
         np.testing.assert_allclose(gb, wb, atol=1e-4)
         np.testing.assert_allclose(gl, wl, atol=1e-4)
@@ -255,7 +258,7 @@ def test_gpu_stream_mode_graph_replays_give_the_eager_results_on_new_frames(phot
 
     imgs = [cv2.resize(im, (1280, 720), interpolation=cv2.INTER_AREA) for im in photos.values()]
     eager = MTCNN(backend="torch", device="cuda", minsize=minsize)
-    graphed = MTCNN(backend="torch", device="cuda", minsize=minsize, graphs=True, caps=(4096, 1024, 256))
+    graphed = MTCNN(backend="torch", device="cuda", minsize=minsize, graphs=True, caps=(4096, 1024, 512, 256, 256))
     total = 0
     for im in imgs + imgs[:3]:  # one graph replayed on every frame, then again
         a, b = eager.detect(im), graphed.detect(im)
@@ -271,7 +274,7 @@ def test_gpu_stream_mode_graph_replays_give_the_eager_results_on_new_frames(phot
 @gpu
 def test_gpu_stream_mode_falls_back_to_the_exact_pipeline_when_capacities_overflow(photos):
     img = photos["bob_multiple-faces.jpg"]
-    tiny = MTCNN(backend="torch", device="cuda", graphs=True, caps=(64, 16, 4))
+    tiny = MTCNN(backend="torch", device="cuda", graphs=True, caps=(64, 16, 8, 4, 4))
     a = MTCNN(backend="torch", device="cuda").detect(img)
     assert len(a) >= 15
     for _ in range(12):  # each overflow is redone exactly and doubles the short capacity
@@ -315,15 +318,15 @@ def test_gpu_triton_kernels_pass_their_self_tests_against_torch():
     assert torch_kernels.self_test(torch.device("cuda")) is None
     assert torch_kernels.self_test_nms(torch.device("cuda")) is None
     for det in MTCNN(backend="torch", device="cuda"), MTCNN(backend="torch", device="cuda", fp16=True):
-        assert det.backend.fused_pnet, det.backend
+        assert det.backend.fused_nets, det.backend
 
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_fused_pnet_finds_the_same_faces(photos):
+def test_gpu_fused_nets_find_the_same_faces(photos):
     fused = MTCNN(backend="torch", device="cuda", fp16=True)
-    plain = MTCNN(backend="torch", device="cuda", fp16=True, fuse_pnet=False)
-    assert fused.backend.fused_pnet and not plain.backend.fused_pnet
+    plain = MTCNN(backend="torch", device="cuda", fp16=True, fuse_nets=False)
+    assert fused.backend.fused_nets and not plain.backend.fused_nets
     for name in ("bob_multiple-faces.jpg", "insightface_t1.jpg", "yolov5_zidane.jpg", "dlib_2008_002079.jpg"):
         assert_same_faces(plain.detect(photos[name]), fused.detect(photos[name]), name, 0.02)
 
@@ -342,3 +345,20 @@ def test_gpu_grouped_nms_equals_numpy_nms_and_torchvision():
         got = grouped_nms(tb, ts, 0.5, tg, max_pairs=1 << 16 if trial % 3 == 0 else 1 << 23)
         np.testing.assert_array_equal(np.sort(got.cpu().numpy()), np.sort(ref))
         np.testing.assert_array_equal(np.sort(tv(tb, ts, tg, 0.5).cpu().numpy()), np.sort(ref))
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_fixed_shape_mode_runs_large_batches_in_chunks_with_the_eager_results(photos):
+    import cv2
+
+    imgs = np.stack([cv2.resize(im, (960, 540), interpolation=cv2.INTER_AREA) for im in photos.values()][:10])
+    eager = MTCNN(backend="torch", device="cuda", fp16=True).detect_batch(imgs)
+    chunked = MTCNN(backend="torch", device="cuda", fp16=True, graphs=True, graph_batch=4)
+    for _ in range(2):  # capture, then replay
+        got = chunked.detect_batch(torch.from_numpy(imgs).cuda())
+        for i, (a, b) in enumerate(zip(eager, got)):
+            assert_same_faces(a, b, f"frame {i}", landmark_tol=0.01)
+    stats = chunked.backend.stream_stats
+    assert stats["replays"] + stats["fallbacks"] == 6 and stats["replays"] >= 4, stats  # chunks of 4, 4, 2
+    assert sum(len(d) for d in eager) >= 20

@@ -115,6 +115,11 @@ def pnet_mask_bound(params: dict[str, np.ndarray] | None = None) -> tuple[float,
 # --------------------------------------------------------------------------- torch
 
 
+def flatten_wmajor(x):
+    """(N, C, H, W) -> (N, W*H*C): the dense layers were trained on W-major features (Caffe's transposed images)."""
+    return x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
+
+
 @lru_cache(maxsize=1)
 def _torch_classes() -> tuple[type, type, type]:
     """Define the torch modules on first use, so importing this module never imports torch."""
@@ -124,10 +129,6 @@ def _torch_classes() -> tuple[type, type, type]:
 
     def conv(cin: int, cout: int, k: int) -> nn.Conv2d:
         return nn.Conv2d(cin, cout, kernel_size=k)
-
-    def flatten_wmajor(x: torch.Tensor) -> torch.Tensor:
-        # The dense layers were trained on W-major features (Caffe's transposed images).
-        return x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
 
     class PNet(nn.Module):
         """PNet; ``mask`` (broadcast to prelu1's output) is added before pool1."""

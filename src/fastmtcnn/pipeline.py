@@ -49,7 +49,9 @@ class Backend(Protocol):
 
     # Optional: `front(frames, plan, timer) -> (ii, [(reg, prob) per canvas])` replaces
     # `pnet_front` (integral, canvases, PNet), e.g. to replay it as one CUDA graph;
-    # `detect_frames(frames, config)` may answer a whole untimed call (None declines).
+    # `crops(ii, frame, windows, size)` replaces `crop.area_resize` (same numbers);
+    # `detect_frames(frames, config)` may answer a whole untimed call: None declines it,
+    # a None entry in its list leaves that frame to the shared cascade.
 
 
 @dataclass
@@ -76,7 +78,8 @@ class StageTimer:
             self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t
 
 
-_NO_TIMER = StageTimer()
+#: a disabled timer: stages run untimed, no syncs
+NO_TIMER = StageTimer()
 
 
 def canvas_input(ii, canvas: Canvas, n: int):
@@ -88,7 +91,7 @@ def canvas_input(ii, canvas: Canvas, n: int):
     return x
 
 
-def pnet_front(be: Backend, frames, plan: Plan, timer: StageTimer = _NO_TIMER):
+def pnet_front(be: Backend, frames, plan: Plan, timer: StageTimer = NO_TIMER):
     """Integral image of the frames and PNet's (reg, prob) on each canvas of the plan."""
     n = frames.shape[0]
     with timer("integral"):
@@ -121,7 +124,7 @@ def pnet_candidates(be: Backend, reg, prob, canvas: Canvas, plan: Plan, threshol
     return b, f, level
 
 
-def stage1(be: Backend, maps, plan: Plan, cfg: Config, timer: StageTimer = _NO_TIMER):
+def stage1(be: Backend, maps, plan: Plan, cfg: Config, timer: StageTimer = NO_TIMER):
     """PNet outputs of all canvases -> squared candidate boxes (m, 5) and their frame index."""
     with timer("candidates"):
         parts = [pnet_candidates(be, reg, prob, canvas, plan, cfg.thresholds[0])
@@ -145,6 +148,12 @@ def _select(xp, mask, *arrays):
     return tuple(xp.take(a, i, axis=0) for a in arrays)
 
 
+def crops(be: Backend, ii, f, win, size: int):
+    """Area crops of windows for RNet/ONet: the backend's own kernel if it has one, else `crop.area_resize`."""
+    own = getattr(be, "crops", None)
+    return own(ii, f, win, size) if own is not None else area_resize(ii, f, win, size, size)
+
+
 def _run_chunks(net, x, max_batch: int):
     """Run a net over x in chunks of at most max_batch; concatenate each output."""
     xp = array_namespace(x)
@@ -162,7 +171,7 @@ def refine(be: Backend, ii, b, f, size: int, net, max_batch: int, threshold: flo
         # frame by frame, so that a batch's gathers stay within one frame's integral image
         order = xp.argsort(f, stable=True)
         b, f, win = (xp.take(a, order, axis=0) for a in (b, f, win))
-        x = area_resize(ii, f, win, size, size)
+        x = crops(be, ii, f, win, size)
     with timer(name):
         out = _run_chunks(net, x, max_batch)
     score = out[-1][:, 1]
@@ -171,7 +180,7 @@ def refine(be: Backend, ii, b, f, size: int, net, max_batch: int, threshold: flo
     return b, f, tuple(out)
 
 
-def rnet_onet(be: Backend, ii, b, f, cfg: Config, hw: tuple[int, int], timer: StageTimer = _NO_TIMER):
+def rnet_onet(be: Backend, ii, b, f, cfg: Config, hw: tuple[int, int], timer: StageTimer = NO_TIMER):
     """The cascade from RNet on: candidates (m, 5) of frames f -> faces (k, 5), their frames, landmarks (k, 5, 2).
 
     Also the whole detector of tracking mode, which feeds it boxes around the
@@ -195,14 +204,22 @@ def rnet_onet(be: Backend, ii, b, f, cfg: Config, hw: tuple[int, int], timer: St
     return b, f, lm
 
 
-def detect_frames(be: Backend, frames, cfg: Config, timer: StageTimer = _NO_TIMER):
+def detect_frames(be: Backend, frames, cfg: Config, timer: StageTimer = NO_TIMER):
     """Run the cascade on (N, H, W, 3) frames -> per-frame (boxes (k,5), landmarks (k,5,2)) on host."""
-    n, H, W = frames.shape[0], frames.shape[1], frames.shape[2]
     whole = getattr(be, "detect_frames", None)
     if whole is not None and not timer.enabled:
         out = whole(frames, cfg)
         if out is not None:
+            redo = [i for i, r in enumerate(out) if r is None]
+            if redo:
+                for i, r in zip(redo, _cascade(be, frames[redo], cfg, timer)):
+                    out[i] = r
             return out
+    return _cascade(be, frames, cfg, timer)
+
+
+def _cascade(be: Backend, frames, cfg: Config, timer: StageTimer = NO_TIMER):
+    n, H, W = frames.shape[0], frames.shape[1], frames.shape[2]
     plan = make_plan(H, W, cfg.minsize, cfg.factor, cfg.packed)
     front = getattr(be, "front", None)
     ii, maps = front(frames, plan, timer) if front else pnet_front(be, frames, plan, timer)

@@ -14,18 +14,20 @@ Speed options (each measured on/off by benchmarks/bench_gpu.py):
 * ``cudnn_benchmark``: let cuDNN time its algorithms per shape (process-wide flag).
 * ``pinned``: host frames go through a reused page-locked buffer and an async copy
   (off by default: the extra host copy cost more than the faster DMA saved).
-* ``graphs``: stream mode. Batches of up to ``stream_batch`` frames run the
-  whole cascade with fixed shapes (`torch_static.StaticCascade`) replayed as
-  one CUDA graph per (batch, frame size, settings): one launch and one host
-  sync per call. ``caps`` (slots per frame for PNet candidates, RNet and ONet
-  inputs) start at (2048, 512, 128); a frame that needs more is redone by the
-  shared pipeline (exact) and the graph is recaptured with that capacity doubled. Larger batches replay only the fixed-shape front (integral,
-  canvas, PNet) as a graph.
+* ``graphs``: fixed-shape mode. Batches run the whole cascade with fixed
+  shapes (`torch_static.StaticCascade`), in chunks of up to ``graph_batch``
+  frames, each replayed as one CUDA graph per (chunk size, frame size,
+  settings): one launch per chunk and one host sync per call. ``caps``
+  (per frame: PNet candidates, RNet crops, RNet survivors, ONet crops, ONet
+  survivors; crops pooled over the chunk) start at `torch_static.default_caps`;
+  frames of a chunk that needs more are redone by the shared pipeline (exact)
+  and that graph is recaptured with the short capacity doubled.
 * ``nms``: "grouped" (default), "torchvision" (`batched_nms`, for comparison), or "numpy".
 * ``kernels``: Triton kernels for the integral image and the canvas (`torch_kernels`;
   CUDA with Triton only, else the torch versions).
-* ``fuse_pnet``: PNet's bias + PReLU (+ canvas mask + 2x2 pooling after conv1) as
-  Triton kernels after bias-free cuDNN convolutions (CUDA, channels-last).
+* ``fuse_nets``: each conv's bias + PReLU (+ PNet's canvas mask) + max pooling
+  as one Triton kernel after a bias-free cuDNN convolution, in all three nets
+  (CUDA, channels-last).
 """
 from __future__ import annotations
 
@@ -34,8 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import boxes as bx
-from ..crop import MEAN, SCALE
+from ..crop import MEAN, SCALE, area_resize
 from ..nets import torch_nets
+from ..pipeline import NO_TIMER
 from ..pyramid import Canvas, Plan
 from . import torch_kernels
 from .torch_nms import grouped_nms
@@ -82,9 +85,9 @@ class TorchBackend:
 
     def __init__(self, device: str | torch.device = "cpu", threads: int | None = None, *, fp16: bool = False,
                  channels_last: bool | None = None, cudnn_benchmark: bool = True, pinned: bool = False,
-                 graphs: bool = False, nms: str = "grouped", stream_batch: int = 4,
-                 caps: tuple[int, int, int] | None = None, kernels: bool = True,
-                 fuse_pnet: bool = True) -> None:
+                 graphs: bool = False, nms: str = "grouped", graph_batch: int = 64,
+                 caps: tuple[int, ...] | None = None, kernels: bool = True,
+                 fuse_nets: bool = True) -> None:
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
         if cuda and not torch.cuda.is_available():
@@ -127,30 +130,33 @@ class TorchBackend:
 
                 warnings.warn(f"fastmtcnn: fused NMS kernel off ({why}); using torch ops", RuntimeWarning)
                 self.fused_nms = False
-        self.fused_pnet = False
-        if fuse_pnet and self.kernels and self.channels_last:
-            why = torch_kernels.self_test_pnet(self._pnet, self.dtype)
+        self.fused_nets = False
+        if fuse_nets and self.kernels and self.channels_last:
+            nets = (self._pnet, self._rnet, self._onet)
+            why = torch_kernels.self_test_nets(nets, self.dtype)
             if why:
                 import warnings
 
-                warnings.warn(f"fastmtcnn: fused PNet off ({why})", RuntimeWarning)
+                warnings.warn(f"fastmtcnn: fused nets off ({why})", RuntimeWarning)
             else:
-                self._pnet = torch_kernels.fused_pnet(self._pnet)
-                self.fused_pnet = True
+                self._pnet, self._rnet, self._onet = torch_kernels.fused_nets(*nets)
+                self.fused_nets = True
         self._consts: dict[int, tuple[object, torch.Tensor]] = {}
         self._staging: torch.Tensor | None = None  # pinned host buffer for uploads
         self._staged = None  # event: the last upload from the staging buffer is done
         self._graphs: dict[tuple, tuple] = {}
-        self.stream_batch = int(stream_batch)
+        if int(graph_batch) < 1:
+            raise ValueError(f"graph_batch must be >= 1, got {graph_batch}")
+        self.graph_batch = int(graph_batch)
         self.caps = tuple(caps) if caps else None
         self._streams: dict[tuple, object] = {}
-        self._stream_caps: dict[tuple, tuple] = {}  # per stream: (capacities, NMS steps), grown on overflow
+        self._stream_caps: dict[tuple, tuple] = {}  # per shape: (capacities, NMS steps), grown on overflow
         self.stream_stats = {"replays": 0, "fallbacks": 0}
 
     def __repr__(self) -> str:
         return (f"TorchBackend(device={str(self.device)!r}, fp16={self.fp16}, channels_last={self.channels_last}, "
                 f"graphs={self.graphs}, nms={self.nms_impl!r}, kernels={self.kernels}, "
-                f"fused_pnet={self.fused_pnet})")
+                f"fused_nets={self.fused_nets})")
 
     # ------------------------------------------------------------------ arrays
 
@@ -224,6 +230,12 @@ class TorchBackend:
         x = (total.to(torch.float32) / inv[None, :, None] - MEAN) * SCALE
         return x.reshape(n, canvas.h, canvas.w, 3).permute(0, 3, 1, 2).to(self.dtype)
 
+    def crops(self, ii: torch.Tensor, frame: torch.Tensor, windows: torch.Tensor, size: int) -> torch.Tensor:
+        """RNet/ONet inputs: `crop.area_resize`'s numbers, in one Triton kernel where there is one."""
+        if self.kernels:
+            return torch_kernels.crops(ii, frame, windows, size, self.dtype, MEAN, SCALE)
+        return area_resize(ii, frame, windows, size, size)
+
     def _const(self, key, owner, make) -> tuple[torch.Tensor, ...]:
         """Device copies of numpy tables derived from `owner` (a cached plan object), made once."""
         hit = self._consts.get(key)
@@ -259,7 +271,7 @@ class TorchBackend:
         Shapes depend only on (batch, frame size), so with ``graphs`` the whole
         front is captured once and replayed as one CUDA graph.
         """
-        if self.graphs and not timer.enabled and frames.shape[0] > self.stream_batch:
+        if self.graphs and not timer.enabled:
             return self._front_graph(frames, plan)
         return self._front(frames, plan, timer)
 
@@ -285,11 +297,11 @@ class TorchBackend:
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(3):  # warm-up: cuDNN autotune, allocator, constants
-                    self._front(static_in, plan, _NoTimer)
+                    self._front(static_in, plan, NO_TIMER)
             torch.cuda.current_stream().wait_stream(side)
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
-                out = self._front(static_in, plan, _NoTimer)
+                out = self._front(static_in, plan, NO_TIMER)
             if len(self._graphs) > 8:
                 self._graphs.clear()
             hit = self._graphs[key] = (plan, g, static_in, out)
@@ -298,48 +310,63 @@ class TorchBackend:
         g.replay()
         return out
 
-    # ------------------------------------------------------------------ stream mode
+    # ------------------------------------------------------------------ fixed-shape mode
 
     def detect_frames(self, frames: torch.Tensor, cfg):
-        """The whole cascade as one CUDA graph replay (stream mode), or None to let the shared pipeline run.
+        """With ``graphs``: the cascade as CUDA graph replays, chunks of ``graph_batch`` frames; else None.
 
-        None also when the replay flags an overflow of the fixed capacities or an
-        unconverged NMS: the shared pipeline then redoes the frames exactly.
+        A chunk whose replay flags an overflow of the fixed capacities or an
+        unconverged NMS answers None for its frames: the shared pipeline redoes
+        them exactly, and the next capture of that shape has more room.
         """
-        if not self.graphs or frames.shape[0] > self.stream_batch:
+        if not self.graphs:
             return None
-        key = (tuple(frames.shape), cfg)
-        entry = self._streams.get(key)
-        if entry is None:
-            entry = self._streams[key] = self._capture_stream(frames, cfg)
-        if entry is False:
-            return None
-        cascade, graph, static_in, result, host = entry
-        with torch.inference_mode():  # the graph's buffers were made in inference mode
-            static_in.copy_(frames, non_blocking=True)
-            graph.replay()
-            host.copy_(result, non_blocking=True)
-        torch.cuda.current_stream(self.device).synchronize()
-        out = host.numpy()
-        flags = out[-4:] > 0.5
-        if not flags.all():  # redo exactly; next time a graph with more room (or more NMS steps)
-            from .torch_static import MAX_CAPS
+        n, step = frames.shape[0], self.graph_batch
+        pending = []
+        with torch.inference_mode():  # the graphs' buffers were made in inference mode
+            for i in range(0, n, step):
+                chunk = frames[i:i + step]
+                key = (tuple(chunk.shape), cfg)
+                entry = self._streams.get(key)
+                if entry is None:
+                    if len(self._streams) > 8:
+                        self._streams.clear()
+                    entry = self._streams[key] = self._capture_stream(chunk, cfg)
+                if entry is False:
+                    return None  # this size cannot run with fixed shapes: all frames go the shared way
+                cascade, graph, static_in, result = entry
+                static_in.copy_(chunk, non_blocking=True)
+                graph.replay()
+                pending.append((key, cascade, result.clone()))
+            host = torch.cat([r for _, _, r in pending]).cpu().numpy()  # one copy back, one sync
+        out: list = []
+        at = 0
+        for key, cascade, r in pending:
+            part, flags = host[at:at + r.numel() - 6], host[at + r.numel() - 6:at + r.numel()] > 0.5
+            at += r.numel()
+            m = cascade.n
+            if flags.all():
+                self.stream_stats["replays"] += 1
+                out.extend(cascade.unpack(part.reshape(m, cascade.k3, -1)))
+                continue
+            from .torch_static import MAX_CAPS  # redo exactly; next time a graph with more room / NMS steps
 
             self.stream_stats["fallbacks"] += 1
             caps, iters = self._stream_caps[key]
-            caps = tuple(min(2 * c, m) if not ok else c for c, ok, m in zip(caps, flags[:3], MAX_CAPS))
-            self._stream_caps[key] = (caps, iters if flags[3] else iters + 4)
-            del self._streams[key]
-            return None
-        self.stream_stats["replays"] += 1
-        return cascade.unpack(out[:-4].reshape(frames.shape[0], cascade.k3, -1).copy())
+            caps = tuple(min(2 * c, hi) if not ok else c for c, ok, hi in zip(caps, flags[:-1], MAX_CAPS))
+            self._stream_caps[key] = (caps, iters if flags[-1] else iters + 4)
+            self._streams.pop(key, None)
+            out.extend([None] * m)
+        return out
 
     @torch.inference_mode()
     def _capture_stream(self, frames: torch.Tensor, cfg):
-        from .torch_static import DEFAULT_CAPS, DEFAULT_ITERS, StaticCascade
+        from .torch_static import BATCH_MAX_CANDIDATES, DEFAULT_ITERS, StaticCascade, default_caps
 
         key = (tuple(frames.shape), cfg)
-        caps, iters = self._stream_caps.setdefault(key, (self.caps or DEFAULT_CAPS, DEFAULT_ITERS))
+        caps, iters = self._stream_caps.setdefault(key, (self.caps or default_caps(frames.shape[0]), DEFAULT_ITERS))
+        if frames.shape[0] >= 8 and caps[0] > BATCH_MAX_CANDIDATES:
+            return False  # frames this crowded run faster through the shared pipeline
         try:
             return self._capture(StaticCascade(self, cfg, frames.shape[0], frames.shape[1], frames.shape[2],
                                                caps=caps, iters=iters), frames)
@@ -348,7 +375,7 @@ class TorchBackend:
         except RuntimeError as e:  # an op that cannot be captured: say so, run the shared path
             import warnings
 
-            warnings.warn(f"fastmtcnn: stream mode off for {tuple(frames.shape)}: {e}", RuntimeWarning)
+            warnings.warn(f"fastmtcnn: fixed-shape mode off for {tuple(frames.shape)}: {e}", RuntimeWarning)
             return False
 
     def _capture(self, cascade, frames: torch.Tensor):
@@ -367,8 +394,7 @@ class TorchBackend:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             result = run(static_in)
-        host = torch.empty(result.shape, dtype=result.dtype, pin_memory=True)
-        return cascade, graph, static_in, result, host
+        return cascade, graph, static_in, result
 
     # ------------------------------------------------------------------ the rest
 
@@ -389,22 +415,3 @@ class TorchBackend:
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-
-class _NoTimerType:
-    enabled = False
-
-    def __call__(self, name):
-        return _NULL
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-_NULL = _Null()
-_NoTimer = _NoTimerType()

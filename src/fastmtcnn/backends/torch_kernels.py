@@ -1,4 +1,4 @@
-"""Two memory-bound steps of the torch backend as Triton kernels (CUDA only).
+"""Memory-bound steps of the torch backend as Triton kernels (CUDA only).
 
 * integral image: torch's cumsum along W of an (N, H, W, 3) tensor walks
   memory with a stride of 3 elements per thread; here one pass scans columns
@@ -84,60 +84,126 @@ if triton is not None:
             tl.store(dst + c, v.to(out_ptr.dtype.element_ty), mask=m)
 
 
+    @triton.jit
+    def _crops(ii_ptr, frame_ptr, win_ptr, out_ptr, H1, W1, S: tl.constexpr, BLOCK: tl.constexpr,
+               MEAN: tl.constexpr, SCALE: tl.constexpr):
+        # out (n, S, S, 3): window [y0, y1) x [x0, x1) of its frame, area-averaged to S x S and normalized;
+        # the bins of `crop._bins` (exact integer maths), the sums of `crop.area_resize`
+        c = tl.program_id(0)
+        p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = p < S * S
+        i, j = p // S, p % S
+        y0 = tl.load(win_ptr + c * 4)
+        ly = tl.load(win_ptr + c * 4 + 1) - y0
+        x0 = tl.load(win_ptr + c * 4 + 2)
+        lx = tl.load(win_ptr + c * 4 + 3) - x0
+        ys, ye = y0 + (i * ly) // S, y0 + ((i + 1) * ly + S - 1) // S
+        xs, xe = x0 + (j * lx) // S, x0 + ((j + 1) * lx + S - 1) // S
+        area = ((ye - ys) * (xe - xs)).to(tl.float32)
+        base = ii_ptr + tl.load(frame_ptr + c) * H1 * W1 * 3
+        dst = out_ptr + (c.to(tl.int64) * S * S + p) * 3
+        for ch in tl.static_range(3):
+            t = ((tl.load(base + (ye * W1 + xe) * 3 + ch, mask=m, other=0)
+                  - tl.load(base + (ye * W1 + xs) * 3 + ch, mask=m, other=0))
+                 - (tl.load(base + (ys * W1 + xe) * 3 + ch, mask=m, other=0)
+                    - tl.load(base + (ys * W1 + xs) * 3 + ch, mask=m, other=0)))
+            v = (tl.math.div_rn(t.to(tl.float32), area) - MEAN) * SCALE
+            tl.store(dst + ch, v.to(out_ptr.dtype.element_ty), mask=m)
+
+
 if triton is not None:
 
     @triton.jit
-    def _suppression(b_ptr, area_ptr, valid_ptr, group_ptr, out_ptr, K, THR: tl.constexpr, ADD: tl.constexpr,
-                     MIN_MODE: tl.constexpr, HAS_GROUP: tl.constexpr, BJ: tl.constexpr, BI: tl.constexpr):
-        # out (N, K, K) fp16: 1 where slot j (row, earlier = higher rank) suppresses slot i (column)
+    def _suppression_bits(b_ptr, area_ptr, valid_ptr, group_ptr, out_ptr, K, KW, THR: tl.constexpr,
+                          ADD: tl.constexpr, MIN_MODE: tl.constexpr, HAS_GROUP: tl.constexpr, BI: tl.constexpr,
+                          WB: tl.constexpr):
+        # out (N, K, KW) int32, zeroed: in row i, bit j % 32 of word j // 32 is set where slot j (earlier =
+        # higher in greedy order) suppresses slot i. IoU arithmetic of `torch_static.suppression`.
         n = tl.program_id(0)
-        j = tl.program_id(1) * BJ + tl.arange(0, BJ)
-        i = tl.program_id(2) * BI + tl.arange(0, BI)
-        mj, mi = j < K, i < K
-        bj = b_ptr + (n.to(tl.int64) * K + j) * 4
-        bi = b_ptr + (n.to(tl.int64) * K + i) * 4
-        x1j = tl.load(bj, mask=mj, other=0)[:, None]
-        y1j = tl.load(bj + 1, mask=mj, other=0)[:, None]
-        x2j = tl.load(bj + 2, mask=mj, other=0)[:, None]
-        y2j = tl.load(bj + 3, mask=mj, other=0)[:, None]
-        x1i = tl.load(bi, mask=mi, other=0)[None, :]
-        y1i = tl.load(bi + 1, mask=mi, other=0)[None, :]
-        x2i = tl.load(bi + 2, mask=mi, other=0)[None, :]
-        y2i = tl.load(bi + 3, mask=mi, other=0)[None, :]
-        aj = tl.load(area_ptr + n * K + j, mask=mj, other=0)[:, None]
-        ai = tl.load(area_ptr + n * K + i, mask=mi, other=0)[None, :]
-        w = tl.maximum(tl.minimum(x2j, x2i) - tl.maximum(x1j, x1i) + ADD, 0.0)
-        h = tl.maximum(tl.minimum(y2j, y2i) - tl.maximum(y1j, y1i) + ADD, 0.0)
-        inter = w * h
-        if MIN_MODE:
-            denom = tl.minimum(aj, ai)
-        else:
-            denom = aj + ai - inter
-        s = tl.math.div_rn(inter, denom) > THR
-        vj = tl.load(valid_ptr + n * K + j, mask=mj, other=0) != 0
-        vi = tl.load(valid_ptr + n * K + i, mask=mi, other=0) != 0
-        s = s & vj[:, None] & vi[None, :] & (j[:, None] < i[None, :])
-        if HAS_GROUP:
-            gj = tl.load(group_ptr + n * K + j, mask=mj, other=0)
-            gi = tl.load(group_ptr + n * K + i, mask=mi, other=0)
-            s = s & (gj[:, None] == gi[None, :])
-        out = out_ptr + (n.to(tl.int64) * K + j[:, None]) * K + i[None, :]
-        tl.store(out, s.to(tl.float16), mask=mj[:, None] & mi[None, :])
+        i = tl.program_id(1) * BI + tl.arange(0, BI)
+        j0 = tl.program_id(2) * WB * 32
+        if j0 < tl.program_id(1) * BI + BI:  # else every j >= every i: nothing to set
+            j = j0 + tl.arange(0, WB * 32)
+            mj, mi = j < K, i < K
+            bj = b_ptr + (n.to(tl.int64) * K + j) * 4
+            bi = b_ptr + (n.to(tl.int64) * K + i) * 4
+            x1j = tl.load(bj, mask=mj, other=0)[:, None]
+            y1j = tl.load(bj + 1, mask=mj, other=0)[:, None]
+            x2j = tl.load(bj + 2, mask=mj, other=0)[:, None]
+            y2j = tl.load(bj + 3, mask=mj, other=0)[:, None]
+            x1i = tl.load(bi, mask=mi, other=0)[None, :]
+            y1i = tl.load(bi + 1, mask=mi, other=0)[None, :]
+            x2i = tl.load(bi + 2, mask=mi, other=0)[None, :]
+            y2i = tl.load(bi + 3, mask=mi, other=0)[None, :]
+            aj = tl.load(area_ptr + n * K + j, mask=mj, other=0)[:, None]
+            ai = tl.load(area_ptr + n * K + i, mask=mi, other=0)[None, :]
+            w = tl.maximum(tl.minimum(x2j, x2i) - tl.maximum(x1j, x1i) + ADD, 0.0)
+            h = tl.maximum(tl.minimum(y2j, y2i) - tl.maximum(y1j, y1i) + ADD, 0.0)
+            inter = w * h
+            if MIN_MODE:
+                denom = tl.minimum(aj, ai)
+            else:
+                denom = aj + ai - inter
+            s = tl.math.div_rn(inter, denom) > THR
+            vj = tl.load(valid_ptr + n * K + j, mask=mj, other=0) != 0
+            vi = tl.load(valid_ptr + n * K + i, mask=mi, other=0) != 0
+            s = s & vj[:, None] & vi[None, :] & (j[:, None] < i[None, :])
+            if HAS_GROUP:
+                gj = tl.load(group_ptr + n * K + j, mask=mj, other=0)
+                gi = tl.load(group_ptr + n * K + i, mask=mi, other=0)
+                s = s & (gj[:, None] == gi[None, :])
+            bits = s.to(tl.int32) << (j % 32)[:, None]  # distinct bits: their sum is their OR
+            words = tl.sum(tl.reshape(bits, (WB, 32, BI)), axis=1)  # (WB, BI)
+            wi = tl.program_id(2) * WB + tl.arange(0, WB)
+            out = out_ptr + (n.to(tl.int64) * K + i[None, :]) * KW + wi[:, None]
+            tl.store(out, words, mask=(wi < KW)[:, None] & mi[None, :])
+
+    @triton.jit
+    def _keep_step(t_ptr, valid_ptr, keep_ptr, out_ptr, K, KW, KWP: tl.constexpr, BI: tl.constexpr):
+        # one fixed-point step of greedy NMS: out[i] = valid[i] and no kept j has its bit set in row i
+        n = tl.program_id(0)
+        i = tl.program_id(1) * BI + tl.arange(0, BI)
+        mi = i < K
+        w = tl.arange(0, KWP)
+        j = w[:, None] * 32 + tl.arange(0, 32)[None, :]
+        kj = tl.load(keep_ptr + n * K + j, mask=j < K, other=0).to(tl.int32)
+        kept = tl.sum(kj << tl.arange(0, 32)[None, :], axis=1)  # the kept slots as words
+        rows = tl.load(t_ptr + (n.to(tl.int64) * K + i[:, None]) * KW + w[None, :],
+                       mask=mi[:, None] & (w < KW)[None, :], other=0)
+        hit = tl.sum(((rows & kept[None, :]) != 0).to(tl.int32), axis=1) > 0
+        v = tl.load(valid_ptr + n * K + i, mask=mi, other=0)
+        tl.store(out_ptr + n * K + i, tl.where(hit, 0, v), mask=mi)
 
 
-def suppression(b: torch.Tensor, area: torch.Tensor, valid: torch.Tensor, group: torch.Tensor | None,
-                threshold: float, mode: str, add: float) -> torch.Tensor:
-    """(N, K, K) fp16 suppression matrix in one kernel (see `torch_static.suppression`, same arithmetic)."""
+def greedy_keep(b: torch.Tensor, area: torch.Tensor, valid: torch.Tensor, group: torch.Tensor | None,
+                threshold: float, mode: str, add: float, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`torch_static.dense_nms` with the suppression matrix as bits (K x K/32 words per frame, not K x K halves).
+
+    Why: at 64 frames x 2048 slots the fp16 matrix is 512 MB, written once and
+    read on every step; the bits are 32 MB, and a step reads them in one kernel.
+    """
     n, k = valid.shape
-    out = torch.empty((n, k, k), dtype=torch.float16, device=b.device)
+    kw = triton.cdiv(k, 32)
+    bits = torch.zeros((n, k, kw), dtype=torch.int32, device=b.device)
     b = b[..., :4].contiguous().to(torch.float32)
     v = valid.to(torch.int8).contiguous()
     g = v if group is None else group.to(torch.int32).contiguous()
-    blk = 64
-    _suppression[(n, triton.cdiv(k, blk), triton.cdiv(k, blk))](
-        b, area.contiguous(), v, g, out, k, THR=float(threshold), ADD=float(add), MIN_MODE=mode == "min",
-        HAS_GROUP=group is not None, BJ=blk, BI=blk, enable_fp_fusion=False)
-    return out
+    bi, wb = 64, 2
+    _suppression_bits[(n, triton.cdiv(k, bi), triton.cdiv(kw, wb))](
+        b, area.contiguous(), v, g, bits, k, kw, THR=float(threshold), ADD=float(add), MIN_MODE=mode == "min",
+        HAS_GROUP=group is not None, BI=bi, WB=wb, enable_fp_fusion=False)
+    kwp = triton.next_power_of_2(kw)
+    bs = max(1, min(64, 8192 // kwp))
+
+    def step(keep):
+        out = torch.empty_like(keep)
+        _keep_step[(n, triton.cdiv(k, bs))](bits, v, keep, out, k, kw, KWP=kwp, BI=bs)
+        return out
+
+    keep = v
+    for _ in range(iters):
+        keep = step(keep)
+    return keep.bool(), (step(keep) == keep).all()
 
 
 if triton is not None:
@@ -158,9 +224,9 @@ if triton is not None:
         tl.store(out_ptr + off, t.to(dt), mask=m)
 
     @triton.jit
-    def _bias_prelu_mask_pool(x_ptr, b_ptr, w_ptr, m_ptr, out_ptr, H, W, Ho, Wo, C: tl.constexpr,
-                              BC: tl.constexpr, BP: tl.constexpr):
-        # PNet after conv1: prelu(x + bias) + mask, then 2x2 max pooling (stride 2, ceil mode), NHWC
+    def _bias_prelu_pool(x_ptr, b_ptr, w_ptr, out_ptr, H, W, Ho, Wo, C: tl.constexpr, BC: tl.constexpr,
+                         BP: tl.constexpr, K: tl.constexpr, S: tl.constexpr):
+        # conv epilogue, NHWC: max pooling (K x K, stride S, ceil mode) of prelu(x + bias)
         n = tl.program_id(0)
         p = tl.program_id(1) * BP + tl.arange(0, BP)
         mp = p < Ho * Wo
@@ -171,19 +237,58 @@ if triton is not None:
         b = tl.load(b_ptr + c, mask=mc, other=0).to(tl.float32)[None, :]
         a = tl.load(w_ptr + c, mask=mc, other=0).to(tl.float32)[None, :]
         best = tl.full([BP, BC], float("-inf"), tl.float32)
-        for dy in tl.static_range(2):
-            for dx in tl.static_range(2):
-                y = 2 * oy + dy
-                x = 2 * ox + dx
+        for dy in tl.static_range(K):
+            for dx in tl.static_range(K):
+                y = S * oy + dy
+                x = S * ox + dx
                 ok = mp & (y < H) & (x < W)
                 pix = (n.to(tl.int64) * H + y) * W + x
                 v = tl.load(x_ptr + pix[:, None] * C + c[None, :], mask=ok[:, None] & mc[None, :], other=0)
                 t = (v.to(tl.float32) + b).to(dt).to(tl.float32)
                 t = tl.where(t > 0, t, a * t).to(dt).to(tl.float32)
-                mk = tl.load(m_ptr + y * W + x, mask=ok, other=0).to(dt).to(tl.float32)
-                t = (t + mk[:, None]).to(dt).to(tl.float32)
                 best = tl.where(ok[:, None], tl.maximum(best, t), best)
         dst = out_ptr + (n.to(tl.int64) * Ho * Wo + p)[:, None] * C + c[None, :]
+        tl.store(dst, best.to(dt), mask=mp[:, None] & mc[None, :])
+
+
+    @triton.jit
+    def _pnet_conv1(x_ptr, w_ptr, b_ptr, a_ptr, m_ptr, out_ptr, H, W, Ho, Wo, BP: tl.constexpr,
+                    HAS_MASK: tl.constexpr):
+        # PNet's first layer in one pass, NHWC: x (N, H, W, 3) -> maxpool2x2_ceil(prelu(conv3x3(x) + bias) + mask),
+        # (N, Ho, Wo, 10). Why: cuDNN runs a 3-channel input on a slow generic kernel and writes the 10-channel
+        # map at full resolution; here each pooled pixel is computed from its 4x4x3 inputs and written once.
+        n = tl.program_id(0)
+        p = tl.program_id(1) * BP + tl.arange(0, BP)
+        mp = p < Ho * Wo
+        oy, ox = p // Wo, p % Wo
+        c = tl.arange(0, 16)
+        mc = c < 10
+        dt = x_ptr.dtype.element_ty
+        hc, wc = H - 2, W - 2
+        b = tl.load(b_ptr + c, mask=mc, other=0).to(tl.float32)[None, :]
+        a = tl.load(a_ptr + c, mask=mc, other=0).to(tl.float32)[None, :]
+        src = x_ptr + n.to(tl.int64) * H * W * 3
+        best = tl.full([BP, 16], float("-inf"), tl.float32)
+        for dy in tl.static_range(2):
+            for dx in tl.static_range(2):
+                y = 2 * oy + dy
+                x = 2 * ox + dx
+                ok = mp & (y < hc) & (x < wc)
+                acc = tl.zeros([BP, 16], tl.float32)
+                for ky in tl.static_range(3):
+                    for kx in tl.static_range(3):
+                        for ci in tl.static_range(3):
+                            v = tl.load(src + ((y + ky) * W + (x + kx)) * 3 + ci, mask=ok, other=0).to(tl.float32)
+                            wv = tl.load(w_ptr + ((ky * 3 + kx) * 3 + ci) * 16 + c)
+                            acc += v[:, None] * wv[None, :]
+                t = acc.to(dt).to(tl.float32)
+                t = (t + b).to(dt).to(tl.float32)
+                t = tl.where(t > 0, t, a * t).to(dt).to(tl.float32)
+                if HAS_MASK:
+                    mk = tl.load(m_ptr + y * wc + x, mask=ok, other=0).to(dt).to(tl.float32)
+                    t = (t + mk[:, None]).to(dt).to(tl.float32)
+                best = tl.where(ok[:, None], tl.maximum(best, t), best)
+        dst = out_ptr + (n.to(tl.int64) * Ho * Wo + p)[:, None] * 10 + c[None, :]
         tl.store(dst, best.to(dt), mask=mp[:, None] & mc[None, :])
 
 
@@ -203,59 +308,134 @@ def bias_prelu(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor) -> tor
     return out
 
 
-def bias_prelu_mask_pool(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """PNet's conv1 epilogue in one pass: maxpool2x2_ceil(prelu(x + bias) + mask), NHWC in and out."""
+def bias_prelu_pool(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, k: int, stride: int) -> torch.Tensor:
+    """maxpool_k_stride_ceil(prelu(x + bias)) of an (N, C, H, W) conv output in one pass, NHWC in and out."""
     x = _nhwc(x)
     n, c, h, w = x.shape
-    ho, wo = (h + 1) // 2, (w + 1) // 2
+    ho, wo = -(-(h - k) // stride) + 1, -(-(w - k) // stride) + 1  # ceil mode, no padding
     out = torch.empty((n, ho, wo, c), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
-    bp = 64
-    _bias_prelu_mask_pool[(n, triton.cdiv(ho * wo, bp))](x, bias, weight, mask.contiguous(), out, h, w, ho, wo, C=c,
-                                                          BC=triton.next_power_of_2(c), BP=bp,
-                                                          enable_fp_fusion=False)
+    bp = 64 if c <= 32 else 32
+    _bias_prelu_pool[(n, triton.cdiv(ho * wo, bp))](x, bias, weight, out, h, w, ho, wo, C=c,
+                                                     BC=triton.next_power_of_2(c), BP=bp, K=k, S=stride,
+                                                     enable_fp_fusion=False)
     return out
 
 
-def fused_pnet(pnet: torch.nn.Module) -> torch.nn.Module:
-    """PNet with bias, PReLU, canvas mask and pooling fused into two kernels (the same function; see `_bias_prelu*`)."""
+def pnet_conv1_weights(conv) -> torch.Tensor:
+    """conv1's weights as the (27, 16) float32 table `_pnet_conv1` reads: rows (ky, kx, ci), columns co (10 used)."""
+    wt = torch.zeros((27, 16), dtype=torch.float32, device=conv.weight.device)
+    wt[:, :10] = conv.weight.permute(2, 3, 1, 0).reshape(27, 10).float()
+    return wt
+
+
+def pnet_conv1(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor, slope: torch.Tensor,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """PNet's conv1 + bias + PReLU (+ mask) + 2x2 ceil pooling as one kernel: (N, 10, Ho, Wo), NHWC memory."""
+    x = _nhwc(x)
+    n, _, h, w = x.shape
+    ho, wo = (h - 1) // 2, (w - 1) // 2  # conv output h-2, pooled with ceil: ceil((h-2)/2)
+    out = torch.empty((n, ho, wo, 10), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
+    m = mask.contiguous() if mask is not None else bias
+    bp = 64
+    _pnet_conv1[(n, triton.cdiv(ho * wo, bp))](x, wt, bias, slope, m, out, h, w, ho, wo, BP=bp,
+                                               HAS_MASK=mask is not None, enable_fp_fusion=False)
+    return out
+
+
+def _conv(x, conv, prelu, pool: tuple[int, int] | None = None):
+    """conv (cuDNN, no bias) + one fused epilogue: bias, PReLU and, if given, max pooling."""
     import torch.nn.functional as F
+
+    y = F.conv2d(x, conv.weight)
+    if pool is None:
+        return bias_prelu(y, conv.bias, prelu.weight)
+    return bias_prelu_pool(y, conv.bias, prelu.weight, *pool)
+
+
+def _dense(x, dense, prelu):
+    """Linear (cuBLAS, no bias) + fused bias and PReLU: the (rows, C) case of `bias_prelu`."""
+    import torch.nn.functional as F
+
+    y = F.linear(x, dense.weight)
+    return bias_prelu(y[:, :, None, None], dense.bias, prelu.weight).reshape(y.shape)
+
+
+def fused_nets(pnet: torch.nn.Module, rnet: torch.nn.Module, onet: torch.nn.Module):
+    """The three nets with each conv's bias, PReLU and pooling in one kernel after cuDNN's convolution.
+
+    The same functions as `nets.py`'s modules; each step rounds to the nets'
+    dtype as torch does (see `_bias_prelu*`). Why: unfused, the bias add,
+    PReLU and NHWC max pooling each take a full pass over the conv output,
+    and on RNet/ONet batches those passes cost more than the convolutions.
+    PNet's first layer (3 input channels, the largest map) is one Triton
+    kernel from the canvas to the pooled map, canvas mask included.
+    """
+    from ..nets import flatten_wmajor
 
     class FusedPNet(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.net = pnet
+            self.w1 = pnet_conv1_weights(pnet.conv1)
 
         def forward(self, image, mask=None):
             p = self.net
-            x = F.conv2d(image, p.conv1.weight)
-            if mask is None:
-                mask = torch.zeros((1, 1) + x.shape[2:], dtype=x.dtype, device=x.device)
-            x = bias_prelu_mask_pool(x, p.conv1.bias, p.prelu1.weight, mask)
-            x = bias_prelu(F.conv2d(x, p.conv2.weight), p.conv2.bias, p.prelu2.weight)
-            x = bias_prelu(F.conv2d(x, p.conv3.weight), p.conv3.bias, p.prelu3.weight)
+            x = pnet_conv1(image, self.w1, p.conv1.bias, p.prelu1.weight, mask)
+            x = _conv(_conv(x, p.conv2, p.prelu2), p.conv3, p.prelu3)
             a = p.conv4_1(x)
             return p.conv4_2(x), torch.sigmoid(a[:, 1:2] - a[:, 0:1])
 
-    return FusedPNet()
+    class FusedRNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = rnet
+
+        def forward(self, image):
+            r = self.net
+            x = _conv(_conv(image, r.conv1, r.prelu1, (3, 2)), r.conv2, r.prelu2, (3, 2))
+            x = _dense(flatten_wmajor(_conv(x, r.conv3, r.prelu3)), r.dense4, r.prelu4)
+            return r.dense5_2(x), torch.softmax(r.dense5_1(x), dim=1)
+
+    class FusedONet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = onet
+
+        def forward(self, image):
+            o = self.net
+            x = _conv(_conv(image, o.conv1, o.prelu1, (3, 2)), o.conv2, o.prelu2, (3, 2))
+            x = _conv(_conv(x, o.conv3, o.prelu3, (2, 2)), o.conv4, o.prelu4)
+            x = _dense(flatten_wmajor(x), o.dense5, o.prelu5)
+            return o.dense6_2(x), o.dense6_3(x), torch.softmax(o.dense6_1(x), dim=1)
+
+    return FusedPNet(), FusedRNet(), FusedONet()
 
 
-def self_test_pnet(pnet: torch.nn.Module, dtype: torch.dtype) -> str | None:
-    """The fused PNet against the plain one on a random masked canvas; None if close, else the reason."""
+def self_test_nets(nets, dtype: torch.dtype) -> str | None:
+    """The fused nets against the plain ones on random inputs (PNet with a canvas mask); None if close, else why."""
     try:
+        pnet, rnet, onet = nets
+        fp, fr, fo = fused_nets(*nets)
         dev = next(pnet.parameters()).device
         g = torch.Generator(device="cpu").manual_seed(2)
-        x = (torch.rand(2, 3, 61, 90, generator=g) * 2 - 1).to(dev, dtype).contiguous(memory_format=torch.channels_last)
+
+        def rand(*shape):
+            x = (torch.rand(*shape, generator=g) * 2 - 1).to(dev, dtype)
+            return x.contiguous(memory_format=torch.channels_last)
+
         mask = torch.zeros(1, 1, 59, 88)
         mask[..., 31:, :] = -32.0
         mask[..., :, 47:] = -32.0
         mask = mask.to(dev)
+        x = rand(2, 3, 61, 90)
+        r, o = rand(37, 3, 24, 24), rand(37, 3, 48, 48)
         with torch.inference_mode():
-            r1, p1 = pnet(x, mask)
-            r2, p2 = fused_pnet(pnet)(x, mask)
+            pairs = [(pnet(x, mask), fp(x, mask)), (rnet(r), fr(r)), (onet(o), fo(o))]
         tol = 2e-2 if dtype == torch.float16 else 1e-3
-        err = max(float((r1.float() - r2.float()).abs().max()), float((p1.float() - p2.float()).abs().max()))
-        if not err <= tol:
-            return f"fused PNet differs by {err:g}"
+        for name, (want, got) in zip(("PNet", "RNet", "ONet"), pairs):
+            err = max(float((a.float() - b.float()).abs().max()) for a, b in zip(want, got))
+            if not err <= tol:
+                return f"fused {name} differs by {err:g}"
     except Exception as e:
         return f"{type(e).__name__}: {e}"
     return None
@@ -289,6 +469,19 @@ def canvas(ii: torch.Tensor, corners: torch.Tensor, area: torch.Tensor, dtype: t
     return out
 
 
+def crops(ii: torch.Tensor, frame: torch.Tensor, windows: torch.Tensor, size: int, dtype: torch.dtype,
+          mean: float, scale: float) -> torch.Tensor:
+    """`crop.area_resize` of (n, 4) windows to size x size in one kernel: (n, 3, size, size) in `dtype`, NHWC memory."""
+    n = windows.shape[0]
+    out = torch.empty((n, size, size, 3), dtype=dtype, device=ii.device)
+    if n:
+        block = 256
+        _crops[(n, triton.cdiv(size * size, block))](ii, frame.contiguous(), windows.contiguous(), out,
+                                                     ii.shape[1], ii.shape[2], S=size, BLOCK=block, MEAN=mean,
+                                                     SCALE=scale, enable_fp_fusion=False)
+    return out.permute(0, 3, 1, 2)
+
+
 def self_test(device: torch.device) -> str | None:
     """Run the integral and canvas kernels once on random data against torch; None if they agree, else the reason."""
     try:
@@ -314,15 +507,26 @@ def self_test(device: torch.device) -> str | None:
         ref = (total.to(torch.float32) / area[None, :, None] - 127.5) * 0.0078125
         if not torch.equal(got, ref):
             return "canvas differs from the torch gather"
+        from ..crop import area_resize
+
+        y0 = torch.randint(0, 30, (50,), generator=g)
+        x0 = torch.randint(0, 45, (50,), generator=g)
+        win = torch.stack([y0, y0 + 1 + torch.randint(0, 37 - 30, (50,), generator=g),
+                           x0, x0 + 1 + torch.randint(0, 53 - 45, (50,), generator=g)], 1).to(device)
+        f = torch.randint(0, 2, (50,), generator=g).to(device)
+        for size in (24, 48):
+            if not torch.equal(crops(ii, f, win, size, torch.float32, 127.5, 0.0078125),
+                               area_resize(ii, f, win, size, size)):
+                return "crops differ from crop.area_resize"
     except Exception as e:  # a Triton or driver problem: run the torch versions instead
         return f"{type(e).__name__}: {e}"
     return None
 
 
 def self_test_nms(device: torch.device) -> str | None:
-    """The suppression kernel against `torch_static.suppression` on random boxes; None if equal, else the reason."""
+    """The bit-matrix NMS against `torch_static`'s dense NMS on random boxes; None if equal, else the reason."""
     try:
-        from .torch_static import suppression as torch_suppression
+        from .torch_static import iterate_keep, suppression as torch_suppression
 
         g = torch.Generator(device="cpu").manual_seed(1)
         xy = torch.rand(2, 700, 2, generator=g) * 100
@@ -332,9 +536,11 @@ def self_test_nms(device: torch.device) -> str | None:
         for mode, add, grp_ in (("union", 0.0, grp), ("min", 1.0, None), ("union", 0.0, None)):
             bx = bx.floor() if mode == "min" else bx
             area = (bx[..., 2] - bx[..., 0] + add) * (bx[..., 3] - bx[..., 1] + add)
-            want = torch_suppression(bx, valid, grp_, 0.5, mode, add == 1.0, torch.float16)
-            if not torch.equal(suppression(bx, area, valid, grp_, 0.5, mode, add), want):
-                return f"suppression ({mode}) differs from the torch version"
+            s = torch_suppression(bx, valid, grp_, 0.5, mode, add == 1.0, torch.float32)
+            want, _ = iterate_keep(s, valid, 64)
+            got, ok = greedy_keep(bx, area, valid, grp_, 0.5, mode, add, 64)
+            if not (bool(ok) and torch.equal(got, want)):
+                return f"bit-matrix NMS ({mode}) differs from the dense torch NMS"
     except Exception as e:  # a Triton or driver problem: run the torch versions instead
         return f"{type(e).__name__}: {e}"
     return None

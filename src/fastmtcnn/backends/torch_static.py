@@ -1,20 +1,22 @@
-"""Stream mode: the whole cascade with fixed shapes, replayed as one CUDA graph.
+"""The whole cascade with fixed shapes, replayed as one CUDA graph (stream and batch mode).
 
 The shared pipeline compacts arrays after every stage (nonzero, boolean
 selection), so each stage's shape depends on the pixels and each compaction
-is a host sync; per frame that is ~900 small kernels and ~20 syncs, which
-a single video stream pays in launch latency, not in GPU work. Here every
-stage keeps a fixed number of slots per frame (capacities K1 PNet candidates,
-K2 RNet inputs, K3 ONet inputs) and a validity mask instead:
+is a host sync; per call that is ~900 small kernels and ~20 syncs, which the
+GPU pays in launch latency, not in work. Here every stage has a fixed number
+of slots and a validity mask instead of compaction:
 
-* candidates: the PNet map sorted by score (stable, so ties keep the cell
-  order of the shared path) and cut to K1;
+* candidates: the PNet map sorted by score per frame (stable, so ties keep the
+  cell order of the shared path) and cut to K1 slots per frame;
 * NMS: a dense suppression matrix per frame over slots already in greedy
   order, solved by the fixed-point iteration of `torch_nms` (a fixed number
   of steps, then a convergence check);
-* between stages: a stable sort puts the surviving slots first, in order.
+* RNet/ONet crops: the valid slots of *all* frames packed into one pool
+  (n x caps crops in all): the nets' work follows the batch's average count,
+  not its most crowded frame; their outputs go back to the frames' slots;
+* between stages: a stable sort per frame puts the survivors first, in order.
 
-Box maths (`boxes.py`), crops (`crop.area_resize`) and the nets are the
+Box maths (`boxes.py`), crops (`pipeline.crops`) and the nets are the
 shared ones, step for step, so the results equal the shared pipeline's. If a
 frame needs more slots than the capacities, or an NMS did not converge, the
 flags say so and the caller reruns the shared pipeline: never a silent cut.
@@ -26,13 +28,21 @@ import torch
 
 from .. import boxes as bx
 from ..config import Config
-from ..crop import area_resize
+from ..pipeline import NO_TIMER, crops
 from ..pyramid import make_plan
 
-#: slots per frame: PNet candidates, RNet inputs, ONet inputs
-DEFAULT_CAPS = (2048, 512, 128)
+#: capacities per frame: PNet candidate slots, RNet crops, RNet survivors, ONet crops, ONet survivors.
+#: The crop capacities are pooled over the batch (n x cap crops in all).
+CAP_NAMES = ("candidates", "rnet crops", "rnet survivors", "onet crops", "onet survivors")
+DEFAULT_CAPS = (2048, 512, 256, 128, 128)
+#: for batches of 8 frames or more the pool follows the mean count per frame, not one frame's maximum
+BATCH_CAPS = (2048, 384, 256, 64, 128)
 #: a stream that overflows doubles the capacity that was short, up to these
-MAX_CAPS = (16384, 4096, 1024)
+MAX_CAPS = (16384, 4096, 2048, 1024, 1024)
+#: above this many candidate slots per frame a batch of 8 or more runs the shared pipeline instead: the
+#: per-frame NMS grows with the square (measured, H200, 1920x1080 minsize 20, 64 frames: 8192 slots
+#: gave 992 frames/s, the shared pipeline 1326)
+BATCH_MAX_CANDIDATES = 4096
 #: fixed-point steps per NMS (real photos need <= 8; see tests)
 DEFAULT_ITERS = 8
 #: columns of the packed result per slot: box (4), score, landmarks (10), kept
@@ -74,17 +84,15 @@ def iterate_keep(s: torch.Tensor, valid: torch.Tensor, iters: int) -> tuple[torc
 
 
 def dense_nms(b, valid, group, threshold, iters, mode="union", plus_one=False, fused=False):
-    """Greedy NMS per row over slots in greedy order -> (keep (N, K), converged); `fused`: one Triton kernel for S."""
+    """Greedy NMS per row over slots in greedy order -> (keep (N, K), converged); `fused`: Triton bit-matrix kernels."""
     if fused:
-        from .torch_kernels import suppression as fused_suppression
+        from .torch_kernels import greedy_keep
 
         add = 1.0 if plus_one else 0.0
         area = (b[..., 2] - b[..., 0] + add) * (b[..., 3] - b[..., 1] + add)
-        s = fused_suppression(b, area, valid, group, threshold, mode, add)
-    else:
-        dtype = torch.float16 if b.is_cuda else torch.float32  # 0/1 sums: exact enough to test == 0
-        s = suppression(b, valid, group, threshold, mode, plus_one, dtype)
-    return iterate_keep(s, valid, iters)
+        return greedy_keep(b, area, valid, group, threshold, mode, add, iters)
+    dtype = torch.float16 if b.is_cuda else torch.float32  # 0/1 sums: exact enough to test == 0
+    return iterate_keep(suppression(b, valid, group, threshold, mode, plus_one, dtype), valid, iters)
 
 
 def first(mask: torch.Tensor, k: int) -> torch.Tensor:
@@ -106,88 +114,114 @@ def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return flat[(base + idx).reshape(-1)].reshape(n, m, *x.shape[2:])
 
 
+def default_caps(n: int) -> tuple[int, ...]:
+    """Starting capacities for a batch of n frames (they grow on overflow)."""
+    return DEFAULT_CAPS if n < 8 else BATCH_CAPS
+
+
 class StaticCascade:
-    """The cascade for N frames of H x W with static shapes: `run(frames)` -> (result, ok)."""
+    """The cascade for N frames of H x W with static shapes: `run(frames)` -> (result, flags)."""
 
     def __init__(self, be, cfg: Config, n: int, height: int, width: int,
-                 caps: tuple[int, int, int] = DEFAULT_CAPS, iters: int = DEFAULT_ITERS) -> None:
+                 caps: tuple[int, ...] | None = None, iters: int = DEFAULT_ITERS) -> None:
         self.be, self.cfg, self.n, self.hw = be, cfg, n, (height, width)
         self.plan = make_plan(height, width, cfg.minsize, cfg.factor, cfg.packed)
         if len(self.plan.canvases) != 1:
-            raise ValueError("stream mode needs one packed canvas (packed=True, frame >= minsize)")
+            raise ValueError("the fixed-shape cascade needs one packed canvas (packed=True, frame >= minsize)")
+        caps = tuple(caps) if caps else default_caps(n)
+        if len(caps) != len(CAP_NAMES):
+            raise ValueError(f"caps are {len(CAP_NAMES)} numbers ({', '.join(CAP_NAMES)}), got {caps}")
         self.canvas = self.plan.canvases[0]
         self.k1 = min(caps[0], self.canvas.out_shape[0] * self.canvas.out_shape[1])
-        self.k2, self.k3 = min(caps[1], self.k1), min(caps[2], caps[1], self.k1)
+        self.r = n * min(caps[1], self.k1)  # RNet crops of the whole batch
+        self.k2 = min(caps[2], self.k1)
+        self.o = n * min(caps[3], self.k2)  # ONet crops of the whole batch
+        self.k3 = min(caps[4], self.k2)
         self.iters = iters
 
-    def _refine(self, ii, b, valid, size, net, threshold):
-        """Crops of the valid slots -> net outputs; slots whose window is empty or score too low drop out."""
+    def _refine(self, ii, b, valid, pool, size, net, threshold, timer, name):
+        """Net outputs for the valid slots of (n, k) boxes, run as one pool of `pool` crops.
+
+        -> boxes with the new scores, slots still valid (window not empty,
+        score over threshold), the other outputs per slot, and whether the pool was big enough.
+        """
         n, k = b.shape[:2]
-        H, W = self.hw
-        win, ok = bx.crop_windows(b.reshape(n * k, -1), H, W)
-        valid = valid & ok.reshape(n, k)
-        safe = torch.zeros(4, dtype=win.dtype, device=win.device)  # [0, 1, 0, 1]: a 1-pixel window
-        safe[1::2] = 1  # (made by kernels, not a host copy: this runs inside graph capture)
-        win = torch.where(valid.reshape(-1, 1), win, safe)
-        f = torch.arange(n, device=b.device).repeat_interleave(k)
-        out = net(area_resize(ii, f, win, size, size))
-        score = out[-1][:, 1].reshape(n, k)
-        valid = valid & (score > threshold)
-        b = torch.cat([b[..., :4], score[..., None]], dim=2)
-        return b, valid, [o.reshape(n, k, -1) for o in out[:-1]]
+        with timer("crops"):
+            flat = valid.reshape(-1)
+            idx = first(flat[None], pool)[0]  # the valid slots first, in order
+            fits = flat.sum() <= pool
+            win, ok = bx.crop_windows(b.reshape(n * k, -1)[idx], *self.hw)
+            live = flat[idx] & ok
+            safe = torch.zeros(4, dtype=win.dtype, device=win.device)  # [0, 1, 0, 1]: a 1-pixel window
+            safe[1::2] = 1  # (made by kernels, not a host copy: this runs inside graph capture)
+            x = crops(self.be, ii, idx // k, torch.where(live[:, None], win, safe), size)
+        with timer(name):
+            out = net(x)
+        with timer("nms"):  # (the scatter back to the frames' slots)
+            score = out[-1][:, 1]
+            live = live & (score > threshold)
+            valid = torch.zeros_like(flat).index_copy(0, idx, live).reshape(n, k)
+            scores = torch.zeros(n * k, dtype=b.dtype, device=b.device).index_copy(0, idx, score.to(b.dtype))
+            b = torch.cat([b[..., :4], scores.reshape(n, k, 1)], dim=2)
+            rest = [torch.zeros((n * k, o.shape[1]), dtype=o.dtype, device=o.device).index_copy(0, idx, o)
+                    .reshape(n, k, -1) for o in out[:-1]]
+        return b, valid, rest, fits
 
-    def run(self, frames: torch.Tensor):
-        """(N, H, W, 3) uint8 -> packed (N, K3, 16) float32 result and flags (4,) bool.
+    def run(self, frames: torch.Tensor, timer=NO_TIMER):
+        """(N, H, W, 3) uint8 -> packed (N, K3, 16) float32 result and flags (6,) bool.
 
-        The flags: K1, K2, K3 were enough, every NMS converged. All True: the result is exact.
+        The flags: each capacity of `CAP_NAMES` was enough, every NMS converged.
+        All True: the result is exact. `timer` (eager runs only) times the stages.
         """
         be, cfg, canvas, plan = self.be, self.cfg, self.canvas, self.plan
         n, k1, k2, k3, it = self.n, self.k1, self.k2, self.k3, self.iters
         fz = bool(getattr(be, "fused_nms", False)) and frames.is_cuda
-        H, W = self.hw
-        ii, maps = be._front(frames, plan, _NoTimer())
-        reg, prob = maps[0]
-        cell_level = be.asarray(canvas.cell_level)
-        ow = canvas.out_shape[1]
-        # candidates: cells over threshold, best first, ties in cell order
-        face = prob[:, -1]
-        hit = (face >= cfg.thresholds[0]) & (cell_level >= 0)[None]
-        score, idx = torch.sort(torch.where(hit, face, -1.0).reshape(n, -1), dim=1, descending=True, stable=True)
-        score, idx = score[:, :k1], idx[:, :k1]
-        fit1 = hit.reshape(n, -1).sum(1).max() <= k1
-        valid = hit.reshape(n, -1).gather(1, idx)
-        level = cell_level.reshape(-1)[idx].clamp(min=0)
-        origins, scales = canvas.level_table
-        origins, scales = be.asarray(origins), be.asarray(scales)
-        r = reg.reshape(n, 4, -1).gather(2, idx[:, None, :].expand(n, 4, k1)).permute(0, 2, 1)
-        b = bx.cells_to_boxes((idx // ow - origins[0][level]).reshape(-1), (idx % ow - origins[1][level]).reshape(-1),
-                              scales[level].reshape(-1), score.reshape(-1), r.reshape(-1, 4)).reshape(n, k1, 9)
-        # NMS 0.5 within each level, then 0.7 across levels (slots are in greedy order already)
-        keep, c1 = dense_nms(b, valid, level, 0.5, it, fused=fz)
-        keep, c2 = dense_nms(b, keep, None, 0.7, it, fused=fz)
-        b = bx.square(bx.apply_pnet_regression(b.reshape(n * k1, 9))).reshape(n, k1, 5)
-        sel = first(keep, k2)
-        fit2 = keep.sum(1).max() <= k2
-        b, valid = take_rows(b, sel), keep.gather(1, sel)
-        # RNet
-        b, valid, (reg,) = self._refine(ii, b, valid, 24, be.rnet, cfg.thresholds[1])
-        order = by_score(b[..., 4], valid)
-        b, valid, reg = take_rows(b, order), valid.gather(1, order), take_rows(reg, order)
-        keep, c3 = dense_nms(b, valid, None, 0.7, it, fused=fz)
-        b = bx.square(bx.apply_regression(b.reshape(n * k2, 5), reg.reshape(n * k2, 4))).reshape(n, k2, 5)
-        sel = first(keep, k3)
-        fit3 = keep.sum(1).max() <= k3
-        b, valid = take_rows(b, sel), keep.gather(1, sel)
-        # ONet
-        b, valid, (reg, lmk) = self._refine(ii, b, valid, 48, be.onet, cfg.thresholds[2])
-        flat = b.reshape(n * k3, 5)
-        lm = bx.landmarks_from_onet(flat, lmk.reshape(n * k3, 10)).reshape(n, k3, 10)
-        b = bx.apply_regression(flat, reg.reshape(n * k3, 4)).reshape(n, k3, 5)
-        order = by_score(b[..., 4], valid)
-        b, valid, lm = take_rows(b, order), valid.gather(1, order), take_rows(lm, order)
-        keep, c4 = dense_nms(b, valid, None, 0.7, it, mode="min", plus_one=True, fused=fz)
-        out = torch.cat([b, lm, keep[..., None].to(b.dtype)], dim=2)
-        return out, torch.stack([fit1, fit2, fit3, c1 & c2 & c3 & c4])
+        ii, maps = be._front(frames, plan, timer)
+        with timer("candidates"):
+            reg, prob = maps[0]
+            cell_level = be.asarray(canvas.cell_level)
+            ow = canvas.out_shape[1]
+            # cells over threshold, best first, ties in cell order
+            face = prob[:, -1]
+            hit = (face >= cfg.thresholds[0]) & (cell_level >= 0)[None]
+            score, idx = torch.sort(torch.where(hit, face, -1.0).reshape(n, -1), dim=1, descending=True, stable=True)
+            score, idx = score[:, :k1], idx[:, :k1]
+            fit1 = hit.reshape(n, -1).sum(1).max() <= k1
+            valid = hit.reshape(n, -1).gather(1, idx)
+            level = cell_level.reshape(-1)[idx].clamp(min=0)
+            origins, scales = canvas.level_table
+            origins, scales = be.asarray(origins), be.asarray(scales)
+            r = reg.reshape(n, 4, -1).gather(2, idx[:, None, :].expand(n, 4, k1)).permute(0, 2, 1)
+            b = bx.cells_to_boxes((idx // ow - origins[0][level]).reshape(-1),
+                                  (idx % ow - origins[1][level]).reshape(-1),
+                                  scales[level].reshape(-1), score.reshape(-1), r.reshape(-1, 4)).reshape(n, k1, 9)
+        with timer("nms"):
+            # NMS 0.5 within each level, then 0.7 across levels (slots are in greedy order already)
+            keep, c1 = dense_nms(b, valid, level, 0.5, it, fused=fz)
+            keep, c2 = dense_nms(b, keep, None, 0.7, it, fused=fz)
+            b = bx.square(bx.apply_pnet_regression(b.reshape(n * k1, 9))).reshape(n, k1, 5)
+        # RNet on the pooled survivors, then per frame: the best k2 by score, NMS
+        b, valid, (reg,), fit_r = self._refine(ii, b, keep, self.r, 24, be.rnet, cfg.thresholds[1], timer, "rnet")
+        with timer("nms"):
+            fit2 = valid.sum(1).max() <= k2
+            order = by_score(b[..., 4], valid)[:, :k2]
+            b, valid, reg = take_rows(b, order), valid.gather(1, order), take_rows(reg, order)
+            keep, c3 = dense_nms(b, valid, None, 0.7, it, fused=fz)
+            b = bx.square(bx.apply_regression(b.reshape(n * k2, 5), reg.reshape(n * k2, 4))).reshape(n, k2, 5)
+        # ONet likewise
+        b, valid, (reg, lmk), fit_o = self._refine(ii, b, keep, self.o, 48, be.onet, cfg.thresholds[2], timer,
+                                                   "onet")
+        with timer("nms"):
+            fit3 = valid.sum(1).max() <= k3
+            order = by_score(b[..., 4], valid)[:, :k3]
+            b, valid = take_rows(b, order), valid.gather(1, order)
+            reg, lmk = take_rows(reg, order), take_rows(lmk, order)
+            flat = b.reshape(n * k3, 5)
+            lm = bx.landmarks_from_onet(flat, lmk.reshape(n * k3, 10)).reshape(n, k3, 10)
+            b = bx.apply_regression(flat, reg.reshape(n * k3, 4)).reshape(n, k3, 5)
+            keep, c4 = dense_nms(b, valid, None, 0.7, it, mode="min", plus_one=True, fused=fz)
+            out = torch.cat([b, lm, keep[..., None].to(b.dtype)], dim=2)
+        return out, torch.stack([fit1, fit_r, fit2, fit_o, fit3, c1 & c2 & c3 & c4])
 
     @staticmethod
     def unpack(out: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -198,18 +232,3 @@ class StaticCascade:
             lm = rows[:, 5:15].reshape(-1, 5, 2)
             res.append((np.ascontiguousarray(rows[:, :5]), np.ascontiguousarray(lm)))
         return res
-
-
-class _NoTimer:
-    enabled = False
-
-    def __call__(self, name):
-        return _Null()
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
