@@ -252,7 +252,7 @@ def main() -> int:
                 det.timer.enabled = True
                 det.timer.totals.clear()
                 for _ in range(reps):
-                    cascade.run(dev)
+                    cascade.run(dev, det.timer)
                 det.timer.enabled = False
             per = {s: det.timer.totals.get(s, 0.0) * 1e3 / (reps * batch) for s in STAGES}
             label = f"{size} min{minsize} b{batch} fixed-shape"
