@@ -132,6 +132,7 @@ def test_detector_options_reach_the_detector(shared_data, tmp_path, capsys):
     (["--thresholds", "0.6", "0.7", "1.5"], "thresholds"),
     (["--max-batch", "0"], "max_batch"),
     (["--backend", "onnxruntime", "--device", "cuda"], "device"),
+    (["--graphs"], "--backend torch"),
 ])
 def test_bad_option_values_give_one_line_and_exit_2(shared_data, capsys, opts, words):
     rc = main(["detect", str(shared_data / PORTRAIT), *opts])

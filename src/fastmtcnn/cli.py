@@ -42,6 +42,9 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--providers", nargs="+", help="ONNX Runtime execution providers, e.g. CUDAExecutionProvider "
                                                    "(only CPUExecutionProvider is tested here)")
     g.add_argument("--threads", type=int, help="CPU threads for the networks")
+    g.add_argument("--fp16", action="store_true", help="torch on CUDA: nets in half precision (faithful, faster)")
+    g.add_argument("--graphs", action="store_true",
+                   help="torch on CUDA: run the cascade with fixed shapes as CUDA graph replays (fastest)")
 
 
 def detector_from_args(args: argparse.Namespace):
@@ -50,10 +53,13 @@ def detector_from_args(args: argparse.Namespace):
     mb = args.max_batch
     if mb and len(mb) > 2:
         raise ValueError(f"--max-batch takes one number (both nets) or two (RNet ONet), got {len(mb)}")
+    gpu = {k: True for k in ("fp16", "graphs") if getattr(args, k, False)}
+    if gpu and args.backend != "torch":
+        raise ValueError(f"--{' and --'.join(gpu)} need the torch backend: add --backend torch --device cuda")
     return MTCNN(minsize=args.minsize, factor=args.factor, thresholds=args.thresholds,
                  max_batch=(tuple(mb) if mb and len(mb) == 2 else (mb[0] if mb else None)),
                  packed=False if args.per_scale else None, preset=args.preset, backend=args.backend,
-                 providers=args.providers, threads=args.threads, device=args.device)
+                 providers=args.providers, threads=args.threads, device=args.device, **gpu)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,7 +49,8 @@ def register(sub) -> None:
 
 def _cpu_detector_args(args: argparse.Namespace) -> argparse.Namespace:
     """The same settings on the CPU backend: validates them and gives the config on any driver."""
-    return argparse.Namespace(**{**vars(args), "backend": "onnxruntime", "device": None, "providers": None})
+    return argparse.Namespace(**{**vars(args), "backend": "onnxruntime", "device": None, "providers": None,
+                                 "fp16": False, "graphs": False})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,5 +134,5 @@ def _process(args: argparse.Namespace, pending, output):
 def _detector_options(args: argparse.Namespace) -> argparse.Namespace:
     """Only the detector flags, to ship to Ray actors (they call detector_from_args)."""
     keys = ("preset", "minsize", "factor", "thresholds", "max_batch", "per_scale", "backend", "device",
-            "providers", "threads")
+            "providers", "threads", "fp16", "graphs")
     return argparse.Namespace(**{k: getattr(args, k) for k in keys})
