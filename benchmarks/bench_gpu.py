@@ -166,7 +166,7 @@ def main() -> int:
 
                     t_host = timeit(lambda: one(host), args.time, 20, warmup=len(photos))
                     t_dev = timeit(lambda: one(dev), args.time, 20, warmup=len(photos))
-                    st = det.backend.stream_stats
+                    st = det.backend.graph_stats
                     rows.append(dict(minsize=minsize, graphs=graphs, fp16=fp16, kernels=kernels, caps=caps, ms_host=t_host * 1e3,
                                      ms_gpu=t_dev * 1e3, **st))
                     print(f"minsize {minsize:2d} graphs {graphs!s:5} fp16 {fp16!s:5} triton {kernels!s:5} caps {caps}: "

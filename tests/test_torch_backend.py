@@ -167,7 +167,7 @@ def test_torch_backend_rejects_bad_options():
 
 
 def test_static_cascade_gives_the_shared_pipeline_results_and_flags_overflow(photos):
-    """Stream mode's fixed-shape cascade (run here without a graph) equals the shared pipeline, or says it cannot."""
+    """The fixed-shape cascade of graphs=True (run here without a graph) equals the shared pipeline, or says it cannot."""
     import cv2
 
     from fastmtcnn.backends.torch_static import StaticCascade
@@ -265,7 +265,7 @@ def test_gpu_stream_mode_graph_replays_give_the_eager_results_on_new_frames(phot
         assert_same_faces(a, b, "stream vs eager", landmark_tol=0.01)
         total += len(a)
     assert total >= 20
-    stats = graphed.backend.stream_stats
+    stats = graphed.backend.graph_stats
     # a frame beyond the capacities is redone by the shared pipeline (exact either way): rare, not never
     assert stats["replays"] + stats["fallbacks"] == len(imgs) + 3 and stats["fallbacks"] <= 2, stats
 
@@ -279,7 +279,7 @@ def test_gpu_stream_mode_falls_back_to_the_exact_pipeline_when_capacities_overfl
     assert len(a) >= 15
     for _ in range(12):  # each overflow is redone exactly and doubles the short capacity
         assert_same_faces(a, tiny.detect(img), "fallback")
-    stats = tiny.backend.stream_stats
+    stats = tiny.backend.graph_stats
     assert 1 <= stats["fallbacks"] < 12 and stats["replays"] >= 1, stats
 
 
@@ -359,6 +359,6 @@ def test_gpu_fixed_shape_mode_runs_large_batches_in_chunks_with_the_eager_result
         got = chunked.detect_batch(torch.from_numpy(imgs).cuda())
         for i, (a, b) in enumerate(zip(eager, got)):
             assert_same_faces(a, b, f"frame {i}", landmark_tol=0.01)
-    stats = chunked.backend.stream_stats
+    stats = chunked.backend.graph_stats
     assert stats["replays"] + stats["fallbacks"] == 6 and stats["replays"] >= 4, stats  # chunks of 4, 4, 2
     assert sum(len(d) for d in eager) >= 20

@@ -149,9 +149,9 @@ class TorchBackend:
             raise ValueError(f"graph_batch must be >= 1, got {graph_batch}")
         self.graph_batch = int(graph_batch)
         self.caps = tuple(caps) if caps else None
-        self._streams: dict[tuple, object] = {}
-        self._stream_caps: dict[tuple, tuple] = {}  # per shape: (capacities, NMS steps), grown on overflow
-        self.stream_stats = {"replays": 0, "fallbacks": 0}
+        self._cascades: dict[tuple, object] = {}
+        self._cascade_caps: dict[tuple, tuple] = {}  # per shape: (capacities, NMS steps), grown on overflow
+        self.graph_stats = {"replays": 0, "fallbacks": 0}
 
     def __repr__(self) -> str:
         return (f"TorchBackend(device={str(self.device)!r}, fp16={self.fp16}, channels_last={self.channels_last}, "
@@ -327,11 +327,11 @@ class TorchBackend:
             for i in range(0, n, step):
                 chunk = frames[i:i + step]
                 key = (tuple(chunk.shape), cfg)
-                entry = self._streams.get(key)
+                entry = self._cascades.get(key)
                 if entry is None:
-                    if len(self._streams) > 8:
-                        self._streams.clear()
-                    entry = self._streams[key] = self._capture_stream(chunk, cfg)
+                    if len(self._cascades) > 8:
+                        self._cascades.clear()
+                    entry = self._cascades[key] = self._capture_cascade(chunk, cfg)
                 if entry is False:
                     return None  # this size cannot run with fixed shapes: all frames go the shared way
                 cascade, graph, static_in, result = entry
@@ -346,25 +346,25 @@ class TorchBackend:
             at += r.numel()
             m = cascade.n
             if flags.all():
-                self.stream_stats["replays"] += 1
+                self.graph_stats["replays"] += 1
                 out.extend(cascade.unpack(part.reshape(m, cascade.k3, -1)))
                 continue
             from .torch_static import MAX_CAPS  # redo exactly; next time a graph with more room / NMS steps
 
-            self.stream_stats["fallbacks"] += 1
-            caps, iters = self._stream_caps[key]
+            self.graph_stats["fallbacks"] += 1
+            caps, iters = self._cascade_caps[key]
             caps = tuple(min(2 * c, hi) if not ok else c for c, ok, hi in zip(caps, flags[:-1], MAX_CAPS))
-            self._stream_caps[key] = (caps, iters if flags[-1] else iters + 4)
-            self._streams.pop(key, None)
+            self._cascade_caps[key] = (caps, iters if flags[-1] else iters + 4)
+            self._cascades.pop(key, None)
             out.extend([None] * m)
         return out
 
     @torch.inference_mode()
-    def _capture_stream(self, frames: torch.Tensor, cfg):
+    def _capture_cascade(self, frames: torch.Tensor, cfg):
         from .torch_static import BATCH_MAX_CANDIDATES, DEFAULT_ITERS, StaticCascade, default_caps
 
         key = (tuple(frames.shape), cfg)
-        caps, iters = self._stream_caps.setdefault(key, (self.caps or default_caps(frames.shape[0]), DEFAULT_ITERS))
+        caps, iters = self._cascade_caps.setdefault(key, (self.caps or default_caps(frames.shape[0]), DEFAULT_ITERS))
         if frames.shape[0] >= 8 and caps[0] > BATCH_MAX_CANDIDATES:
             return False  # frames this crowded run faster through the shared pipeline
         try:
