@@ -78,5 +78,6 @@ def run(args: argparse.Namespace) -> int:
             jf.close()
     dt = time.perf_counter() - t0
     n = len(paths)
-    print(f"{n} image{'s' if n != 1 else ''}, {faces_total} faces, {failed} failed, {dt:.2f}s", file=text)
+    print(f"{n} image{'s' if n != 1 else ''}, {faces_total} face{'s' if faces_total != 1 else ''}, {failed} failed, "
+          f"{dt:.2f}s", file=text)
     return 1 if failed else 0
