@@ -45,7 +45,7 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fp16", action="store_true", help="torch on CUDA: nets in half precision (faithful, faster)")
     g.add_argument("--graphs", action="store_true",
                    help="torch on CUDA: run the cascade with fixed shapes as CUDA graph replays (fastest for "
-                        "video and same-size batches; each new frame size costs a capture of about a second)")
+                        "video and same-size batches; each new frame size costs three warm-up runs and a capture)")
 
 
 def detector_from_args(args: argparse.Namespace):
