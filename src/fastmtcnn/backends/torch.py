@@ -268,10 +268,14 @@ class TorchBackend:
     def front(self, frames: torch.Tensor, plan: Plan, timer):
         """Integral image, packed canvases and PNet: ii and [(reg, prob)] per canvas.
 
-        Shapes depend only on (batch, frame size), so with ``graphs`` the whole
-        front is captured once and replayed as one CUDA graph.
+        Shapes depend only on (batch, frame size), so with ``graphs`` the front
+        of a frame size that fixed-shape mode declined for good (it comes back on
+        every call) is captured once and replayed as one CUDA graph. Frames redone after
+        an overflow run eagerly: their count varies, a capture would serve once.
         """
-        if self.graphs and not timer.enabled:
+        size = tuple(frames.shape[1:])
+        if self.graphs and not timer.enabled and any(
+                v is False and k[0][1:] == size for k, v in self._cascades.items()):
             return self._front_graph(frames, plan)
         return self._front(frames, plan, timer)
 
@@ -342,12 +346,11 @@ class TorchBackend:
         out: list = []
         at = 0
         for key, cascade, r in pending:
-            part, flags = host[at:at + r.numel() - 6], host[at + r.numel() - 6:at + r.numel()] > 0.5
+            rows, flags = cascade.split(host[at:at + r.numel()])
             at += r.numel()
-            m = cascade.n
             if flags.all():
                 self.graph_stats["replays"] += 1
-                out.extend(cascade.unpack(part.reshape(m, cascade.k3, -1)))
+                out.extend(cascade.unpack(rows))
                 continue
             from .torch_static import MAX_CAPS  # redo exactly; next time a graph with more room / NMS steps
 
@@ -356,7 +359,7 @@ class TorchBackend:
             caps = tuple(min(2 * c, hi) if not ok else c for c, ok, hi in zip(caps, flags[:-1], MAX_CAPS))
             self._cascade_caps[key] = (caps, iters if flags[-1] else iters + 4)
             self._cascades.pop(key, None)
-            out.extend([None] * m)
+            out.extend([None] * cascade.n)
         return out
 
     @torch.inference_mode()
@@ -379,11 +382,7 @@ class TorchBackend:
             return False
 
     def _capture(self, cascade, frames: torch.Tensor):
-
-        def run(x):
-            out, flags = cascade.run(x)
-            return torch.cat([out.reshape(-1), flags.to(out.dtype)])
-
+        run = cascade.packed
         static_in = frames.clone()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))

@@ -223,6 +223,16 @@ class StaticCascade:
             out = torch.cat([b, lm, keep[..., None].to(b.dtype)], dim=2)
         return out, torch.stack([fit1, fit_r, fit2, fit_o, fit3, c1 & c2 & c3 & c4])
 
+    def packed(self, frames: torch.Tensor) -> torch.Tensor:
+        """`run` as one flat tensor, the result then the flags: what a CUDA graph captures and copies back."""
+        out, flags = self.run(frames)
+        return torch.cat([out.reshape(-1), flags.to(out.dtype)])
+
+    def split(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Host copy of `packed` -> the result (N, K3, 16) and the flags as bools."""
+        nflags = len(CAP_NAMES) + 1
+        return flat[:-nflags].reshape(self.n, self.k3, -1), flat[-nflags:] > 0.5
+
     @staticmethod
     def unpack(out: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Host copy of `run`'s result -> per frame (boxes (k, 5), landmarks (k, 5, 2)), as `detect_frames` gives."""
