@@ -36,6 +36,20 @@ def assert_same_faces(a: Detections, b: Detections, name: str, landmark_tol: flo
         assert err <= landmark_tol, f"{name}: landmarks differ by {err:.4f} of the side"
 
 
+def assert_same_detections(a: Detections, b: Detections, name: str, px: float = 1e-2, score: float = 1e-4) -> None:
+    """The exact standard: same faces, boxes and landmarks within px pixels, scores within `score`.
+
+    Measured torch CPU vs ONNX Runtime on every reference photo: boxes 9e-5 px,
+    landmarks 1.2e-4 px, scores 2.4e-7 (2-core CPU machine).
+    """
+    pairs = greedy_match(a.boxes, b.boxes, 0.9)
+    assert len(pairs) == len(a) == len(b), f"{name}: {len(a)} vs {len(b)} faces, {len(pairs)} paired"
+    for i, j in pairs:
+        assert np.abs(a.boxes[i] - b.boxes[j]).max() <= px, f"{name}: boxes {a.boxes[i]} vs {b.boxes[j]}"
+        assert np.abs(a.landmarks[i] - b.landmarks[j]).max() <= px, f"{name}: landmarks differ"
+        assert abs(float(a.scores[i]) - float(b.scores[j])) <= score, f"{name}: scores differ"
+
+
 def reference_recall_precision(dets: dict[str, Detections]) -> tuple[float, float]:
     n_ref = n_ours = n_pair = 0
     for name, d in dets.items():
@@ -64,12 +78,8 @@ def torch_cpu() -> MTCNN:
 
 
 def test_torch_cpu_finds_the_same_faces_as_onnxruntime_on_every_reference_photo(photos, ort_detections, torch_cpu):
-    ours = {}
     for name, img in photos.items():
-        ours[name] = torch_cpu.detect(img)
-        assert_same_faces(ort_detections[name], ours[name], name)
-    recall, precision = reference_recall_precision(ours)
-    assert recall >= 0.98 and precision >= 0.98, (recall, precision)
+        assert_same_detections(ort_detections[name], torch_cpu.detect(img), name)
 
 
 def test_torch_detect_batch_takes_a_list_an_nhwc_array_and_a_tensor(photos, torch_cpu):
@@ -97,7 +107,7 @@ def test_one_gather_canvas_equals_the_shared_per_level_resize(photos, torch_cpu)
     frames = be.frames([img])
     ii = be.integral(frames)
     for canvas in plan.canvases:
-        ours = be.canvas(ii, canvas, plan.height, plan.width)
+        ours = be.canvas(ii, canvas, plan)
         shared = canvas_input(ii, canvas, 1)
         assert ours.shape == shared.shape
         for lv in canvas.levels:
@@ -199,27 +209,70 @@ def test_cuda_device_without_a_gpu_is_a_clear_error():
         MTCNN(backend="torch", device="cuda")
 
 
+def test_a_triton_kernel_that_fails_on_a_machine_falls_back_to_torch_with_a_warning(photos, monkeypatch):
+    """A compile or driver error in a kernel must cost speed, never a crash or a different result."""
+    from fastmtcnn.backends import torch_kernels
+
+    img = photos["yolov5_zidane.jpg"]
+    want = MTCNN(backend="torch", device="cpu").detect(img)
+    det = MTCNN(backend="torch", device="cpu")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    for name in ("integral", "canvas", "crops"):
+        monkeypatch.setattr(torch_kernels, name, broken)
+    det.backend.kernels = True  # as on a CUDA machine whose Triton cannot run
+    with pytest.warns(RuntimeWarning, match="Triton kernels off"):
+        got = det.detect(img)
+    assert not det.backend.kernels
+    assert_same_detections(want, got, "fallback")
+
+
+def test_graph_batches_round_up_to_a_bucket_a_graph_already_has():
+    from fastmtcnn.backends.torch_graphs import ShapeCache, bucket
+
+    assert [bucket(n, 64) for n in (1, 3, 5, 17, 32, 33, 64)] == [1, 4, 8, 32, 32, 64, 64]
+    assert bucket(12, 32, captured=(32,)) == 32  # a last partial chunk reuses the chunk's graph
+    assert bucket(12, 32, captured=(16, 32)) == 16
+    assert bucket(40, 32) == 40  # never below the frames asked for
+    cache = ShapeCache(size=2)
+    assert [cache.wanted("a") for _ in range(3)] == [False, True, True]  # "auto": captured on the second sighting
+    for k in "xyz":
+        cache.put((4, k), k)
+    assert list(cache.entries) == [(4, "y"), (4, "z")]  # least recently used dropped
+
+
 # --------------------------------------------------------------------------- GPU
 
 
 @pytest.fixture(scope="module")
 def cuda_dets():
     return {
-        "fp32": MTCNN(backend="torch", device="cuda"),
-        "fp16": MTCNN(backend="torch", device="cuda", fp16=True),
+        "fp32": MTCNN(backend="torch", device="cuda", graphs=False),
+        "fp16": MTCNN(backend="torch", device="cuda", fp16=True, graphs=False),
     }
 
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_gpu_is_faithful_to_the_reference(photos, ort_detections, cuda_dets, precision):
-    ours = {name: cuda_dets[precision].detect(img) for name, img in photos.items()}
+def test_gpu_fp32_gives_the_onnxruntime_results_exactly(photos, ort_detections, cuda_dets):
+    for name, img in photos.items():
+        assert_same_detections(ort_detections[name], cuda_dets["fp32"].detect(img), name)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_fp16_finds_the_reference_faces_by_the_98_percent_rule(photos, cuda_dets):
+    """fp16 changes scores in the third decimal: held to DESIGN.md's matching rule, not to the exact one."""
+    ours = {name: cuda_dets["fp16"].detect(img) for name, img in photos.items()}
     recall, precision_ = reference_recall_precision(ours)
     assert recall >= 0.98 and precision_ >= 0.98, (recall, precision_)
-    if precision == "fp32":
-        for name in photos:
-            assert_same_faces(ort_detections[name], ours[name], name)
+    for name, img in photos.items():
+        ref = Detections.from_list(load_reference(name))
+        pairs = greedy_match(ref.boxes, ours[name].boxes, MIN_IOU)
+        for i, j in pairs:  # measured on the H200: <= 0.4 px on landmarks of matched faces
+            assert np.abs(ref.landmarks[i] - ours[name].landmarks[j]).max() <= 2.0, name
 
 
 @pytest.mark.gpu
@@ -232,7 +285,7 @@ def test_gpu_frames_already_on_the_device_are_not_copied_and_give_the_same_faces
     on_gpu = det.detect_batch(t)[0]
     on_host = det.detect(img)
     assert len(on_host) >= 15
-    np.testing.assert_allclose(on_gpu.boxes, on_host.boxes, atol=1e-3)
+    assert_same_detections(on_host, on_gpu, "device vs host")
 
 
 @pytest.mark.gpu
@@ -241,28 +294,28 @@ def test_gpu_batch_equals_frame_by_frame_with_and_without_pinned_upload(photos):
     import cv2
 
     imgs = [cv2.resize(im, (640, 480), interpolation=cv2.INTER_AREA) for im in photos.values()]
-    det = MTCNN(backend="torch", device="cuda", pinned=True)
-    plain = MTCNN(backend="torch", device="cuda", pinned=False)
+    det = MTCNN(backend="torch", device="cuda", pinned=True, graphs=False)
+    plain = MTCNN(backend="torch", device="cuda", pinned=False, graphs=False)
     batch = det.detect_batch(np.stack(imgs))
     assert sum(len(d) for d in batch) >= 10
     for im, d, e in zip(imgs, batch, plain.detect_batch(imgs)):
-        assert_same_faces(det.detect(im), d, "batch vs single", landmark_tol=0.03)
+        assert_same_detections(det.detect(im), d, "batch vs single")
         np.testing.assert_array_equal(d.boxes, e.boxes)
 
 
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("minsize", [40, 20])
-def test_gpu_stream_mode_graph_replays_give_the_eager_results_on_new_frames(photos, minsize):
+def test_gpu_fp32_graph_replays_give_the_eager_results_exactly(photos, minsize):
     import cv2
 
     imgs = [cv2.resize(im, (1280, 720), interpolation=cv2.INTER_AREA) for im in photos.values()]
-    eager = MTCNN(backend="torch", device="cuda", minsize=minsize)
+    eager = MTCNN(backend="torch", device="cuda", minsize=minsize, graphs=False)
     graphed = MTCNN(backend="torch", device="cuda", minsize=minsize, graphs=True, caps=(4096, 1024, 512, 256, 256))
     total = 0
     for im in imgs + imgs[:3]:  # one graph replayed on every frame, then again
         a, b = eager.detect(im), graphed.detect(im)
-        assert_same_faces(a, b, "stream vs eager", landmark_tol=0.01)
+        assert_same_detections(a, b, "graphs vs eager")
         total += len(a)
     assert total >= 20
     stats = graphed.backend.graph_stats
@@ -272,63 +325,59 @@ def test_gpu_stream_mode_graph_replays_give_the_eager_results_on_new_frames(phot
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_stream_mode_falls_back_to_the_exact_pipeline_when_capacities_overflow(photos):
+def test_gpu_auto_graphs_capture_once_per_shape_and_never_for_one_off_sizes(photos):
+    """The default: a video's frames (one size, changing faces) get one capture; photos of new sizes get none."""
+    import cv2
+
+    imgs = list(photos.values())
+    det = MTCNN(backend="torch", device="cuda")
+    assert det.backend.graph_mode == "auto"
+    one_off = {im.shape: im for im in imgs}  # photos of a size of their own: all eager
+    for im in one_off.values():
+        det.detect(im)
+    assert det.backend.graph_stats["captures"] == 0
+    eager_before = det.backend.graph_stats["eager"]
+    frames = np.stack([cv2.resize(im, (960, 540), interpolation=cv2.INTER_AREA) for im in imgs])
+    eager = MTCNN(backend="torch", device="cuda", graphs=False).detect_batch(frames)
+    got = []
+    for i in range(0, len(frames), 4):  # chunks of 4 and a last partial chunk
+        got += det.detect_batch(torch.from_numpy(frames[i:i + 4]).cuda())
+    for i, (a, b) in enumerate(zip(eager, got)):
+        assert_same_detections(a, b, f"frame {i}")
+    stats = det.backend.graph_stats
+    # the first chunk ran eagerly, the second was captured, the last partial one reused that graph
+    assert stats["captures"] == 1 and stats["eager"] - eager_before == 1, stats
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_fixed_shape_mode_falls_back_to_the_exact_pipeline_when_capacities_overflow(photos):
     img = photos["bob_multiple-faces.jpg"]
     tiny = MTCNN(backend="torch", device="cuda", graphs=True, caps=(64, 16, 8, 4, 4))
-    a = MTCNN(backend="torch", device="cuda").detect(img)
+    a = MTCNN(backend="torch", device="cuda", graphs=False).detect(img)
     assert len(a) >= 15
     for _ in range(12):  # each overflow is redone exactly and doubles the short capacity
-        assert_same_faces(a, tiny.detect(img), "fallback")
+        assert_same_detections(a, tiny.detect(img), "fallback")
     stats = tiny.backend.graph_stats
     assert 1 <= stats["fallbacks"] < 12 and stats["replays"] >= 1, stats
 
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_triton_integral_and_canvas_equal_the_torch_versions(photos, cuda_dets):
-    from fastmtcnn.backends import torch_kernels
+def test_gpu_fixed_shape_mode_runs_large_batches_in_chunks_with_the_eager_results(photos):
+    import cv2
 
-    if not torch_kernels.available(torch.device("cuda")):
-        pytest.skip("no Triton")
-    det = cuda_dets["fp32"]
-    be = det.backend
-    img = photos["insightface_t1.jpg"]
-    frames = be.frames([img, img[::-1].copy()])
-    ii = torch_kernels.integral(frames)
-    be.kernels = False
-    try:
-        ref = be.integral(frames)
-        assert torch.equal(ii, ref)
-        plan = det.plan(*img.shape[:2])
-        want = be.canvas(ref, plan.canvases[0], plan.height, plan.width)
-        be.kernels = True
-        got = be.canvas(ii, plan.canvases[0], plan.height, plan.width)
-        assert torch.equal(got, want)
-    finally:
-        be.kernels = torch_kernels.available(be.device)
-
-
-@pytest.mark.gpu
-@gpu
-def test_gpu_triton_kernels_pass_their_self_tests_against_torch():
-    from fastmtcnn.backends import torch_kernels
-
-    if not torch_kernels.available(torch.device("cuda")):
-        pytest.skip("no Triton")
-    assert torch_kernels.self_test(torch.device("cuda")) is None
-    assert torch_kernels.self_test_nms(torch.device("cuda")) is None
-    for det in MTCNN(backend="torch", device="cuda"), MTCNN(backend="torch", device="cuda", fp16=True):
-        assert det.backend.fused_nets, det.backend
-
-
-@pytest.mark.gpu
-@gpu
-def test_gpu_fused_nets_find_the_same_faces(photos):
-    fused = MTCNN(backend="torch", device="cuda", fp16=True)
-    plain = MTCNN(backend="torch", device="cuda", fp16=True, fuse_nets=False)
-    assert fused.backend.fused_nets and not plain.backend.fused_nets
-    for name in ("bob_multiple-faces.jpg", "insightface_t1.jpg", "yolov5_zidane.jpg", "dlib_2008_002079.jpg"):
-        assert_same_faces(plain.detect(photos[name]), fused.detect(photos[name]), name, 0.02)
+    imgs = np.stack([cv2.resize(im, (960, 540), interpolation=cv2.INTER_AREA) for im in photos.values()][:10])
+    eager = MTCNN(backend="torch", device="cuda", fp16=True, graphs=False).detect_batch(imgs)
+    chunked = MTCNN(backend="torch", device="cuda", fp16=True, graphs=True, graph_batch=4)
+    for _ in range(2):  # capture, then replay
+        got = chunked.detect_batch(torch.from_numpy(imgs).cuda())
+        for i, (a, b) in enumerate(zip(eager, got)):
+            assert_same_faces(a, b, f"frame {i}", landmark_tol=0.01)
+    stats = chunked.backend.graph_stats
+    assert stats["replays"] + stats["fallbacks"] == 6 and stats["replays"] >= 4, stats  # chunks of 4, 4, 2 (padded)
+    assert stats["captures"] == 1, stats
+    assert sum(len(d) for d in eager) >= 20
 
 
 @pytest.mark.gpu
@@ -345,20 +394,3 @@ def test_gpu_grouped_nms_equals_numpy_nms_and_torchvision():
         got = grouped_nms(tb, ts, 0.5, tg, max_pairs=1 << 16 if trial % 3 == 0 else 1 << 23)
         np.testing.assert_array_equal(np.sort(got.cpu().numpy()), np.sort(ref))
         np.testing.assert_array_equal(np.sort(tv(tb, ts, tg, 0.5).cpu().numpy()), np.sort(ref))
-
-
-@pytest.mark.gpu
-@gpu
-def test_gpu_fixed_shape_mode_runs_large_batches_in_chunks_with_the_eager_results(photos):
-    import cv2
-
-    imgs = np.stack([cv2.resize(im, (960, 540), interpolation=cv2.INTER_AREA) for im in photos.values()][:10])
-    eager = MTCNN(backend="torch", device="cuda", fp16=True).detect_batch(imgs)
-    chunked = MTCNN(backend="torch", device="cuda", fp16=True, graphs=True, graph_batch=4)
-    for _ in range(2):  # capture, then replay
-        got = chunked.detect_batch(torch.from_numpy(imgs).cuda())
-        for i, (a, b) in enumerate(zip(eager, got)):
-            assert_same_faces(a, b, f"frame {i}", landmark_tol=0.01)
-    stats = chunked.backend.graph_stats
-    assert stats["replays"] + stats["fallbacks"] == 6 and stats["replays"] >= 4, stats  # chunks of 4, 4, 2
-    assert sum(len(d) for d in eager) >= 20

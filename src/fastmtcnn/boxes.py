@@ -89,6 +89,29 @@ def landmarks_from_onet(b, lm):
     return xp.stack([px, py], axis=2)
 
 
+def box_area(b, add: float = 0.0):
+    """Areas of (..., 4) x1, y1, x2, y2 boxes; add=1 counts pixels inclusively, as the reference's last NMS does."""
+    return (b[..., 2] - b[..., 0] + add) * (b[..., 3] - b[..., 1] + add)
+
+
+def overlap(a, b, mode: str = "union", add: float = 0.0, area_a=None, area_b=None):
+    """Overlap of boxes a and b (..., 4), broadcast against each other: IoU, or over the smaller box ("min").
+
+    The one definition of the arithmetic behind every NMS (numpy, torch, the
+    Triton bit-matrix kernel is tested against it) and the matching metrics:
+    the operation order is the reference's, so float32 inputs give the
+    reference's float32 ratios. Areas may be passed in when already known.
+    """
+    xp = array_namespace(a, b)
+    area_a = box_area(a, add) if area_a is None else area_a
+    area_b = box_area(b, add) if area_b is None else area_b
+    w = xp.clip(xp.minimum(a[..., 2], b[..., 2]) - xp.maximum(a[..., 0], b[..., 0]) + add, min=0.0)
+    h = xp.clip(xp.minimum(a[..., 3], b[..., 3]) - xp.maximum(a[..., 1], b[..., 1]) + add, min=0.0)
+    inter = w * h
+    denom = xp.minimum(area_a, area_b) if mode == "min" else area_a + area_b - inter
+    return inter / denom
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, groups: np.ndarray | None = None,
         mode: str = "union", plus_one: bool = False) -> np.ndarray:
     """Greedy NMS; indices of kept boxes, by decreasing score.
@@ -112,7 +135,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, groups: np.ndar
                                        -np.inf, float(threshold))
         return np.asarray(keep, np.int64).reshape(-1)
     add = np.float32(1 if plus_one else 0)
-    area = (boxes[:, 2] - boxes[:, 0] + add) * (boxes[:, 3] - boxes[:, 1] + add)
+    area = box_area(boxes, add)
     if groups is None:
         return _greedy(boxes, area, np.argsort(-scores, kind="stable"), threshold, mode == "min", add)
     order = np.lexsort((-scores, groups))  # by group, then decreasing score
@@ -126,16 +149,13 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, groups: np.ndar
 def _greedy(boxes: np.ndarray, area: np.ndarray, order: np.ndarray, threshold: float,
             over_min: bool, add: np.float32) -> np.ndarray:
     """Greedy suppression along `order`: one step per kept box, vectorized over the rest."""
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
     keep = []
+    mode = "min" if over_min else "union"
     with np.errstate(divide="ignore", invalid="ignore"):
         while order.size:
             i = order[0]
             keep.append(i)
             rest = order[1:]
-            w = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + add, 0)
-            h = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + add, 0)
-            inter = w * h
-            denom = np.minimum(area[i], area[rest]) if over_min else area[i] + area[rest] - inter
-            order = rest[~(inter / denom > threshold)]
+            ratio = overlap(boxes[i], boxes[rest], mode, add, area[i], area[rest])
+            order = rest[~(ratio > threshold)]
     return np.asarray(keep, np.int64)

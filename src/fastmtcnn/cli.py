@@ -43,9 +43,10 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
                                                    "(only CPUExecutionProvider is tested here)")
     g.add_argument("--threads", type=int, help="CPU threads for the networks")
     g.add_argument("--fp16", action="store_true", help="torch on CUDA: nets in half precision (faithful, faster)")
-    g.add_argument("--graphs", action="store_true",
-                   help="torch on CUDA: run the cascade with fixed shapes as CUDA graph replays (fastest for "
-                        "video and same-size batches; each new frame size costs three warm-up runs and a capture)")
+    g.add_argument("--graphs", nargs="?", choices=["auto", "on", "off"], const="on", default="auto",
+                   help="torch on CUDA: run the cascade with fixed shapes as CUDA graph replays. auto (default): "
+                        "a batch shape runs eagerly the first time, as a graph from its second time on (video, "
+                        "same-size photos); on: capture at once; off: never")
 
 
 def detector_from_args(args: argparse.Namespace):
@@ -54,7 +55,10 @@ def detector_from_args(args: argparse.Namespace):
     mb = args.max_batch
     if mb and len(mb) > 2:
         raise ValueError(f"--max-batch takes one number (both nets) or two (RNet ONet), got {len(mb)}")
-    gpu = {k: True for k in ("fp16", "graphs") if getattr(args, k, False)}
+    gpu = {"fp16": True} if getattr(args, "fp16", False) else {}
+    graphs = getattr(args, "graphs", "auto") or "auto"
+    if graphs != "auto":
+        gpu["graphs"] = graphs == "on"
     if gpu and args.backend != "torch":
         raise ValueError(f"--{' and --'.join(gpu)} need the torch backend: add --backend torch --device cuda")
     return MTCNN(minsize=args.minsize, factor=args.factor, thresholds=args.thresholds,

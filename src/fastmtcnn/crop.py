@@ -26,7 +26,7 @@ def integral_image(images):
     return out
 
 
-def _bins(xp, start, length, m: int):
+def area_bins(xp, start, length, m: int):
     """Adaptive-pooling bin edges (n, m) for windows [start, start+length), exact integer maths."""
     i = xp.arange(m, dtype=xp.int64, device=getattr(start, "device", None))[None, :]
     length = length[:, None]
@@ -53,8 +53,8 @@ def area_resize(ii, frame, windows, out_h: int, out_w: int):
     """
     xp = array_namespace(ii)
     N, H1, W1, C = ii.shape
-    ys, ye = _bins(xp, windows[:, 0], windows[:, 1] - windows[:, 0], out_h)
-    xs, xe = _bins(xp, windows[:, 2], windows[:, 3] - windows[:, 2], out_w)
+    ys, ye = area_bins(xp, windows[:, 0], windows[:, 1] - windows[:, 0], out_h)
+    xs, xe = area_bins(xp, windows[:, 2], windows[:, 3] - windows[:, 2], out_w)
     # one flat gather of the four corners: rows of C sums at (frame, y, x)
     base = frame[:, None, None] * (H1 * W1)
     rows = [base + (y * W1)[:, :, None] for y in (ys, ye)]
@@ -77,8 +77,8 @@ def resize_frames(ii, out_h: int, out_w: int):
     N, H1, W1, C = ii.shape
     dev = getattr(ii, "device", None)
     zero = xp.zeros(1, dtype=xp.int64, device=dev)
-    ys, ye = _bins(xp, zero, xp.asarray([H1 - 1], dtype=xp.int64, device=dev), out_h)
-    xs, xe = _bins(xp, zero, xp.asarray([W1 - 1], dtype=xp.int64, device=dev), out_w)
+    ys, ye = area_bins(xp, zero, xp.asarray([H1 - 1], dtype=xp.int64, device=dev), out_h)
+    xs, xe = area_bins(xp, zero, xp.asarray([W1 - 1], dtype=xp.int64, device=dev), out_w)
     rows = xp.take(ii, ye[0], axis=1) - xp.take(ii, ys[0], axis=1)  # (N, out_h, W+1, C)
     total = xp.take(rows, xe[0], axis=2) - xp.take(rows, xs[0], axis=2)  # (N, out_h, out_w, C)
     area = ((ye - ys)[0][:, None] * (xe - xs)[0][None, :])[None, :, :, None]

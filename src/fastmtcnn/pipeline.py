@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 from array_api_compat import array_namespace
 
@@ -21,7 +21,11 @@ from .pyramid import Canvas, Plan, make_plan
 
 
 class Backend(Protocol):
-    """What the pipeline needs from a backend: arrays and three nets."""
+    """What the pipeline needs from a backend: arrays, three nets and NMS.
+
+    The last four members are optional fast paths: a backend that has none
+    sets them to None, and the pipeline then does the work itself.
+    """
 
     name: str
 
@@ -29,7 +33,7 @@ class Backend(Protocol):
         """Stack RGB uint8 images of one size into an (N, H, W, 3) array where the nets run."""
 
     def integral(self, frames) -> object:
-        """Integral images (N, H+1, W+1, 3) int32 of the frames."""
+        """`crop.integral_image` of the frames: (N, H+1, W+1, 3) int32."""
 
     def pnet(self, x, mask) -> tuple: ...
 
@@ -47,11 +51,16 @@ class Backend(Protocol):
 
     def synchronize(self) -> None: ...
 
-    # Optional: `front(frames, plan, timer) -> (ii, [(reg, prob) per canvas])` replaces
-    # `pnet_front` (integral, canvases, PNet), e.g. to replay it as one CUDA graph;
-    # `crops(ii, frame, windows, size)` replaces `crop.area_resize` (same numbers);
-    # `detect_frames(frames, config)` may answer a whole untimed call: None declines it,
-    # a None entry in its list leaves that frame to the shared cascade.
+    #: canvas(ii, canvas, plan) -> `canvas_input`'s (N, 3, h, w) PNet input, e.g. in one gather
+    canvas: Callable[..., Any] | None
+    #: crops(ii, frame, windows, size) -> `crop.area_resize`'s numbers, e.g. in one kernel
+    crops: Callable[..., Any] | None
+    #: front(frames, plan, timer) -> what `pnet_front` returns, e.g. replayed as one CUDA graph
+    front: Callable[..., Any] | None
+    #: detect_frames(frames, config, timer) -> per-frame results as `detect_frames` gives, for a whole
+    #: call (e.g. fixed-shape CUDA graphs); None declines the call, a None entry leaves that frame to
+    #: the shared cascade
+    detect_frames: Callable[..., Any] | None
 
 
 @dataclass
@@ -99,7 +108,7 @@ def pnet_front(be: Backend, frames, plan: Plan, timer: StageTimer = NO_TIMER):
     maps = []
     for canvas in plan.canvases:
         with timer("pyramid"):
-            x = canvas_input(ii, canvas, n)
+            x = canvas_input(ii, canvas, n) if be.canvas is None else be.canvas(ii, canvas, plan)
             mask = be.asarray(canvas.mask)
         with timer("pnet"):
             maps.append(be.pnet(x, mask))
@@ -150,8 +159,7 @@ def _select(xp, mask, *arrays):
 
 def crops(be: Backend, ii, f, win, size: int):
     """Area crops of windows for RNet/ONet: the backend's own kernel if it has one, else `crop.area_resize`."""
-    own = getattr(be, "crops", None)
-    return own(ii, f, win, size) if own is not None else area_resize(ii, f, win, size, size)
+    return area_resize(ii, f, win, size, size) if be.crops is None else be.crops(ii, f, win, size)
 
 
 def _run_chunks(net, x, max_batch: int):
@@ -205,24 +213,25 @@ def rnet_onet(be: Backend, ii, b, f, cfg: Config, hw: tuple[int, int], timer: St
 
 
 def detect_frames(be: Backend, frames, cfg: Config, timer: StageTimer = NO_TIMER):
-    """Run the cascade on (N, H, W, 3) frames -> per-frame (boxes (k,5), landmarks (k,5,2)) on host."""
-    whole = getattr(be, "detect_frames", None)
-    if whole is not None and not timer.enabled:
-        out = whole(frames, cfg)
-        if out is not None:
-            redo = [i for i, r in enumerate(out) if r is None]
-            if redo:
-                for i, r in zip(redo, _cascade(be, frames[redo], cfg, timer)):
-                    out[i] = r
-            return out
-    return _cascade(be, frames, cfg, timer)
+    """Run the cascade on (N, H, W, 3) frames -> per-frame (boxes (k,5), landmarks (k,5,2)) on host.
+
+    A backend's `detect_frames` may answer the whole call, or some frames of
+    it; the rest run through the shared cascade here.
+    """
+    out = None if be.detect_frames is None else be.detect_frames(frames, cfg, timer)
+    if out is None:
+        return _cascade(be, frames, cfg, timer)
+    redo = [i for i, r in enumerate(out) if r is None]
+    if redo:
+        for i, r in zip(redo, _cascade(be, frames[redo] if len(redo) < len(out) else frames, cfg, timer)):
+            out[i] = r
+    return out
 
 
 def _cascade(be: Backend, frames, cfg: Config, timer: StageTimer = NO_TIMER):
     n, H, W = frames.shape[0], frames.shape[1], frames.shape[2]
     plan = make_plan(H, W, cfg.minsize, cfg.factor, cfg.packed)
-    front = getattr(be, "front", None)
-    ii, maps = front(frames, plan, timer) if front else pnet_front(be, frames, plan, timer)
+    ii, maps = pnet_front(be, frames, plan, timer) if be.front is None else be.front(frames, plan, timer)
     xp = array_namespace(ii)
     if plan.canvases:
         b, f = stage1(be, maps, plan, cfg, timer)

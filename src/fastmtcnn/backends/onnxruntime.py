@@ -17,6 +17,7 @@ from ..nets import onnx_path
 
 class OrtBackend:
     name = "onnxruntime"
+    canvas = crops = front = detect_frames = None  # no fast paths: the pipeline's own steps
 
     def __init__(self, providers: list | None = None, threads: int | None = None,
                  provider_options: list | None = None) -> None:

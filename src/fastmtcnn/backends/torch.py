@@ -2,92 +2,99 @@
 
 Everything after the upload of the frames stays on the device: integral
 images, the packed PNet canvas (one gather for all pyramid levels), PNet, the
-candidates, NMS (`torch_nms.grouped_nms`), the exact area crops, RNet and ONet;
-the pipeline copies the final boxes to the host once. The cascade itself is
-`pipeline.py`'s, shared with the ONNX Runtime backend.
-
-Speed options (each measured on/off by benchmarks/bench_gpu.py):
-
-* ``fp16``: nets in half precision (inputs and pyramid stay exact in float32
-  up to the cast; box maths stays float32).
-* ``channels_last``: NHWC convolutions (the canvas is gathered NHWC already).
-* ``cudnn_benchmark``: let cuDNN time its algorithms per shape (process-wide flag).
-* ``pinned``: host frames go through a reused page-locked buffer and an async copy
-  (off by default: the extra host copy cost more than the faster DMA saved).
-* ``graphs``: fixed-shape mode. Batches run the whole cascade with fixed
-  shapes (`torch_static.StaticCascade`), in chunks of up to ``graph_batch``
-  frames, each replayed as one CUDA graph per (chunk size, frame size,
-  settings): one launch per chunk and one host sync per call. ``caps``
-  (per frame: PNet candidates, RNet crops, RNet survivors, ONet crops, ONet
-  survivors; crops pooled over the chunk) start at `torch_static.default_caps`;
-  frames of a chunk that needs more are redone by the shared pipeline (exact)
-  and that graph is recaptured with the short capacity doubled.
-* ``nms``: "grouped" (default), "torchvision" (`batched_nms`, for comparison), or "numpy".
-* ``kernels``: Triton kernels for the integral image and the canvas (`torch_kernels`;
-  CUDA with Triton only, else the torch versions).
-* ``fuse_nets``: each conv's bias + PReLU (+ PNet's canvas mask) + max pooling
-  as one Triton kernel after a bias-free cuDNN convolution, in all three nets
-  (CUDA, channels-last).
+candidates, NMS (`torch_nms`), the exact area crops, RNet and ONet; the
+pipeline copies the final boxes to the host once. The cascade itself is
+`pipeline.py`'s, shared with the other backends; this file only says where
+arrays live and how each step runs. Options are documented on `TorchBackend`.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import boxes as bx
-from ..crop import MEAN, SCALE, area_resize
+from ..crop import MEAN, SCALE, area_bins, area_resize, integral_image
 from ..nets import torch_nets
-from ..pipeline import NO_TIMER
+from ..pipeline import NO_TIMER, StageTimer, pnet_front
 from ..pyramid import Canvas, Plan
 from . import torch_kernels
+from .torch_graphs import ShapeCache, bucket, capture
 from .torch_nms import grouped_nms
+from .torch_static import BATCH_MAX_CANDIDATES, DEFAULT_ITERS, MAX_CAPS, StaticCascade, default_caps
 
 try:  # torchvision is optional (CPU CI has none)
     from torchvision.ops import batched_nms as _tv_batched_nms
 except ImportError:  # pragma: no cover - depends on the environment
     _tv_batched_nms = None
 
+GRAPH_MODES = {False: "off", True: "always", "auto": "auto", "off": "off", "always": "always"}
+
 
 def _canvas_gather(canvas: Canvas, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Flat integral-image offsets (4, h*w) of each canvas pixel's area bin, and the bin areas (h*w,).
 
-    Pixel (i, j) of a level of size (lh, lw) averages frame rows
-    [floor(i*H/lh), ceil((i+1)*H/lh)) and likewise columns (adaptive average
-    pooling, as `crop.resize_frames`); canvas pixels outside every level read
-    an empty sum with area 1 (value -0.996, inside PNet's input range: the
-    mask keeps them out of every valid cell).
+    Pixel (i, j) of a level averages the frame rows and columns of
+    `crop.area_bins` (as `crop.resize_frames`); canvas pixels outside every
+    level read an empty sum with area 1 (value -0.996, inside PNet's input
+    range: the mask keeps them out of every valid cell).
     """
     W1 = width + 1
     ys = np.zeros((canvas.h, canvas.w), np.int64)
     ye = np.zeros_like(ys)
     xs = np.zeros_like(ys)
     xe = np.zeros_like(ys)
+    zero = np.zeros(1, np.int64)
     for lv in canvas.levels:
-        i = np.arange(lv.h)
-        j = np.arange(lv.w)
-        r0, r1 = (i * height) // lv.h, ((i + 1) * height + lv.h - 1) // lv.h
-        c0, c1 = (j * width) // lv.w, ((j + 1) * width + lv.w - 1) // lv.w
+        r0, r1 = area_bins(np, zero, np.array([height]), lv.h)
+        c0, c1 = area_bins(np, zero, np.array([width]), lv.w)
         sl = (slice(lv.y, lv.y + lv.h), slice(lv.x, lv.x + lv.w))
-        ys[sl], ye[sl] = r0[:, None], r1[:, None]
-        xs[sl], xe[sl] = c0[None, :], c1[None, :]
+        ys[sl], ye[sl] = r0[0][:, None], r1[0][:, None]
+        xs[sl], xe[sl] = c0[0][None, :], c1[0][None, :]
     area = (ye - ys) * (xe - xs)
-    pad = area == 0
-    area[pad] = 1
+    area[area == 0] = 1
     corners = np.stack([ys * W1 + xs, ys * W1 + xe, ye * W1 + xs, ye * W1 + xe]).reshape(4, -1)
     return corners, area.reshape(-1).astype(np.float32)
 
 
 class TorchBackend:
-    """MTCNN's nets and array maths in torch on ``device`` ("cuda", "cuda:1", "cpu")."""
+    """MTCNN's nets and array maths in torch on ``device`` ("cuda", "cuda:1", "cpu").
+
+    fp16: nets in half precision (pyramid and crops exact in float32 up to the
+        cast; box maths float32). Finds the reference faces by the 98% rule,
+        not bit for bit: off by default.
+    channels_last: NHWC convolutions (default on CUDA; the canvas is gathered NHWC).
+    cudnn_benchmark: let cuDNN time its algorithms for every new shape of an
+        eager call (process-wide flag). Off by default: eager shapes change
+        with every frame's face count, and each new one would be timed anew;
+        RNet/ONet batches are padded to powers of two when it is on. Graph
+        captures always autotune (their shapes are fixed).
+    pinned: host frames go through a reused page-locked buffer and an async
+        copy (off: the extra host copy cost more than the faster DMA saved).
+    graphs: "auto" (default on CUDA): a batch shape (bucketed frame count,
+        frame size) runs eagerly the first time and as one CUDA graph replay
+        of the fixed-shape cascade (`torch_static.StaticCascade`) from the
+        second time on; True captures at once; False never. Graphs hold
+        chunks of up to ``graph_batch`` frames, padded up to a bucket that a
+        graph already has, so a last partial chunk reuses it. ``caps`` (per
+        frame: PNet candidates, RNet crops, RNet survivors, ONet crops, ONet
+        survivors) start at `torch_static.default_caps`; frames of a chunk
+        that needs more are redone by the shared pipeline (exact) and that
+        shape is captured again with the short capacity doubled.
+    nms: "grouped" (default, `torch_nms.grouped_nms`), "torchvision", or "numpy".
+    kernels: Triton kernels for the integral image, canvas, crops and the
+        fixed-shape NMS (CUDA with Triton only). fuse_nets: each conv's bias,
+        PReLU (+ PNet's canvas mask) and max pooling as one Triton kernel.
+        A kernel that fails on a machine turns both off, with a warning.
+    """
 
     name = "torch"
 
     def __init__(self, device: str | torch.device = "cpu", threads: int | None = None, *, fp16: bool = False,
-                 channels_last: bool | None = None, cudnn_benchmark: bool = True, pinned: bool = False,
-                 graphs: bool = False, nms: str = "grouped", graph_batch: int = 64,
-                 caps: tuple[int, ...] | None = None, kernels: bool = True,
-                 fuse_nets: bool = True) -> None:
+                 channels_last: bool | None = None, cudnn_benchmark: bool = False, pinned: bool = False,
+                 graphs: bool | str = "auto", nms: str = "grouped", graph_batch: int = 64,
+                 caps: tuple[int, ...] | None = None, kernels: bool = True, fuse_nets: bool = True) -> None:
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
         if cuda and not torch.cuda.is_available():
@@ -100,63 +107,65 @@ class TorchBackend:
             raise RuntimeError("nms='torchvision' needs torchvision installed")
         if fp16 and not cuda:
             raise ValueError("fp16 is for CUDA devices")
-        if graphs and not cuda:
+        if graphs not in GRAPH_MODES:
+            raise ValueError(f"graphs must be True, False or 'auto', got {graphs!r}")
+        if graphs is True and not cuda:
             raise ValueError("graphs (CUDA graphs) need a CUDA device")
+        if int(graph_batch) < 1:
+            raise ValueError(f"graph_batch must be >= 1, got {graph_batch}")
+        self.graph_mode = GRAPH_MODES[graphs] if cuda else "off"
         self.fp16 = bool(fp16)
         self.channels_last = cuda if channels_last is None else bool(channels_last)
         self.pinned = bool(pinned) and cuda
-        self.graphs = bool(graphs)
         self.nms_impl = nms
+        self.cudnn_benchmark = bool(cudnn_benchmark) and cuda
         if cuda:  # process-wide flag: the last backend made sets it
-            torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark
         self.dtype = torch.float16 if self.fp16 else torch.float32
         nets = torch_nets(self.device, self.dtype)
         if self.channels_last:
             nets = tuple(m.to(memory_format=torch.channels_last) for m in nets)
-        self._pnet, self._rnet, self._onet = nets
+        self._plain = nets
         self.kernels = bool(kernels) and torch_kernels.available(self.device)
-        if self.kernels:
-            why = torch_kernels.self_test(self.device)
-            if why:
-                import warnings
-
-                warnings.warn(f"fastmtcnn: Triton kernels off ({why}); using torch ops", RuntimeWarning)
-                self.kernels = False
-        self.fused_nms = self.kernels
-        if self.kernels:
-            why = torch_kernels.self_test_nms(self.device)
-            if why:
-                import warnings
-
-                warnings.warn(f"fastmtcnn: fused NMS kernel off ({why}); using torch ops", RuntimeWarning)
-                self.fused_nms = False
-        self.fused_nets = False
-        if fuse_nets and self.kernels and self.channels_last:
-            nets = (self._pnet, self._rnet, self._onet)
-            why = torch_kernels.self_test_nets(nets, self.dtype)
-            if why:
-                import warnings
-
-                warnings.warn(f"fastmtcnn: fused nets off ({why})", RuntimeWarning)
-            else:
-                self._pnet, self._rnet, self._onet = torch_kernels.fused_nets(*nets)
-                self.fused_nets = True
-        self._consts: dict[int, tuple[object, torch.Tensor]] = {}
-        self._staging: torch.Tensor | None = None  # pinned host buffer for uploads
-        self._staged = None  # event: the last upload from the staging buffer is done
-        self._graphs: dict[tuple, tuple] = {}
-        if int(graph_batch) < 1:
-            raise ValueError(f"graph_batch must be >= 1, got {graph_batch}")
+        self.fused_nets = self.kernels and bool(fuse_nets) and self.channels_last
+        self._nets = torch_kernels.fused_nets(*nets) if self.fused_nets else nets
         self.graph_batch = int(graph_batch)
         self.caps = tuple(caps) if caps else None
-        self._cascades: dict[tuple, object] = {}
-        self._cascade_caps: dict[tuple, tuple] = {}  # per shape: (capacities, NMS steps), grown on overflow
-        self.graph_stats = {"replays": 0, "fallbacks": 0}
+        self._consts: dict = {}
+        self._staging: torch.Tensor | None = None  # pinned host buffer for uploads
+        self._staged = None  # event: the last upload from the staging buffer is done
+        self._cascades = ShapeCache()  # (batch, H, W, cfg) -> (cascade, graph, input, result) | False
+        self._caps: dict = {}  # per shape: (capacities, NMS steps), grown on overflow
+        self._fronts = ShapeCache()  # front graphs of frame sizes the fixed-shape cascade declines
+        self.graph_stats = {"captures": 0, "replays": 0, "fallbacks": 0, "eager": 0}
+
+    @property
+    def graphs(self) -> bool:
+        return self.graph_mode != "off"
+
+    @property
+    def fused_nms(self) -> bool:
+        return self.kernels
 
     def __repr__(self) -> str:
         return (f"TorchBackend(device={str(self.device)!r}, fp16={self.fp16}, channels_last={self.channels_last}, "
-                f"graphs={self.graphs}, nms={self.nms_impl!r}, kernels={self.kernels}, "
+                f"graphs={self.graph_mode!r}, nms={self.nms_impl!r}, kernels={self.kernels}, "
                 f"fused_nets={self.fused_nets})")
+
+    def _kernels_failed(self, e: Exception) -> None:
+        """A Triton kernel failed to compile or run here: warn once, use the torch versions from now on."""
+        warnings.warn(f"fastmtcnn: Triton kernels off ({type(e).__name__}: {e}); using torch ops", RuntimeWarning,
+                      stacklevel=3)
+        self.kernels = self.fused_nets = False
+        self._nets = self._plain
+
+    def _try_kernel(self, fn, *args):
+        if self.kernels:
+            try:
+                return fn(*args)
+            except Exception as e:  # noqa: BLE001 - any compiler or driver error: fall back, exactly
+                self._kernels_failed(e)
+        return None
 
     # ------------------------------------------------------------------ arrays
 
@@ -212,29 +221,25 @@ class TorchBackend:
         return self._upload(host)
 
     def integral(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, H+1, W+1, 3) int32 prefix sums: pad a zero row and column, then two scans."""
-        if self.kernels:
-            return torch_kernels.integral(frames)
-        x = F.pad(frames, (0, 0, 1, 0, 1, 0))
-        return torch.cumsum(torch.cumsum(x, 1, dtype=torch.int32), 2, dtype=torch.int32)
+        """`crop.integral_image` of the frames (a Triton scan on CUDA)."""
+        out = self._try_kernel(torch_kernels.integral, frames)
+        return integral_image(frames) if out is None else out
 
-    def canvas(self, ii: torch.Tensor, canvas: Canvas, height: int, width: int) -> torch.Tensor:
-        """Every pyramid level of the canvas in one gather: (N, 3, h, w), NHWC in memory."""
-        idx, inv = self._const(("canvas", id(canvas)), canvas, lambda: _canvas_gather(canvas, height, width))
+    def canvas(self, ii: torch.Tensor, canvas: Canvas, plan: Plan) -> torch.Tensor:
+        """`pipeline.canvas_input`'s numbers in one gather (one kernel on CUDA): (N, 3, h, w), NHWC in memory."""
+        idx, area = self._const(("canvas", id(canvas)), canvas, lambda: _canvas_gather(canvas, plan.height, plan.width))
         n = ii.shape[0]
-        if self.kernels:
-            x = torch_kernels.canvas(ii, idx, inv, self.dtype, MEAN, SCALE)
-            return x.reshape(n, canvas.h, canvas.w, 3).permute(0, 3, 1, 2)
-        g = ii.reshape(n, -1, 3).index_select(1, idx.reshape(-1)).reshape(n, 4, -1, 3)
-        total = (g[:, 3] - g[:, 2]) - (g[:, 1] - g[:, 0])
-        x = (total.to(torch.float32) / inv[None, :, None] - MEAN) * SCALE
-        return x.reshape(n, canvas.h, canvas.w, 3).permute(0, 3, 1, 2).to(self.dtype)
+        x = self._try_kernel(torch_kernels.canvas, ii, idx, area, self.dtype, MEAN, SCALE)
+        if x is None:
+            g = ii.reshape(n, -1, 3).index_select(1, idx.reshape(-1)).reshape(n, 4, -1, 3)
+            total = (g[:, 3] - g[:, 2]) - (g[:, 1] - g[:, 0])
+            x = ((total.to(torch.float32) / area[None, :, None] - MEAN) * SCALE).to(self.dtype)
+        return x.reshape(n, canvas.h, canvas.w, 3).permute(0, 3, 1, 2)
 
     def crops(self, ii: torch.Tensor, frame: torch.Tensor, windows: torch.Tensor, size: int) -> torch.Tensor:
         """RNet/ONet inputs: `crop.area_resize`'s numbers, in one Triton kernel where there is one."""
-        if self.kernels:
-            return torch_kernels.crops(ii, frame, windows, size, self.dtype, MEAN, SCALE)
-        return area_resize(ii, frame, windows, size, size)
+        x = self._try_kernel(torch_kernels.crops, ii, frame, windows, size, self.dtype, MEAN, SCALE)
+        return area_resize(ii, frame, windows, size, size) if x is None else x
 
     def _const(self, key, owner, make) -> tuple[torch.Tensor, ...]:
         """Device copies of numpy tables derived from `owner` (a cached plan object), made once."""
@@ -247,153 +252,164 @@ class TorchBackend:
 
     # ------------------------------------------------------------------ nets
 
-    def _in(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.dtype)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+    def _net(self, k: int, *args):
+        """Net k (0 PNet, 1 RNet, 2 ONet) in the backend's dtype and layout -> float32 outputs."""
+        x = args[0].to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        n = x.shape[0]
+        if k and self.cudnn_benchmark and n:  # autotune is per shape: keep RNet/ONet batches to a few sizes
+            pad = max(16, 1 << (n - 1).bit_length()) - n
+            x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x
+        with torch.inference_mode():
+            try:
+                out = self._nets[k](x, *args[1:])
+            except Exception as e:  # noqa: BLE001 - a fused kernel failed here: the plain net, exactly
+                if not self.fused_nets:
+                    raise
+                self._kernels_failed(e)
+                out = self._nets[k](x, *args[1:])
+        return tuple(o[:n].float() for o in out)
 
-    @torch.inference_mode()
     def pnet(self, x, mask):
-        reg, prob = self._pnet(self._in(x), mask)
-        return reg.float(), prob.float()
+        return self._net(0, x, mask)
 
-    @torch.inference_mode()
     def rnet(self, x):
-        return tuple(o.float() for o in self._rnet(self._in(x)))
+        return self._net(1, x)
 
-    @torch.inference_mode()
     def onet(self, x):
-        return tuple(o.float() for o in self._onet(self._in(x)))
+        return self._net(2, x)
 
-    @torch.inference_mode()
-    def front(self, frames: torch.Tensor, plan: Plan, timer):
-        """Integral image, packed canvases and PNet: ii and [(reg, prob)] per canvas.
+    # ------------------------------------------------------------------ whole calls
 
-        Shapes depend only on (batch, frame size), so with ``graphs`` the front
-        of a frame size that fixed-shape mode declined for good (it comes back on
-        every call) is captured once and replayed as one CUDA graph. Frames redone after
-        an overflow run eagerly: their count varies, a capture would serve once.
+    def front(self, frames: torch.Tensor, plan: Plan, timer: StageTimer):
+        """`pipeline.pnet_front`, replayed as one CUDA graph for frame sizes the fixed-shape cascade declines.
+
+        Shapes depend only on (batch, frame size); frames redone after an
+        overflow run eagerly (their count varies: a capture would serve once).
         """
         size = tuple(frames.shape[1:])
-        if self.graphs and not timer.enabled and any(
-                v is False and k[0][1:] == size for k, v in self._cascades.items()):
-            return self._front_graph(frames, plan)
-        return self._front(frames, plan, timer)
-
-    def _front(self, frames, plan: Plan, timer):
-        with timer("integral"):
-            ii = self.integral(frames)
-        maps = []
-        for c in plan.canvases:
-            with timer("pyramid"):
-                x = self.canvas(ii, c, plan.height, plan.width)
-                mask = self.asarray(c.mask)
-            with timer("pnet"):
-                maps.append(self.pnet(x, mask))
-        return ii, maps
-
-    def _front_graph(self, frames: torch.Tensor, plan: Plan):
-        key = (tuple(frames.shape), id(plan))
-        hit = self._graphs.get(key)
+        if (self.graph_mode == "off" or timer.enabled or frames.device.type != "cuda"
+                or not any(v is False and k[1:3] == size[:2] for k, v in self._cascades.entries.items())):
+            return pnet_front(self, frames, plan, timer)
+        key = (frames.shape[0], id(plan))
+        hit = self._fronts.get(key)
         if hit is None or hit[0] is not plan:
-            static_in = torch.empty_like(frames)
-            static_in.copy_(frames)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(3):  # warm-up: cuDNN autotune, allocator, constants
-                    self._front(static_in, plan, NO_TIMER)
-            torch.cuda.current_stream().wait_stream(side)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                out = self._front(static_in, plan, NO_TIMER)
-            if len(self._graphs) > 8:
-                self._graphs.clear()
-            hit = self._graphs[key] = (plan, g, static_in, out)
-        _, g, static_in, out = hit
+            if self.graph_mode == "auto" and not self._fronts.wanted(key):
+                return pnet_front(self, frames, plan, timer)
+            static_in = frames.clone()
+            with torch.inference_mode():
+                graph, out = capture(lambda x: pnet_front(self, x, plan), static_in, self.device)
+            hit = (plan, graph, static_in, out)
+            self._fronts.put(key, hit)
+        _, graph, static_in, out = hit
         static_in.copy_(frames, non_blocking=True)
-        g.replay()
+        graph.replay()
         return out
 
-    # ------------------------------------------------------------------ fixed-shape mode
+    def detect_frames(self, frames: torch.Tensor, cfg, timer: StageTimer = NO_TIMER):
+        """The fixed-shape cascade as CUDA graph replays, in chunks of ``graph_batch`` frames; None declines the call.
 
-    def detect_frames(self, frames: torch.Tensor, cfg):
-        """With ``graphs``: the cascade as CUDA graph replays, chunks of ``graph_batch`` frames; else None.
-
-        A chunk whose replay flags an overflow of the fixed capacities or an
-        unconverged NMS answers None for its frames: the shared pipeline redoes
-        them exactly, and the next capture of that shape has more room.
+        A None entry leaves that frame to the shared pipeline: chunks of a shape
+        seen for the first time (``graphs="auto"``), of a size the fixed-shape
+        cascade cannot take, or whose replay flags an overflow of the
+        capacities or an unconverged NMS (the next capture of that shape has
+        more room). With the timer on (the profiler) the same fixed-shape code
+        runs eagerly, stage by stage, instead of a replay.
         """
-        if not self.graphs:
+        if self.graph_mode == "off" or frames.device.type != "cuda":
             return None
-        n, step = frames.shape[0], self.graph_batch
-        pending = []
+        n, h, w = frames.shape[0], frames.shape[1], frames.shape[2]
+        step = self.graph_batch
+        runs = []  # (key, cascade, flat result on the device, frames in the chunk) or (None, n)
         with torch.inference_mode():  # the graphs' buffers were made in inference mode
             for i in range(0, n, step):
                 chunk = frames[i:i + step]
-                key = (tuple(chunk.shape), cfg)
+                m = chunk.shape[0]
+                size = bucket(m, step, self._cascades.sizes(lambda k: k[1:] == (h, w, cfg)))
+                key = (size, h, w, cfg)
+                if timer.enabled:
+                    runs.append(self._timed_chunk(key, chunk, timer))
+                    continue
                 entry = self._cascades.get(key)
-                if entry is None:
-                    if len(self._cascades) > 8:
-                        self._cascades.clear()
-                    entry = self._cascades[key] = self._capture_cascade(chunk, cfg)
-                if entry is False:
-                    return None  # this size cannot run with fixed shapes: all frames go the shared way
+                if entry is None and (self.graph_mode == "always" or self._cascades.wanted(key)):
+                    entry = self._capture_cascade(key, chunk)
+                    self._cascades.put(key, entry)
+                if not entry:
+                    self.graph_stats["eager"] += 1
+                    runs.append((None, m))
+                    continue
                 cascade, graph, static_in, result = entry
-                static_in.copy_(chunk, non_blocking=True)
+                static_in[:m].copy_(chunk, non_blocking=True)
+                if size > m:
+                    static_in[m:].zero_()
                 graph.replay()
-                pending.append((key, cascade, result.clone()))
-            host = torch.cat([r for _, _, r in pending]).cpu().numpy()  # one copy back, one sync
+                runs.append((key, cascade, result.clone(), m))
+            live = [r[2] for r in runs if r[0] is not None]
+            if not live:
+                return None
+            host = torch.cat(live).cpu().numpy()  # one copy back, one sync
         out: list = []
         at = 0
-        for key, cascade, r in pending:
+        for run in runs:
+            if run[0] is None:
+                out.extend([None] * run[1])
+                continue
+            key, cascade, r, m = run
             rows, flags = cascade.split(host[at:at + r.numel()])
             at += r.numel()
-            if flags.all():
-                self.graph_stats["replays"] += 1
-                out.extend(cascade.unpack(rows))
-                continue
-            from .torch_static import MAX_CAPS  # redo exactly; next time a graph with more room / NMS steps
-
-            self.graph_stats["fallbacks"] += 1
-            caps, iters = self._cascade_caps[key]
-            caps = tuple(min(2 * c, hi) if not ok else c for c, ok, hi in zip(caps, flags[:-1], MAX_CAPS))
-            self._cascade_caps[key] = (caps, iters if flags[-1] else iters + 4)
-            self._cascades.pop(key, None)
-            out.extend([None] * cascade.n)
+            out.extend(self._chunk_result(key, cascade, rows, flags, m))
         return out
 
-    @torch.inference_mode()
-    def _capture_cascade(self, frames: torch.Tensor, cfg):
-        from .torch_static import BATCH_MAX_CANDIDATES, DEFAULT_ITERS, StaticCascade, default_caps
+    def _chunk_result(self, key, cascade, rows, flags, m: int) -> list:
+        """Per-frame results of a chunk, or Nones (and more room for the next capture) when a flag is down."""
+        if flags.all():
+            self.graph_stats["replays"] += 1
+            return cascade.unpack(rows[:m])
+        self.graph_stats["fallbacks"] += 1
+        caps, iters = self._caps[key]
+        caps = tuple(min(2 * c, hi) if not ok else c for c, ok, hi in zip(caps, flags[:-1], MAX_CAPS))
+        self._caps[key] = (caps, iters if flags[-1] else iters + 4)
+        self._cascades.pop(key)
+        return [None] * m
 
-        key = (tuple(frames.shape), cfg)
-        caps, iters = self._cascade_caps.setdefault(key, (self.caps or default_caps(frames.shape[0]), DEFAULT_ITERS))
-        if frames.shape[0] >= 8 and caps[0] > BATCH_MAX_CANDIDATES:
-            return False  # frames this crowded run faster through the shared pipeline
+    def _static_cascade(self, key) -> StaticCascade | None:
+        size, h, w, cfg = key
+        caps, iters = self._caps.setdefault(key, (self.caps or default_caps(size), DEFAULT_ITERS))
+        if size >= 8 and caps[0] > BATCH_MAX_CANDIDATES:
+            return None  # frames this crowded run faster through the shared pipeline
         try:
-            return self._capture(StaticCascade(self, cfg, frames.shape[0], frames.shape[1], frames.shape[2],
-                                               caps=caps, iters=iters), frames)
+            return StaticCascade(self, cfg, size, h, w, caps=caps, iters=iters)
         except ValueError:  # no single packed canvas for this size: the shared pipeline handles it
-            return False
-        except RuntimeError as e:  # an op that cannot be captured: say so, run the shared path
-            import warnings
+            return None
 
-            warnings.warn(f"fastmtcnn: fixed-shape mode off for {tuple(frames.shape)}: {e}", RuntimeWarning)
-            return False
+    @staticmethod
+    def _padded(chunk: torch.Tensor, size: int) -> torch.Tensor:
+        """The chunk with zero frames appended up to `size` (they hold no faces and are dropped)."""
+        out = chunk.new_zeros((size, *chunk.shape[1:]))
+        out[:chunk.shape[0]] = chunk
+        return out
 
-    def _capture(self, cascade, frames: torch.Tensor):
-        run = cascade.packed
-        static_in = frames.clone()
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(3):  # warm-up: cuDNN autotune, allocator, device tables
-                run(static_in)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            result = run(static_in)
+    def _capture_cascade(self, key, chunk: torch.Tensor):
+        cascade = self._static_cascade(key)
+        if cascade is None:
+            return False
+        static_in = self._padded(chunk, key[0])  # the warm-ups run on real frames: representative autotune
+        try:
+            graph, result = capture(cascade.packed, static_in, self.device)
+        except Exception as e:  # noqa: BLE001 - an op that cannot be captured here: say so, run the shared path
+            warnings.warn(f"fastmtcnn: fixed-shape mode off for {tuple(chunk.shape)}: {e}", RuntimeWarning)
+            return False
+        self.graph_stats["captures"] += 1
         return cascade, graph, static_in, result
+
+    def _timed_chunk(self, key, chunk: torch.Tensor, timer: StageTimer):
+        """The fixed-shape cascade of `key`, run eagerly with the stage timer (the profiler's view of a replay)."""
+        cascade = self._static_cascade(key)
+        if cascade is None:
+            return None, chunk.shape[0]
+        out, flags = cascade.run(self._padded(chunk, key[0]), timer)
+        return key, cascade, torch.cat([out.reshape(-1), flags.to(out.dtype)]), chunk.shape[0]
 
     # ------------------------------------------------------------------ the rest
 

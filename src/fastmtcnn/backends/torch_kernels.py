@@ -8,14 +8,28 @@
   every canvas pixel in one kernel, written NHWC in the nets' dtype, instead
   of a gathered (N, 4, P, 3) int32 temporary and four elementwise passes.
 
-Both give exactly the torch versions' numbers (integer sums; IEEE division
-`div_rn`, then the same subtraction and power-of-two scaling). Without
-Triton (CPU, or a build without it) `available()` is False and the backend
-uses the torch versions.
+* RNet/ONet crops, the suppression bit matrix of the fixed-shape NMS, and
+  each conv's bias + PReLU (+ mask, + max pooling) epilogue.
+
+Each kernel computes a function defined once elsewhere, and the GPU tests
+(tests/test_torch_kernels.py) check it against that definition: the
+integral against `crop.integral_image`, canvas and crops against
+`crop.area_resize`/`crop.resize_frames` (same bins, integer sums, IEEE
+division `div_rn`, then the same subtraction and power-of-two scaling), the
+suppression bits against `torch_nms.suppression` (`boxes.overlap`), the
+fused nets against `nets.py`'s modules. Without Triton (CPU, or a build
+without it) `available()` is False and the backend uses the torch versions;
+a kernel that fails to compile or run on a machine makes the backend warn
+and switch to them too.
+
+This module imports nothing from the backend that uses it.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from ..nets import flatten_wmajor
 
 try:
     import triton
@@ -88,7 +102,7 @@ if triton is not None:
     def _crops(ii_ptr, frame_ptr, win_ptr, out_ptr, H1, W1, S: tl.constexpr, BLOCK: tl.constexpr,
                MEAN: tl.constexpr, SCALE: tl.constexpr):
         # out (n, S, S, 3): window [y0, y1) x [x0, x1) of its frame, area-averaged to S x S and normalized;
-        # the bins of `crop._bins` (exact integer maths), the sums of `crop.area_resize`
+        # the bins of `crop.area_bins` (exact integer maths), the sums of `crop.area_resize`
         c = tl.program_id(0)
         p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         m = p < S * S
@@ -118,7 +132,7 @@ if triton is not None:
                           ADD: tl.constexpr, MIN_MODE: tl.constexpr, HAS_GROUP: tl.constexpr, BI: tl.constexpr,
                           WB: tl.constexpr):
         # out (N, K, KW) int32, zeroed: in row i, bit j % 32 of word j // 32 is set where slot j (earlier =
-        # higher in greedy order) suppresses slot i. IoU arithmetic of `torch_static.suppression`.
+        # higher in greedy order) suppresses slot i. Overlap arithmetic of `boxes.overlap`.
         n = tl.program_id(0)
         i = tl.program_id(1) * BI + tl.arange(0, BI)
         j0 = tl.program_id(2) * WB * 32
@@ -177,7 +191,7 @@ if triton is not None:
 
 def greedy_keep(b: torch.Tensor, area: torch.Tensor, valid: torch.Tensor, group: torch.Tensor | None,
                 threshold: float, mode: str, add: float, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`torch_static.dense_nms` with the suppression matrix as bits (K x K/32 words per frame, not K x K halves).
+    """`torch_nms.dense_nms` with the suppression matrix as bits (K x K/32 words per frame, not K x K halves).
 
     Why: at 64 frames x 2048 slots the fp16 matrix is 512 MB, written once and
     read on every step; the bits are 32 MB, and a step reads them in one kernel.
@@ -288,8 +302,6 @@ def bias_prelu_pool(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, k
 
 def _conv(x, conv, prelu, pool: tuple[int, int] | None = None, mask=None):
     """conv (cuDNN, no bias) + one fused epilogue: bias, PReLU and, if given, the mask and max pooling."""
-    import torch.nn.functional as F
-
     y = F.conv2d(x, conv.weight)
     if pool is None:
         return bias_prelu(y, conv.bias, prelu.weight)
@@ -298,8 +310,6 @@ def _conv(x, conv, prelu, pool: tuple[int, int] | None = None, mask=None):
 
 def _dense(x, dense, prelu):
     """Linear (cuBLAS, no bias) + fused bias and PReLU: the (rows, C) case of `bias_prelu`."""
-    import torch.nn.functional as F
-
     y = F.linear(x, dense.weight)
     return bias_prelu(y[:, :, None, None], dense.bias, prelu.weight).reshape(y.shape)
 
@@ -314,8 +324,6 @@ def fused_nets(pnet: torch.nn.Module, rnet: torch.nn.Module, onet: torch.nn.Modu
     (A Triton direct convolution for PNet's 3-channel conv1 was tried and was
     slower than cuDNN's: 4.2 ms per 64 frames of 1920x1080 in an H100 profile.)
     """
-    from ..nets import flatten_wmajor
-
     class FusedPNet(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -354,38 +362,8 @@ def fused_nets(pnet: torch.nn.Module, rnet: torch.nn.Module, onet: torch.nn.Modu
     return FusedPNet(), FusedRNet(), FusedONet()
 
 
-def self_test_nets(nets, dtype: torch.dtype) -> str | None:
-    """The fused nets against the plain ones on random inputs (PNet with a canvas mask); None if close, else why."""
-    try:
-        pnet, rnet, onet = nets
-        fp, fr, fo = fused_nets(*nets)
-        dev = next(pnet.parameters()).device
-        g = torch.Generator(device="cpu").manual_seed(2)
-
-        def rand(*shape):
-            x = (torch.rand(*shape, generator=g) * 2 - 1).to(dev, dtype)
-            return x.contiguous(memory_format=torch.channels_last)
-
-        mask = torch.zeros(1, 1, 59, 88)
-        mask[..., 31:, :] = -32.0
-        mask[..., :, 47:] = -32.0
-        mask = mask.to(dev)
-        x = rand(2, 3, 61, 90)
-        r, o = rand(37, 3, 24, 24), rand(37, 3, 48, 48)
-        with torch.inference_mode():
-            pairs = [(pnet(x, mask), fp(x, mask)), (rnet(r), fr(r)), (onet(o), fo(o))]
-        tol = 2e-2 if dtype == torch.float16 else 1e-3
-        for name, (want, got) in zip(("PNet", "RNet", "ONet"), pairs):
-            err = max(float((a.float() - b.float()).abs().max()) for a, b in zip(want, got))
-            if not err <= tol:
-                return f"fused {name} differs by {err:g}"
-    except Exception as e:
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
 def integral(frames: torch.Tensor) -> torch.Tensor:
-    """(N, H, W, 3) uint8 CUDA -> (N, H+1, W+1, 3) int32 inclusive prefix sums with a zero border."""
+    """`crop.integral_image` of (N, H, W, 3) uint8 CUDA frames: (N, H+1, W+1, 3) int32, zero border."""
     n, h, w, c = frames.shape
     frames = frames.contiguous()
     out = torch.empty((n, h + 1, w + 1, c), dtype=torch.int32, device=frames.device)
@@ -423,67 +401,3 @@ def crops(ii: torch.Tensor, frame: torch.Tensor, windows: torch.Tensor, size: in
                                                      ii.shape[1], ii.shape[2], S=size, BLOCK=block, MEAN=mean,
                                                      SCALE=scale, enable_fp_fusion=False)
     return out.permute(0, 3, 1, 2)
-
-
-def self_test(device: torch.device) -> str | None:
-    """Run the integral and canvas kernels once on random data against torch; None if they agree, else the reason."""
-    try:
-        g = torch.Generator(device="cpu").manual_seed(0)
-        frames = torch.randint(0, 256, (2, 37, 53, 3), generator=g, dtype=torch.uint8).to(device)
-        want = torch.nn.functional.pad(frames, (0, 0, 1, 0, 1, 0))
-        want = torch.cumsum(torch.cumsum(want, 1, dtype=torch.int32), 2, dtype=torch.int32)
-        ii = integral(frames)
-        if not torch.equal(ii, want):
-            return "integral differs from torch.cumsum"
-        p = 300
-        ys = torch.randint(0, 37, (2, p), generator=g).sort(0).values
-        xs = torch.randint(0, 53, (2, p), generator=g).sort(0).values
-        ys[1] += 1
-        xs[1] += 1
-        w1 = 54
-        corners = torch.stack([ys[0] * w1 + xs[0], ys[0] * w1 + xs[1], ys[1] * w1 + xs[0], ys[1] * w1 + xs[1]]).to(device)
-        area = ((ys[1] - ys[0]) * (xs[1] - xs[0])).to(torch.float32).to(device)
-        got = canvas(ii, corners, area, torch.float32, 127.5, 0.0078125)
-        flat = ii.reshape(2, -1, 3)
-        gs = [flat[:, corners[k]] for k in range(4)]
-        total = (gs[3] - gs[2]) - (gs[1] - gs[0])
-        ref = (total.to(torch.float32) / area[None, :, None] - 127.5) * 0.0078125
-        if not torch.equal(got, ref):
-            return "canvas differs from the torch gather"
-        from ..crop import area_resize
-
-        y0 = torch.randint(0, 30, (50,), generator=g)
-        x0 = torch.randint(0, 45, (50,), generator=g)
-        win = torch.stack([y0, y0 + 1 + torch.randint(0, 37 - 30, (50,), generator=g),
-                           x0, x0 + 1 + torch.randint(0, 53 - 45, (50,), generator=g)], 1).to(device)
-        f = torch.randint(0, 2, (50,), generator=g).to(device)
-        for size in (24, 48):
-            if not torch.equal(crops(ii, f, win, size, torch.float32, 127.5, 0.0078125),
-                               area_resize(ii, f, win, size, size)):
-                return "crops differ from crop.area_resize"
-    except Exception as e:  # a Triton or driver problem: run the torch versions instead
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
-def self_test_nms(device: torch.device) -> str | None:
-    """The bit-matrix NMS against `torch_static`'s dense NMS on random boxes; None if equal, else the reason."""
-    try:
-        from .torch_static import iterate_keep, suppression as torch_suppression
-
-        g = torch.Generator(device="cpu").manual_seed(1)
-        xy = torch.rand(2, 700, 2, generator=g) * 100
-        bx = torch.cat([xy, xy + torch.rand(2, 700, 2, generator=g) * 30 + 1], dim=2).to(device)
-        valid = (torch.rand(2, 700, generator=g) > 0.2).to(device)
-        grp = torch.randint(0, 3, (2, 700), generator=g).to(device)
-        for mode, add, grp_ in (("union", 0.0, grp), ("min", 1.0, None), ("union", 0.0, None)):
-            bx = bx.floor() if mode == "min" else bx
-            area = (bx[..., 2] - bx[..., 0] + add) * (bx[..., 3] - bx[..., 1] + add)
-            s = torch_suppression(bx, valid, grp_, 0.5, mode, add == 1.0, torch.float32)
-            want, _ = iterate_keep(s, valid, 64)
-            got, ok = greedy_keep(bx, area, valid, grp_, 0.5, mode, add, 64)
-            if not (bool(ok) and torch.equal(got, want)):
-                return f"bit-matrix NMS ({mode}) differs from the dense torch NMS"
-    except Exception as e:  # a Triton or driver problem: run the torch versions instead
-        return f"{type(e).__name__}: {e}"
-    return None

@@ -19,13 +19,21 @@ inside a group, all groups in one pass:
    reaches the greedy result exactly, and stops at the first repeat (the greedy
    result is the only fixed point).
 
-The IoU arithmetic is the numpy NMS's, step for step in float32 (and
-symmetric in the two boxes), so CPU torch and numpy keep the same boxes.
+The fixed-shape cascade (`torch_static`) needs NMS without compaction: a
+dense suppression matrix per frame over slots already in greedy order,
+solved by the same fixed-point iteration a fixed number of times
+(`dense_nms`; on CUDA the matrix is kept as bits by `torch_kernels.greedy_keep`).
+
+Every IoU here is `boxes.overlap`, the numpy NMS's arithmetic step for step
+in float32, so CPU torch and numpy keep the same boxes.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from ..boxes import box_area, overlap
+from . import torch_kernels
 
 #: pairs (IoU evaluations) per chunk: bounds temporary memory (~60 bytes a pair)
 MAX_PAIRS = 1 << 23
@@ -40,13 +48,8 @@ def _edges(b, area, rank, hi, r0: int, r1: int, total: int, threshold: float, mo
     rows = torch.repeat_interleave(torch.arange(r0, r1, device=dev), cnt, output_size=total)
     first = torch.cumsum(cnt, 0) - cnt  # offset of each row's first pair
     cols = rows + 1 + (torch.arange(total, device=dev) - first[rows - r0])
-    bi, bj = b[rows], b[cols]
-    w = torch.clamp(torch.minimum(bi[:, 2], bj[:, 2]) - torch.maximum(bi[:, 0], bj[:, 0]) + add, min=0)
-    h = torch.clamp(torch.minimum(bi[:, 3], bj[:, 3]) - torch.maximum(bi[:, 1], bj[:, 1]) + add, min=0)
-    inter = w * h
-    ai, aj = area[rows], area[cols]
-    denom = torch.minimum(ai, aj) if mode == "min" else ai + aj - inter
-    hit = torch.nonzero(inter / denom > threshold).squeeze(1)
+    ratio = overlap(b[rows], b[cols], mode, add, area[rows], area[cols])
+    hit = torch.nonzero(ratio > threshold).squeeze(1)
     r, c = rows[hit], cols[hit]
     first_hi = rank[r] < rank[c]
     return torch.where(first_hi, r, c), torch.where(first_hi, c, r)
@@ -71,7 +74,7 @@ def grouped_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, gro
     rank[order] = torch.arange(n, device=dev)
     rank = rank[sp]
     add = 1.0 if plus_one else 0.0
-    area = (b[:, 2] - b[:, 0] + add) * (b[:, 3] - b[:, 1] + add)
+    area = box_area(b, add)
     lim = SPAN / 4
     key = g * SPAN + torch.clamp(b[:, 0].to(torch.float64), -lim, lim)
     # followers j of i overlap it in x only if x1_j < x2_i + add (one pixel of margin against rounding)
@@ -118,3 +121,37 @@ def grouped_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, gro
     kept = torch.zeros(n, dtype=torch.bool, device=dev)
     kept[sp] = keep
     return order[kept[order]]
+
+
+# --------------------------------------------------------------------------- fixed shapes
+
+
+def suppression(b: torch.Tensor, valid: torch.Tensor, group: torch.Tensor | None, threshold: float,
+                mode: str = "union", plus_one: bool = False, dtype=torch.float32) -> torch.Tensor:
+    """(N, K, K) 0/1 matrix S[j, i]: slot j (earlier = higher in greedy order) suppresses slot i."""
+    add = 1.0 if plus_one else 0.0
+    s = overlap(b[:, :, None, :4], b[:, None, :, :4], mode, add) > threshold
+    k = b.shape[1]
+    s &= torch.ones(k, k, dtype=torch.bool, device=b.device).triu(1)
+    s &= valid[:, :, None] & valid[:, None, :]
+    if group is not None:
+        s &= group[:, :, None] == group[:, None, :]
+    return s.to(dtype)
+
+
+def iterate_keep(s: torch.Tensor, valid: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy NMS result from the suppression matrix: `iters` fixed-point steps, and whether it converged."""
+    keep = valid
+    for _ in range(iters):
+        keep = valid & (torch.bmm(keep.to(s.dtype)[:, None, :], s)[:, 0, :] == 0)
+    nxt = valid & (torch.bmm(keep.to(s.dtype)[:, None, :], s)[:, 0, :] == 0)
+    return keep, (nxt == keep).all()
+
+
+def dense_nms(b, valid, group, threshold, iters, mode="union", plus_one=False, fused=False):
+    """Greedy NMS per row over slots in greedy order -> (keep (N, K), converged); `fused`: Triton bit-matrix kernels."""
+    if fused:
+        add = 1.0 if plus_one else 0.0
+        return torch_kernels.greedy_keep(b, box_area(b, add), valid, group, threshold, mode, add, iters)
+    dtype = torch.float16 if b.is_cuda else torch.float32  # 0/1 sums: exact enough to test == 0
+    return iterate_keep(suppression(b, valid, group, threshold, mode, plus_one, dtype), valid, iters)

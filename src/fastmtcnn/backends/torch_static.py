@@ -9,7 +9,7 @@ of slots and a validity mask instead of compaction:
 * candidates: the PNet map sorted by score per frame (stable, so ties keep the
   cell order of the shared path) and cut to K1 slots per frame;
 * NMS: a dense suppression matrix per frame over slots already in greedy
-  order, solved by the fixed-point iteration of `torch_nms` (a fixed number
+  order, solved by the fixed-point iteration of `torch_nms.dense_nms` (a fixed number
   of steps, then a convergence check);
 * RNet/ONet crops: the valid slots of *all* frames packed into one pool
   (n x caps crops in all): the nets' work follows the batch's average count,
@@ -28,8 +28,9 @@ import torch
 
 from .. import boxes as bx
 from ..config import Config
-from ..pipeline import NO_TIMER, crops
+from ..pipeline import NO_TIMER, crops, pnet_front
 from ..pyramid import make_plan
+from .torch_nms import dense_nms
 
 #: capacities per frame: PNet candidate slots, RNet crops, RNet survivors, ONet crops, ONet survivors.
 #: The crop capacities are pooled over the batch (n x cap crops in all).
@@ -47,52 +48,6 @@ BATCH_MAX_CANDIDATES = 4096
 DEFAULT_ITERS = 8
 #: columns of the packed result per slot: box (4), score, landmarks (10), kept
 COLS = 16
-
-
-def suppression(b: torch.Tensor, valid: torch.Tensor, group: torch.Tensor | None, threshold: float,
-                mode: str = "union", plus_one: bool = False, dtype=torch.float32) -> torch.Tensor:
-    """(N, K, K) 0/1 matrix S[j, i]: slot j (earlier = higher in greedy order) suppresses slot i.
-
-    IoU arithmetic as `boxes.nms` (float32, same operation order).
-    """
-    add = 1.0 if plus_one else 0.0
-    x1, y1, x2, y2 = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
-    area = (x2 - x1 + add) * (y2 - y1 + add)
-    w = torch.clamp(torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(x1[:, :, None], x1[:, None, :]) + add,
-                    min=0)
-    h = torch.clamp(torch.minimum(y2[:, :, None], y2[:, None, :]) - torch.maximum(y1[:, :, None], y1[:, None, :]) + add,
-                    min=0)
-    inter = w * h
-    aj, ai = area[:, :, None], area[:, None, :]
-    denom = torch.minimum(aj, ai) if mode == "min" else aj + ai - inter
-    s = inter / denom > threshold
-    k = b.shape[1]
-    s &= torch.ones(k, k, dtype=torch.bool, device=b.device).triu(1)
-    s &= valid[:, :, None] & valid[:, None, :]
-    if group is not None:
-        s &= group[:, :, None] == group[:, None, :]
-    return s.to(dtype)
-
-
-def iterate_keep(s: torch.Tensor, valid: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy NMS result from the suppression matrix: `iters` fixed-point steps, and whether it converged."""
-    keep = valid
-    for _ in range(iters):
-        keep = valid & (torch.bmm(keep.to(s.dtype)[:, None, :], s)[:, 0, :] == 0)
-    nxt = valid & (torch.bmm(keep.to(s.dtype)[:, None, :], s)[:, 0, :] == 0)
-    return keep, (nxt == keep).all()
-
-
-def dense_nms(b, valid, group, threshold, iters, mode="union", plus_one=False, fused=False):
-    """Greedy NMS per row over slots in greedy order -> (keep (N, K), converged); `fused`: Triton bit-matrix kernels."""
-    if fused:
-        from .torch_kernels import greedy_keep
-
-        add = 1.0 if plus_one else 0.0
-        area = (b[..., 2] - b[..., 0] + add) * (b[..., 3] - b[..., 1] + add)
-        return greedy_keep(b, area, valid, group, threshold, mode, add, iters)
-    dtype = torch.float16 if b.is_cuda else torch.float32  # 0/1 sums: exact enough to test == 0
-    return iterate_keep(suppression(b, valid, group, threshold, mode, plus_one, dtype), valid, iters)
 
 
 def first(mask: torch.Tensor, k: int) -> torch.Tensor:
@@ -175,8 +130,8 @@ class StaticCascade:
         """
         be, cfg, canvas, plan = self.be, self.cfg, self.canvas, self.plan
         n, k1, k2, k3, it = self.n, self.k1, self.k2, self.k3, self.iters
-        fz = bool(getattr(be, "fused_nms", False)) and frames.is_cuda
-        ii, maps = be._front(frames, plan, timer)
+        fz = be.fused_nms and frames.is_cuda
+        ii, maps = pnet_front(be, frames, plan, timer)
         with timer("candidates"):
             reg, prob = maps[0]
             cell_level = be.asarray(canvas.cell_level)

@@ -50,7 +50,7 @@ def register(sub) -> None:
 def _cpu_detector_args(args: argparse.Namespace) -> argparse.Namespace:
     """The same settings on the CPU backend: validates them and gives the config on any driver."""
     return argparse.Namespace(**{**vars(args), "backend": "onnxruntime", "device": None, "providers": None,
-                                 "fp16": False, "graphs": False})
+                                 "fp16": False, "graphs": "auto"})
 
 
 def run(args: argparse.Namespace) -> int:
