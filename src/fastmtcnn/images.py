@@ -52,16 +52,20 @@ def to_rgb(image: np.ndarray, *, bgr: bool = False) -> np.ndarray:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to RGB uint8, or raise ImageError with a one-line reason."""
+    return decode_image(read_bytes(path), str(path))
+
+
+def read_bytes(path: str | os.PathLike) -> np.ndarray:
+    """A file's bytes as uint8, or ImageError (missing, a folder, unreadable) with a one-line reason."""
     p = Path(path)
     if not p.exists():
         raise ImageError(f"{p}: no such file")
     if p.is_dir():
         raise ImageError(f"{p}: is a directory")
     try:
-        data = np.fromfile(p, np.uint8)
+        return np.fromfile(p, np.uint8)
     except OSError as e:
         raise ImageError(f"{p}: cannot read ({e.strerror or e})") from None
-    return decode_image(data, str(p))
 
 
 def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
@@ -69,7 +73,7 @@ def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
     data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if data.size == 0:
         raise ImageError(f"{name}: empty file")
-    _check_complete(name, data)
+    check_complete(name, data)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageError(f"{name}: not an image, or a format OpenCV cannot decode")
@@ -78,7 +82,7 @@ def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
     return to_rgb(img, bgr=True)
 
 
-def _check_complete(p: str, data: np.ndarray) -> None:
+def check_complete(p: str, data: np.ndarray) -> None:
     """Truncated JPEG/PNG files decode to grey garbage without an error: catch them.
 
     The file's own structure is walked (JPEG segments up to the first scan,

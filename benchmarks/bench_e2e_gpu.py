@@ -1,0 +1,165 @@
+"""End to end on one GPU: from files on disk to results, ours vs facenet-pytorch doing the same job.
+
+Run on a CUDA machine (facenet-pytorch 2.6.0 installed; PyNvVideoCodec for
+the NVDEC rows):
+
+    python benchmarks/bench_e2e_gpu.py [--data ../shared/data] [--jobs video streams folder start]
+
+Jobs (each printed as a table, all measured in this one run):
+- video: each H.264 clip of DATA/video, minsize 40 and 20: frames/s of a
+  warm process over the whole file (decode included), time to the first
+  frame's result, default settings vs the best flags, and facenet-pytorch on
+  the same frames the way its README shows (PIL frames, `detect`, batches of 16);
+- streams: 16 copies of one clip at once in one process;
+- folder: ~500 JPEGs of mixed sizes made from DATA's photos (6 sizes,
+  640x480 to 4000x3000, names shuffled), `detect_photos` (nvJPEG, size
+  groups) with default settings and the best flags vs facenet-pytorch one by
+  one (on a subset: it is slow);
+- start: time from a fresh process's start to its first result, with the
+  command users run (`fastmtcnn detect`/`video ... --backend torch --device cuda`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from fastmtcnn import MTCNN  # noqa: E402
+from fastmtcnn.photos import detect_photos  # noqa: E402
+
+FOLDER_SIZES = ((640, 480), (1280, 720), (1920, 1080), (2048, 1536), (3264, 2448), (4000, 3000))
+#: the best flags we know per job; "default" is what a user gets with --backend torch --device cuda
+BEST = dict(fp16=True, graphs=True)
+
+
+def make_folder(data: Path, root: Path, variants: int = 6) -> list[str]:
+    """~500 JPEGs: every photo of `data` centre-cropped to each size's aspect, resized, in `variants` versions."""
+    photos = sorted(p for p in data.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    rng = random.Random(0)
+    paths = []
+    for p in photos:
+        img = cv2.imread(str(p))
+        for w, h in FOLDER_SIZES:
+            ih, iw = img.shape[:2]
+            s = min(iw / w, ih / h)
+            cw, ch = int(w * s), int(h * s)
+            crop = img[(ih - ch) // 2:(ih - ch) // 2 + ch, (iw - cw) // 2:(iw - cw) // 2 + cw]
+            out = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if s > 1 else cv2.INTER_CUBIC)
+            for v in range(variants):
+                im = out[:, ::-1] if v % 2 else out
+                name = root / f"{rng.getrandbits(40):010x}.jpg"
+                cv2.imwrite(str(name), np.ascontiguousarray(im), [cv2.IMWRITE_JPEG_QUALITY, 75 + 4 * v])
+                paths.append(str(name))
+    return sorted(paths)  # a folder's listing order: sizes interleaved at random
+
+
+def facenet(minsize: float):
+    from facenet_pytorch import MTCNN as FaceNetMTCNN
+
+    return FaceNetMTCNN(keep_all=True, min_face_size=minsize, device="cuda")
+
+
+def sync():
+    import torch
+
+    torch.cuda.synchronize()
+
+
+def job_folder(data: Path, minsizes, subset: int) -> list[dict]:
+    from PIL import Image
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_folder(data, Path(tmp))
+        sizes = {Image.open(p).size for p in paths}
+        print(f"\n== folder: {len(paths)} JPEGs, {len(sizes)} sizes (640x480 .. 4000x3000) ==", flush=True)
+        print(f"{'minsize':>7} {'settings':>9} {'img/s':>8} {'first s':>8} {'faces':>6} {'facenet img/s':>13} {'ratio':>7}")
+        for minsize in minsizes:
+            fn = facenet(minsize)
+            fn.detect(Image.open(paths[0]).convert("RGB"))
+            sub = paths[::max(1, len(paths) // subset)][:subset]
+            t = time.perf_counter()
+            for p in sub:  # facenet-pytorch's README: PIL image in, mtcnn.detect(img)
+                fn.detect(Image.open(p).convert("RGB"))
+            f_rate = len(sub) / (time.perf_counter() - t)
+            for name, opts in (("default", {}), ("best", BEST)):
+                det = MTCNN(minsize=minsize, backend="torch", device="cuda", **opts)
+                for rnd in range(2):  # the first pass pays captures (graphs) and the nvJPEG set-up
+                    t = time.perf_counter()
+                    first = None
+                    faces = 0
+                    for r in detect_photos(det, paths):
+                        first = first or time.perf_counter() - t
+                        faces += len(r.faces) if r.ok else 0
+                    dt = time.perf_counter() - t
+                rate = len(paths) / dt
+                rows.append(dict(job="folder", minsize=minsize, settings=name, rate=rate, first=first, faces=faces,
+                                 facenet=f_rate, ratio=rate / f_rate))
+                print(f"{minsize:>7} {name:>9} {rate:8.1f} {first:8.3f} {faces:>6} {f_rate:13.1f} {rate / f_rate:6.1f}x",
+                      flush=True)
+    return rows
+
+
+def job_start(data: Path) -> list[dict]:
+    """Wall time from process start to the first result line, fresh processes (Triton's disk cache as found)."""
+    rows = []
+    photo = data / "bob_multiple-faces.jpg"
+    clip = next(iter(sorted((data / "video").glob("*1080p*.mp4"))), None)
+    cmds = {"detect photo": ["detect", str(photo), "-q"]}
+    if clip is not None:
+        cmds["video 1080p"] = ["video", str(clip), "--json", "-", "--max-frames", "1"]
+    print("\n== start: fresh process to first result ==", flush=True)
+    for name, args in cmds.items():
+        for rnd in range(2):
+            t = time.perf_counter()
+            p = subprocess.Popen([sys.executable, "-m", "fastmtcnn", *args, "--backend", "torch", "--device", "cuda"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+            first = p.stdout.readline()
+            t_first = time.perf_counter() - t
+            p.communicate(timeout=300)
+            rows.append(dict(job="start", what=name, round=rnd, first=t_first, rc=p.returncode))
+            print(f"{name:>14} run {rnd + 1}: {t_first:6.2f} s to '{first.strip()[:60]}' (exit {p.returncode})",
+                  flush=True)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("FASTMTCNN_SHARED_DATA",
+                                                                        ROOT.parent / "shared" / "data")))
+    ap.add_argument("--jobs", nargs="+", default=["video", "streams", "folder", "start"])
+    ap.add_argument("--minsize", type=float, nargs="+", default=[40, 20])
+    ap.add_argument("--facenet-subset", type=int, default=40, help="photos facenet-pytorch runs in the folder job")
+    ap.add_argument("--out", type=Path, help="write every row as JSON here")
+    args = ap.parse_args()
+    import torch
+
+    if not torch.cuda.is_available():
+        print("bench_e2e_gpu: no CUDA GPU", file=sys.stderr)
+        return 2
+    print(f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}", flush=True)
+    rows: list[dict] = []
+    if "folder" in args.jobs:
+        rows += job_folder(args.data, args.minsize, args.facenet_subset)
+    if "start" in args.jobs:
+        rows += job_start(args.data)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Many photos in, faces out, in input order: the folder job behind `detect`, `align` and `eval`.
+
+Files are read ahead on threads, decoded, and detected in groups of one size:
+each window of photos is grouped by size and every group is one
+`detect_batch` call. On a CUDA torch detector JPEGs are decoded on the GPU by
+nvJPEG (`torchvision.io.decode_jpeg(device="cuda")`, one batched call per
+window) and never leave it; other formats, and files nvJPEG rejects, go
+through the CPU decoder (`images.decode_image`) with its error messages. A
+bad file is an error result, never a crash or a gap.
+
+Why group by size rather than pack the pyramid levels of photos of different
+sizes into shared canvases: a group is exact with no new code (every photo of
+a group has the same plan), real folders repeat a few camera sizes, and a
+window of 32-64 photos gives groups large enough to keep the GPU busy; a
+shared canvas would need per-photo integral images and tables in every
+kernel for a gain only on folders where no two photos share a size.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .detections import Detections
+from .images import ImageError, decode_image, read_bytes
+
+
+@dataclass
+class PhotoResult:
+    """One input's outcome: its faces, or the error that stopped it."""
+
+    path: str
+    faces: Detections | None = None
+    error: ImageError | None = None
+    image: object = field(default=None, repr=False)  # RGB (H, W, 3) uint8: numpy, or a tensor on the GPU
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the decoded image."""
+        return int(self.image.shape[1]), int(self.image.shape[0])
+
+    def rgb(self) -> np.ndarray:
+        """The decoded image on the host (copied from the GPU on first use), e.g. to draw or crop."""
+        if not isinstance(self.image, np.ndarray):
+            self.image = self.image.cpu().numpy()
+        return self.image
+
+
+def _read(path: str) -> np.ndarray | ImageError:
+    try:
+        return read_bytes(path)
+    except ImageError as e:
+        return e
+
+
+def _decode_cpu(item: tuple[str, np.ndarray | ImageError]) -> np.ndarray | ImageError:
+    path, data = item
+    if isinstance(data, ImageError):
+        return data
+    try:
+        return decode_image(data, path)
+    except ImageError as e:
+        return e
+
+
+def nvjpeg_available(det) -> bool:
+    """True when `det` runs on CUDA and torchvision can decode JPEGs there."""
+    be = det.backend
+    if be.name != "torch" or be.device.type != "cuda":
+        return False
+    try:
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def decode_on_gpu(items: list[tuple[str, np.ndarray | ImageError]], device) -> list:
+    """Encoded files -> RGB (H, W, 3) uint8 CUDA tensors or ImageError, in order.
+
+    JPEGs (complete ones: the CPU decoder's truncation check runs first) go
+    to nvJPEG in one batched call; if the batch fails, each is retried alone,
+    and what nvJPEG still rejects (CMYK, some progressive files) goes through
+    the CPU decoder, then up to the GPU.
+    """
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from .images import MAX_PIXELS, check_complete
+
+    out: list = [None] * len(items)
+    jpegs = []
+    for i, (path, data) in enumerate(items):
+        if isinstance(data, ImageError):
+            out[i] = data
+        elif data[:2].tobytes() == b"\xff\xd8":
+            try:
+                check_complete(path, data)
+                jpegs.append(i)
+            except ImageError as e:
+                out[i] = e
+    if jpegs:
+        raw = [torch.from_numpy(items[i][1]) for i in jpegs]
+        try:
+            decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            decoded = []
+            for t in raw:
+                try:
+                    decoded.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    decoded.append(None)
+        for i, t in zip(jpegs, decoded):
+            if t is None:
+                continue
+            if t.shape[1] * t.shape[2] > MAX_PIXELS:
+                out[i] = ImageError(f"{items[i][0]}: {t.shape[2]}x{t.shape[1]} is larger than {MAX_PIXELS} pixels")
+            else:
+                out[i] = t.permute(1, 2, 0).contiguous()
+    for i, r in enumerate(out):
+        if r is None:  # not a JPEG, or one nvJPEG would not take
+            r = _decode_cpu(items[i])
+            out[i] = r if isinstance(r, ImageError) else torch.from_numpy(r).to(device)
+    return out
+
+
+def detect_grouped(det, images: list) -> list:
+    """Detections of decoded images (ImageError entries pass through), one `detect_batch` per size."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, im in enumerate(images):
+        if not isinstance(im, ImageError):
+            groups[tuple(im.shape)].append(i)
+    out: list = list(images)
+    for idx in groups.values():
+        batch = [images[i] for i in idx]
+        if not isinstance(batch[0], np.ndarray):
+            import torch
+
+            batch = torch.stack(batch)
+        for i, faces in zip(idx, det.detect_batch(batch)):
+            out[i] = faces
+    return out
+
+
+def detect_photos(det, paths: Iterable[str], *, window: int | None = None, readers: int | None = None
+                  ) -> Iterator[PhotoResult]:
+    """Faces in image files, yielded in input order; every path gets a result or an error.
+
+    window: photos decoded and grouped together (default 32 with nvJPEG, else
+    twice the readers); readers: threads reading (and, without nvJPEG, decoding) ahead.
+    """
+    gpu = nvjpeg_available(det)
+    readers = readers or min(8, os.cpu_count() or 2)
+    window = window or (32 if gpu else 2 * readers)
+    it = iter(paths)
+    with ThreadPoolExecutor(readers, thread_name_prefix="fastmtcnn-read") as pool:
+
+        def submit():
+            chunk = list(islice(it, window))
+            if not chunk:
+                return None
+            if gpu:
+                return chunk, [pool.submit(_read, p) for p in chunk]
+            # without nvJPEG, decode on the reader threads too (OpenCV releases the GIL)
+            return chunk, [pool.submit(lambda p: _decode_cpu((p, _read(p))), p) for p in chunk]
+
+        nxt = submit()
+        while nxt is not None:
+            chunk, futs = nxt
+            got = [f.result() for f in futs]
+            nxt = submit()  # the next window reads while this one is detected
+            images = decode_on_gpu(list(zip(chunk, got)), det.backend.device) if gpu else got
+            for path, im, res in zip(chunk, images, detect_grouped(det, images)):
+                if isinstance(res, ImageError):
+                    yield PhotoResult(path, error=res)
+                else:
+                    yield PhotoResult(path, faces=res, image=im)

@@ -1,0 +1,84 @@
+"""The folder job (`photos.detect_photos`): photos of mixed sizes, detected in size groups, equal one by one.
+
+Why: grouping photos by size into batches must change nothing but speed: every
+input gets its own faces (or its error) in input order, including duplicates of
+one size and bad files among good ones. The GPU test also checks nvJPEG
+decoding against the CPU decoder.
+"""
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import reference_names
+from fastmtcnn import MTCNN, ImageError, read_image
+from fastmtcnn.photos import detect_photos
+
+
+@pytest.fixture(scope="module")
+def folder(shared_data, tmp_path_factory):
+    """Reference photos, resized copies sharing sizes (so groups form), and bad files in between."""
+    root = tmp_path_factory.mktemp("mixed")
+    paths = []
+    for k, name in enumerate(n for n in reference_names()):
+        src = shared_data / name
+        paths.append(str(shutil.copy(src, root / name)))
+        if k % 3 == 0:
+            img = cv2.imread(str(src))
+            for j, w in enumerate((640, 800)):
+                out = root / f"{src.stem}_{w}.jpg"
+                # one common size per width, whatever the photo's aspect: groups of several photos
+                cv2.imwrite(str(out), cv2.resize(img, (w, 480 + 120 * j), interpolation=cv2.INTER_AREA))
+                paths.append(str(out))
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "truncated.jpg").write_bytes((shared_data / "facerec_biden.jpg").read_bytes()[:5000])
+    paths[3:3] = [str(root / "empty.jpg"), str(root / "missing.png"), str(root / "truncated.jpg")]
+    return paths
+
+
+def test_mixed_size_folder_gives_the_one_by_one_results_in_input_order(folder, detector):
+    got = list(detect_photos(detector, folder, window=7))
+    assert [r.path for r in got] == folder
+    sizes = {}
+    for r in got:
+        try:
+            img = read_image(r.path)
+        except ImageError as e:
+            assert not r.ok and str(r.error) == str(e)
+            continue
+        assert r.ok, r.error
+        sizes[img.shape] = sizes.get(img.shape, 0) + 1
+        np.testing.assert_array_equal(r.rgb(), img)
+        want = detector.detect(img)
+        np.testing.assert_array_equal(r.faces.boxes, want.boxes)
+        np.testing.assert_array_equal(r.faces.landmarks, want.landmarks)
+    assert sum(not r.ok for r in got) == 3
+    assert max(sizes.values()) >= 3  # some windows did hold groups of one size
+    assert sum(len(r.faces) for r in got if r.ok) >= 50
+
+
+@pytest.mark.gpu
+def test_gpu_nvjpeg_photos_give_the_cpu_decoder_detections(folder):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from fastmtcnn.metrics import greedy_match
+
+    det = MTCNN(backend="torch", device="cuda")
+    got = list(detect_photos(det, folder))
+    assert [r.path for r in got] == folder
+    assert isinstance(next(r for r in got if r.ok).image, torch.Tensor)  # decoded on the GPU
+    for r in got:
+        try:
+            img = read_image(r.path)
+        except ImageError:
+            assert not r.ok
+            continue
+        want = det.detect(img)
+        # nvJPEG's IDCT may differ from libjpeg's by a grey level: the same faces, IoU >= 0.99
+        pairs = greedy_match(want.boxes, r.faces.boxes, 0.99 if r.path.endswith(".jpg") else 0.999)
+        assert len(pairs) == len(want) == len(r.faces), r.path
