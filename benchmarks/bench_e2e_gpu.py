@@ -126,7 +126,8 @@ def job_start(data: Path) -> list[dict]:
             t = time.perf_counter()
             p = subprocess.Popen([sys.executable, "-m", "fastmtcnn", *args, "--backend", "torch", "--device", "cuda"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+                                 env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                     [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])})
             first = p.stdout.readline()
             t_first = time.perf_counter() - t
             p.communicate(timeout=300)
