@@ -31,11 +31,11 @@ from .parquet import (FACE_TYPE, SCHEMA, Output, PartBuffer, Stats, export_jsonl
                       summarize)
 from .pool import chunks, run_local
 from .resume import Pending, keys_of, path_key, plan_inputs, unaccounted
-from .work import Decoded, Result, decode, decode_many, detect_decoded, uses_gpu
+from .work import Decoded, Result, decode, decode_many, detect_decoded
 
 __all__ = [
     "FACE_TYPE", "MANIFEST_SUFFIXES", "SCHEMA", "Decoded", "Output", "PartBuffer", "Pending", "Result", "Stats",
     "chunks", "decode", "decode_many", "detect_decoded", "export_jsonl", "is_uri", "iter_inputs", "keys_of",
     "path_key", "plan_inputs", "read_manifest", "results_table", "run_local", "settings_of", "summarize",
-    "unaccounted", "uses_gpu",
+    "unaccounted",
 ]

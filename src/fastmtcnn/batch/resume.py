@@ -10,14 +10,11 @@ import hashlib
 import json
 import tempfile
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Iterable, Iterator
+from typing import IO, Iterable, Iterator
 
 import numpy as np
 
 from .inputs import iter_inputs
-
-if TYPE_CHECKING:  # the output reads keys with keys_of: a run-time import would be a circle
-    from .parquet import Output
 
 
 def path_key(path: str) -> bytes:
@@ -72,6 +69,6 @@ def plan_inputs(specs: Iterable[str], done_keys: np.ndarray, column: str = "path
                    todo=int(keep.sum()), keys=keys, _spool=spool, _keep=keep)
 
 
-def unaccounted(pending: Pending, output: Output) -> int:
-    """How many listed inputs have no row in the output (0 after a complete run)."""
-    return int((~np.isin(pending.keys, output.done_keys())).sum())
+def unaccounted(pending: Pending, done_keys: np.ndarray) -> int:
+    """How many listed inputs have no key in `done_keys`, the output's (0 after a complete run)."""
+    return int((~np.isin(pending.keys, done_keys)).sum())

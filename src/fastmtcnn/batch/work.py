@@ -98,8 +98,3 @@ def _error_text(path: str, e: BaseException, shown_as: str | None = None, prefix
         msg = msg.replace(shown_as, path, 1)
     return msg if msg.startswith(path) and not prefix else f"{path}: {prefix}{msg}"
 
-
-def uses_gpu(detector_options) -> bool:
-    """Whether detector flags ask for a GPU (torch CUDA device or a CUDA/TensorRT provider)."""
-    return bool((getattr(detector_options, "device", None) or "").startswith("cuda")
-                or any("CUDA" in p or "Tensorrt" in p for p in (getattr(detector_options, "providers", None) or [])))
