@@ -10,6 +10,7 @@ import importlib
 import sys
 
 from .config import PRESETS
+from .detector_spec import DetectorSpec
 
 # subcommand -> module; a module that is not installed (optional extra) is skipped
 COMMANDS = {
@@ -49,9 +50,8 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
                         "same-size photos); on: capture at once; off: never")
 
 
-def detector_from_args(args: argparse.Namespace):
-    from .detector import MTCNN
-
+def detector_spec(args: argparse.Namespace) -> DetectorSpec:
+    """The detector flags as a DetectorSpec: what the library (and its worker processes) builds from."""
     mb = args.max_batch
     if mb and len(mb) > 2:
         raise ValueError(f"--max-batch takes one number (both nets) or two (RNet ONet), got {len(mb)}")
@@ -61,10 +61,15 @@ def detector_from_args(args: argparse.Namespace):
         gpu["graphs"] = graphs == "on"
     if gpu and args.backend != "torch":
         raise ValueError(f"--{' and --'.join(gpu)} need the torch backend: add --backend torch --device cuda")
-    return MTCNN(minsize=args.minsize, factor=args.factor, thresholds=args.thresholds,
-                 max_batch=(tuple(mb) if mb and len(mb) == 2 else (mb[0] if mb else None)),
-                 packed=False if args.per_scale else None, preset=args.preset, backend=args.backend,
-                 providers=args.providers, threads=args.threads, device=args.device, **gpu)
+    options = {k: getattr(args, k) for k in ("providers", "threads", "device") if getattr(args, k) is not None}
+    return DetectorSpec(preset=args.preset, minsize=args.minsize, factor=args.factor,
+                        thresholds=tuple(args.thresholds) if args.thresholds else None,
+                        max_batch=(tuple(mb) if mb and len(mb) == 2 else (mb[0] if mb else None)),
+                        packed=False if args.per_scale else None, backend=args.backend, options={**options, **gpu})
+
+
+def detector_from_args(args: argparse.Namespace):
+    return detector_spec(args).build()
 
 
 def build_parser() -> argparse.ArgumentParser:

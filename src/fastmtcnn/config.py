@@ -64,3 +64,8 @@ def preset(name: str) -> Config:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def resolve(preset_name: str = "reference", **changes) -> Config:
+    """A preset with changes; a change of None keeps the preset's value (as MTCNN reads its arguments)."""
+    return preset(preset_name).replace(**{k: v for k, v in changes.items() if v is not None})

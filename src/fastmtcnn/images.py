@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -133,10 +134,13 @@ def as_image(image) -> np.ndarray:
 
 
 def expand_inputs(items: list[str]) -> list[str]:
-    """Files, folders (recursive, image suffixes) and globs -> sorted list of paths.
+    """Files, folders (recursive, image suffixes) and globs -> list of paths, for commands that detect.
 
-    Paths that match nothing are kept, so the caller reports them as errors
-    rather than dropping them silently.
+    Folders list as `iter_image_files` does. Globs are sorted. Paths that
+    match nothing are kept, so the caller reports them as per-input errors
+    rather than dropping them silently. (`fastmtcnn batch` lists its inputs
+    with the same folder rule but streams them, reads manifests and URIs, and
+    refuses a spec that names nothing: see `fastmtcnn.batch.inputs`.)
     """
     import glob
 
@@ -144,10 +148,38 @@ def expand_inputs(items: list[str]) -> list[str]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            out.extend(sorted(str(q) for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
+            out.extend(iter_image_files(p))
         elif any(c in item for c in "*?[") and not p.exists():
             hits = sorted(glob.glob(item, recursive=True))
             out.extend(hits if hits else [item])
         else:
             out.append(item)
     return out
+
+
+def iter_image_files(folder: str | os.PathLike) -> Iterator[str]:
+    """Image files (by suffix) under a folder, recursively, in sorted path order, streamed.
+
+    One folder is listed at a time, so a tree of millions of files never sits
+    in memory. Links to folders are not followed (no loops); a folder that
+    cannot be listed is an error (ValueError), never a silent gap.
+    """
+    stack = [iter(_sorted_entries(str(folder)))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+        elif entry.is_dir(follow_symlinks=False):
+            stack.append(iter(_sorted_entries(entry.path)))
+        elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file():
+            yield entry.path
+
+
+def _sorted_entries(folder: str) -> list[os.DirEntry]:
+    """A folder's entries, a subfolder sorting as "name/": depth-first order is then sorted path order."""
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except OSError as e:
+        raise ValueError(f"{folder}: cannot list folder ({e.strerror or e})") from None
+    return sorted(entries, key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name)

@@ -12,7 +12,6 @@ URI, and every node needs `fastmtcnn[ray]` installed.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import time
@@ -24,8 +23,8 @@ import pyarrow as pa
 import ray
 import ray.data
 
-from .batch import (SCHEMA, Decoded, Output, Pending, Stats, chunks, decode, detect_decoded, results_table,
-                    uses_gpu)
+from .batch import SCHEMA, Decoded, Output, Pending, Stats, chunks, decode, detect_decoded, results_table
+from .detector_spec import DetectorSpec
 
 LIGHT_CPUS = 0.25   # CPU share requested by a decoding task (CPU mode) and by a write task
 ACTOR_CPUS = 0.75   # CPU share requested by a CPU detector actor (it runs one thread)
@@ -33,10 +32,13 @@ DECODED = pa.schema([("path", pa.string()), ("pixels", pa.large_binary()), ("hei
                      ("width", pa.int32()), ("error", pa.string())])
 
 
-def run_ray(pending: Pending, output: Output, detector_options: argparse.Namespace, *, address: str = "local",
+def run_ray(pending: Pending, output: Output, spec: DetectorSpec, *, address: str = "local",
             actors: int | None = None, batch: int = 16, part_size: int = 1000, num_cpus: int | None = None,
             object_store_mb: int | None = None, progress: bool = True) -> Stats:
-    """Run the job on Ray (a new local instance, the cluster at `address`, or the one already initialised)."""
+    """Run the job on Ray (a new local instance, the cluster at `address`, or the one already initialised).
+
+    Each detector actor builds its own detector from `spec` (one GPU each when it asks for CUDA).
+    """
     if pending.todo == 0:
         return Stats()
     t0 = time.perf_counter()
@@ -48,11 +50,10 @@ def run_ray(pending: Pending, output: Output, detector_options: argparse.Namespa
         ctx.print_on_execution_start = False
         if not progress:
             logging.getLogger("ray.data").setLevel(logging.WARNING)
-        gpu = uses_gpu(detector_options)
+        gpu = spec.uses_gpu
         layout = plan_resources(ray.cluster_resources(), gpu, actors)
-        opts = argparse.Namespace(**vars(detector_options))
-        if opts.threads is None and not gpu:
-            opts.threads = 1  # CPU: more single-threaded actors beat more threads per actor
+        if spec.options.get("threads") is None and not gpu:
+            spec = spec.with_options(threads=1)  # CPU: more single-threaded actors beat more threads per actor
         # whole batches per block; about 8 blocks per actor (balance), at most a part (per-block overhead)
         block_rows = batch * max(1, min(part_size // batch, pending.todo // (batch * 8 * layout.actors)))
         tables = [pa.table({"path": pa.array(c, pa.string())}) for c in chunks(pending, block_rows)]
@@ -62,7 +63,7 @@ def run_ray(pending: Pending, output: Output, detector_options: argparse.Namespa
                          fn_kwargs={"cwd": os.getcwd()})
             .map_batches(Detect, batch_format="pyarrow", batch_size=batch,
                          compute=ray.data.ActorPoolStrategy(size=layout.actors),
-                         num_cpus=layout.actor_cpus, num_gpus=1 if gpu else 0, fn_constructor_args=(opts,))
+                         num_cpus=layout.actor_cpus, num_gpus=1 if gpu else 0, fn_constructor_args=(spec,))
             .write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_CPUS}))
         sink.stats.startup_s = startup
         return sink.stats
@@ -136,10 +137,8 @@ def decode_batch(batch: pa.Table, cwd: str) -> pa.Table:
 class Detect:
     """Actor: holds one detector and turns decoded batches into result rows."""
 
-    def __init__(self, options: argparse.Namespace) -> None:
-        from .cli import detector_from_args
-
-        self.det = detector_from_args(options)
+    def __init__(self, spec: DetectorSpec) -> None:
+        self.det = spec.build()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         items = []

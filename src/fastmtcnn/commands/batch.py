@@ -9,9 +9,10 @@ import argparse
 import os
 import sys
 import time
-from functools import partial
+from dataclasses import replace
 
-from ..cli import add_detector_args, detector_from_args
+from ..cli import add_detector_args, detector_spec
+from ..detector_spec import DetectorSpec
 
 
 def register(sub) -> None:
@@ -47,10 +48,9 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _cpu_detector_args(args: argparse.Namespace) -> argparse.Namespace:
+def _config_on_cpu(spec: DetectorSpec):
     """The same settings on the CPU backend: validates them and gives the config on any driver."""
-    return argparse.Namespace(**{**vars(args), "backend": "onnxruntime", "device": None, "providers": None,
-                                 "fp16": False, "graphs": "auto"})
+    return replace(spec, backend="onnxruntime", options={"threads": spec.options.get("threads")}).build().config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
             if e.name and e.name.startswith("ray"):
                 raise RuntimeError("--ray needs Ray Data: pip install 'fastmtcnn[ray]'") from None
             raise
-    config = detector_from_args(_cpu_detector_args(args)).config
+    spec = detector_spec(args)
+    config = _config_on_cpu(spec)
     output = job.Output(args.out)
     output.open(job.settings_of(config))
     t0 = time.perf_counter()
@@ -89,9 +90,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{pending.total} inputs: {pending.done} already in {args.out}, {pending.todo} to do{note}",
                   file=sys.stderr)
             t1 = time.perf_counter()
-            stats = _process(args, pending, output) if pending.todo else job.Stats()
+            stats = _process(args, spec, pending, output) if pending.todo else job.Stats()
             dt = time.perf_counter() - t1 - stats.startup_s
-            missing = job.unaccounted(pending, output)
+            missing = job.unaccounted(pending, output.done_keys())
         finally:
             pending.close()
         if missing:
@@ -110,29 +111,20 @@ def run(args: argparse.Namespace) -> int:
     return 1 if total["errors"] else 0
 
 
-def _process(args: argparse.Namespace, pending, output):
+def _process(args: argparse.Namespace, spec: DetectorSpec, pending, output):
     """Run the pending inputs in Ray or local mode; returns the run's Stats."""
     from .. import batch as job
 
     if args.ray:
         from ..raydata import run_ray
 
-        return run_ray(pending, output, _detector_options(args), address=args.ray, actors=args.actors,
+        return run_ray(pending, output, spec, address=args.ray, actors=args.actors,
                        batch=args.batch, part_size=args.part_size, num_cpus=args.num_cpus,
                        object_store_mb=args.object_store_mb, progress=not args.quiet)
-    gpu = job.uses_gpu(args)
     cpus = os.cpu_count() or 1
     workers = args.workers if args.workers is not None else cpus
-    opts = _detector_options(args)
-    if opts.threads is None and not gpu and workers > 0:
-        opts.threads = max(1, cpus // workers)  # processes, not threads, keep the cores busy
-    return job.run_local(pending, output, partial(detector_from_args, opts), workers=workers,
-                         detect_in_workers=not gpu, batch=args.batch, part_size=args.part_size,
+    if spec.options.get("threads") is None and not spec.uses_gpu and workers > 0:
+        spec = spec.with_options(threads=max(1, cpus // workers))  # processes, not threads, keep the cores busy
+    return job.run_local(pending, output, spec.build, workers=workers,
+                         detect_in_workers=not spec.uses_gpu, batch=args.batch, part_size=args.part_size,
                          progress=False if args.quiet else None)
-
-
-def _detector_options(args: argparse.Namespace) -> argparse.Namespace:
-    """Only the detector flags, to ship to Ray actors (they call detector_from_args)."""
-    keys = ("preset", "minsize", "factor", "thresholds", "max_batch", "per_scale", "backend", "device",
-            "providers", "threads", "fp16", "graphs")
-    return argparse.Namespace(**{k: getattr(args, k) for k in keys})

@@ -1,0 +1,58 @@
+"""A detector described as plain data, for the processes that build their own.
+
+Local-mode workers and Ray actors each build an MTCNN where they run; what
+they receive is a DetectorSpec: picklable, checked where it is made (the
+driver), and free of argparse, so the library never needs the command line to
+know what to build.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from .config import Config, resolve
+from .detector import MTCNN
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """MTCNN's arguments: `spec.build()` is `MTCNN(minsize, ..., preset=..., backend=..., **options)`.
+
+    The cascade settings are a preset with changes (None keeps the preset's
+    value); `config` is the Config they make. `max_batch` stays None unless
+    chosen, so a CUDA detector keeps MTCNN's larger CUDA batches.
+    options: the backend's keyword arguments (providers, threads, device, fp16, graphs).
+    """
+
+    preset: str = "reference"
+    minsize: float | None = None
+    factor: float | None = None
+    thresholds: tuple[float, float, float] | None = None
+    max_batch: int | tuple[int, int] | None = None
+    packed: bool | None = None
+    backend: str = "onnxruntime"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _ = self.config  # a bad setting fails here, in the driver, not in every worker
+
+    @property
+    def config(self) -> Config:
+        """The cascade settings (on CUDA with max_batch None, the detector takes larger RNet/ONet batches)."""
+        return resolve(self.preset, minsize=self.minsize, factor=self.factor, thresholds=self.thresholds,
+                       max_batch=self.max_batch, packed=self.packed)
+
+    @property
+    def uses_gpu(self) -> bool:
+        """Whether it asks for a GPU: a torch CUDA device or a CUDA/TensorRT execution provider."""
+        providers = self.options.get("providers") or []
+        return (str(self.options.get("device") or "").startswith("cuda")
+                or any("CUDA" in p or "Tensorrt" in p for p in providers))
+
+    def with_options(self, **options) -> DetectorSpec:
+        """The same detector with some backend options set (e.g. threads)."""
+        return replace(self, options={**self.options, **options})
+
+    def build(self) -> MTCNN:
+        return MTCNN(self.minsize, self.factor, self.thresholds, self.max_batch, self.packed, preset=self.preset,
+                     backend=self.backend, **self.options)
