@@ -39,8 +39,11 @@ def folder(shared_data, tmp_path_factory):
     return paths
 
 
-def test_mixed_size_folder_gives_the_one_by_one_results_in_input_order(folder, detector):
-    got = list(detect_photos(detector, folder, window=7))
+@pytest.mark.parametrize("grouping", [dict(bins=False, window=7), dict(bins=True, window=5, batch=3),
+                                      dict(bins=True, window=4, batch=8, budget=1_000_000)])
+def test_mixed_size_folder_gives_the_one_by_one_results_in_input_order(folder, detector, grouping):
+    """Windows grouped by size, size bins run when full, and bins run early by the pixel budget: all exact."""
+    got = list(detect_photos(detector, folder, **grouping))
     assert [r.path for r in got] == folder
     sizes = {}
     for r in got:

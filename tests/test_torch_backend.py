@@ -222,7 +222,7 @@ def test_a_triton_kernel_that_fails_on_a_machine_falls_back_to_torch_with_a_warn
 
     for name in ("integral", "canvas", "crops"):
         monkeypatch.setattr(torch_kernels, name, broken)
-    det.backend.kernels = True  # as on a CUDA machine whose Triton cannot run
+    det.backend.kernels = det.backend._compiled = True  # as on a CUDA machine whose Triton cannot run
     with pytest.warns(RuntimeWarning, match="Triton kernels off"):
         got = det.detect(img)
     assert not det.backend.kernels
@@ -249,7 +249,7 @@ def test_graph_batches_round_up_to_a_bucket_a_graph_already_has():
 @pytest.fixture(scope="module")
 def cuda_dets():
     return {
-        "fp32": MTCNN(backend="torch", device="cuda", graphs=False),
+        "fp32": MTCNN(backend="torch", device="cuda", fp16=False, graphs=False),
         "fp16": MTCNN(backend="torch", device="cuda", fp16=True, graphs=False),
     }
 
@@ -294,8 +294,8 @@ def test_gpu_batch_equals_frame_by_frame_with_and_without_pinned_upload(photos):
     import cv2
 
     imgs = [cv2.resize(im, (640, 480), interpolation=cv2.INTER_AREA) for im in photos.values()]
-    det = MTCNN(backend="torch", device="cuda", pinned=True, graphs=False)
-    plain = MTCNN(backend="torch", device="cuda", pinned=False, graphs=False)
+    det = MTCNN(backend="torch", device="cuda", fp16=False, pinned=True, graphs=False)
+    plain = MTCNN(backend="torch", device="cuda", fp16=False, pinned=False, graphs=False)
     batch = det.detect_batch(np.stack(imgs))
     assert sum(len(d) for d in batch) >= 10
     for im, d, e in zip(imgs, batch, plain.detect_batch(imgs)):
@@ -310,8 +310,8 @@ def test_gpu_fp32_graph_replays_give_the_eager_results_exactly(photos, minsize):
     import cv2
 
     imgs = [cv2.resize(im, (1280, 720), interpolation=cv2.INTER_AREA) for im in photos.values()]
-    eager = MTCNN(backend="torch", device="cuda", minsize=minsize, graphs=False)
-    graphed = MTCNN(backend="torch", device="cuda", minsize=minsize, graphs=True, caps=(4096, 1024, 512, 256, 256))
+    eager = MTCNN(backend="torch", device="cuda", fp16=False, minsize=minsize, graphs=False)
+    graphed = MTCNN(backend="torch", device="cuda", fp16=False, minsize=minsize, graphs=True, caps=(4096, 1024, 512, 256, 256))
     total = 0
     for im in imgs + imgs[:3]:  # one graph replayed on every frame, then again
         a, b = eager.detect(im), graphed.detect(im)
@@ -330,15 +330,15 @@ def test_gpu_auto_graphs_capture_once_per_shape_and_never_for_one_off_sizes(phot
     import cv2
 
     imgs = list(photos.values())
-    det = MTCNN(backend="torch", device="cuda")
-    assert det.backend.graph_mode == "auto"
+    det = MTCNN(backend="torch", device="cuda", fp16=False)
+    assert det.backend.graph_mode == "auto" and MTCNN(backend="torch", device="cuda").backend.fp16
     one_off = {im.shape: im for im in imgs}  # photos of a size of their own: all eager
     for im in one_off.values():
         det.detect(im)
     assert det.backend.graph_stats["captures"] == 0
     eager_before = det.backend.graph_stats["eager"]
     frames = np.stack([cv2.resize(im, (960, 540), interpolation=cv2.INTER_AREA) for im in imgs])
-    eager = MTCNN(backend="torch", device="cuda", graphs=False).detect_batch(frames)
+    eager = MTCNN(backend="torch", device="cuda", fp16=False, graphs=False).detect_batch(frames)
     got = []
     for i in range(0, len(frames), 4):  # chunks of 4 and a last partial chunk
         got += det.detect_batch(torch.from_numpy(frames[i:i + 4]).cuda())
@@ -353,8 +353,8 @@ def test_gpu_auto_graphs_capture_once_per_shape_and_never_for_one_off_sizes(phot
 @gpu
 def test_gpu_fixed_shape_mode_falls_back_to_the_exact_pipeline_when_capacities_overflow(photos):
     img = photos["bob_multiple-faces.jpg"]
-    tiny = MTCNN(backend="torch", device="cuda", graphs=True, caps=(64, 16, 8, 4, 4))
-    a = MTCNN(backend="torch", device="cuda", graphs=False).detect(img)
+    tiny = MTCNN(backend="torch", device="cuda", fp16=False, graphs=True, caps=(64, 16, 8, 4, 4))
+    a = MTCNN(backend="torch", device="cuda", fp16=False, graphs=False).detect(img)
     assert len(a) >= 15
     for _ in range(12):  # each overflow is redone exactly and doubles the short capacity
         assert_same_detections(a, tiny.detect(img), "fallback")

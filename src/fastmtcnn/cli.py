@@ -43,7 +43,11 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--providers", nargs="+", help="ONNX Runtime execution providers, e.g. CUDAExecutionProvider "
                                                    "(only CPUExecutionProvider is tested here)")
     g.add_argument("--threads", type=int, help="CPU threads for the networks")
-    g.add_argument("--fp16", action="store_true", help="torch on CUDA: nets in half precision (faithful, faster)")
+    prec = g.add_mutually_exclusive_group()
+    prec.add_argument("--fp16", action="store_const", const=True, dest="fp16",
+                      help="torch: nets in half precision (the default on CUDA)")
+    prec.add_argument("--fp32", action="store_const", const=False, dest="fp16",
+                      help="torch on CUDA: nets in float32 without TF32, the CPU backends' numbers (slower)")
     g.add_argument("--graphs", nargs="?", choices=["auto", "on", "off"], const="on", default="auto",
                    help="torch on CUDA: run the cascade with fixed shapes as CUDA graph replays. auto (default): "
                         "a batch shape runs eagerly the first time, as a graph from its second time on (video, "
@@ -55,12 +59,16 @@ def detector_spec(args: argparse.Namespace) -> DetectorSpec:
     mb = args.max_batch
     if mb and len(mb) > 2:
         raise ValueError(f"--max-batch takes one number (both nets) or two (RNet ONet), got {len(mb)}")
-    gpu = {"fp16": True} if getattr(args, "fp16", False) else {}
+    gpu = {} if getattr(args, "fp16", None) is None else {"fp16": args.fp16}
     graphs = getattr(args, "graphs", "auto") or "auto"
     if graphs != "auto":
         gpu["graphs"] = graphs == "on"
     if gpu and args.backend != "torch":
-        raise ValueError(f"--{' and --'.join(gpu)} need the torch backend: add --backend torch --device cuda")
+        flags = ["--fp16" if gpu.get("fp16") else "--fp32" if "fp16" in gpu else None,
+                 "--graphs" if "graphs" in gpu else None]
+        named = [f for f in flags if f]
+        raise ValueError(f"{' and '.join(named)} need{'s' if len(named) == 1 else ''} the torch backend: "
+                         "add --backend torch --device cuda")
     options = {k: getattr(args, k) for k in ("providers", "threads", "device") if getattr(args, k) is not None}
     return DetectorSpec(preset=args.preset, minsize=args.minsize, factor=args.factor,
                         thresholds=tuple(args.thresholds) if args.thresholds else None,

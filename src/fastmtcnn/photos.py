@@ -141,27 +141,73 @@ def detect_grouped(det, images: list) -> list:
             groups[tuple(im.shape)].append(i)
     out: list = list(images)
     for idx in groups.values():
-        batch = [images[i] for i in idx]
-        if not isinstance(batch[0], np.ndarray):
-            import torch
-
-            batch = torch.stack(batch)
-        for i, faces in zip(idx, det.detect_batch(batch)):
+        for i, faces in zip(idx, _detect_same_size(det, [images[i] for i in idx])):
             out[i] = faces
     return out
 
 
-def detect_photos(det, paths: Iterable[str], *, window: int | None = None, readers: int | None = None
-                  ) -> Iterator[PhotoResult]:
+def _detect_same_size(det, images: list) -> list:
+    if isinstance(images[0], np.ndarray):
+        return det.detect_batch(images)
+    import torch
+
+    return det.detect_batch(torch.stack(images))
+
+
+class SizeBins:
+    """Decoded photos waiting in one bin per size; a bin runs as one batch when it is full.
+
+    Why: a GPU detector captures one CUDA graph per (batch, size); bins of a
+    fixed `batch` give each size one shape, captured once, whatever the order
+    of the folder. Pending pixels are bounded by `budget`: past it the
+    fullest bin runs early; at the end every bin runs (a short bin is padded
+    up to a graph the size already has).
+    """
+
+    def __init__(self, det, batch: int, budget: int) -> None:
+        self.det, self.batch, self.budget = det, batch, budget
+        self.bins: dict[tuple, list[tuple[int, object]]] = defaultdict(list)
+        self.pixels = 0
+
+    def add(self, i: int, image) -> list[tuple[int, Detections]]:
+        """Put image i in its bin -> the (index, faces) of any bin this made run."""
+        key = tuple(image.shape)
+        self.bins[key].append((i, image))
+        self.pixels += key[0] * key[1]
+        done = []
+        if len(self.bins[key]) >= self.batch:
+            done += self._run(key)
+        while self.pixels > self.budget and self.bins:
+            done += self._run(max(self.bins, key=lambda k: len(self.bins[k]) * k[0] * k[1]))
+        return done
+
+    def flush(self) -> list[tuple[int, Detections]]:
+        return [r for key in list(self.bins) for r in self._run(key)]
+
+    def _run(self, key) -> list[tuple[int, Detections]]:
+        items = self.bins.pop(key)
+        self.pixels -= len(items) * key[0] * key[1]
+        return list(zip((i for i, _ in items), _detect_same_size(self.det, [im for _, im in items])))
+
+
+def detect_photos(det, paths: Iterable[str], *, window: int | None = None, readers: int | None = None,
+                  batch: int = 16, budget: int = 512 << 20, bins: bool | None = None) -> Iterator[PhotoResult]:
     """Faces in image files, yielded in input order; every path gets a result or an error.
 
-    window: photos decoded and grouped together (default 32 with nvJPEG, else
-    twice the readers); readers: threads reading (and, without nvJPEG, decoding) ahead.
+    window: files read (and decoded) together (default 32 with nvJPEG, else
+    twice the readers); readers: threads reading (and, without nvJPEG,
+    decoding) ahead. bins (default: with nvJPEG): photos wait in size bins of
+    `batch` (at most `budget` pixels pending, 512 M: 1.5 GB of frames), so
+    each size runs as full batches; else each window is grouped by size.
+    Results come out in input order either way.
     """
     gpu = nvjpeg_available(det)
     readers = readers or min(8, os.cpu_count() or 2)
     window = window or (32 if gpu else 2 * readers)
     it = iter(paths)
+    sizebins = SizeBins(det, batch, budget) if (gpu if bins is None else bins) else None
+    waiting: dict[int, PhotoResult] = {}  # done, not yet yielded (an earlier photo is still in a bin)
+    at = 0  # index of the next result to yield
     with ThreadPoolExecutor(readers, thread_name_prefix="fastmtcnn-read") as pool:
 
         def submit():
@@ -173,14 +219,30 @@ def detect_photos(det, paths: Iterable[str], *, window: int | None = None, reade
             # without nvJPEG, decode on the reader threads too (OpenCV releases the GIL)
             return chunk, [pool.submit(lambda p: _decode_cpu((p, _read(p))), p) for p in chunk]
 
+        base = 0
         nxt = submit()
         while nxt is not None:
             chunk, futs = nxt
             got = [f.result() for f in futs]
             nxt = submit()  # the next window reads while this one is detected
-            images = decode_on_gpu(list(zip(chunk, got)), det.backend.device) if gpu else got
-            for path, im, res in zip(chunk, images, detect_grouped(det, images)):
-                if isinstance(res, ImageError):
-                    yield PhotoResult(path, error=res)
-                else:
-                    yield PhotoResult(path, faces=res, image=im)
+            if sizebins is not None:
+                images = decode_on_gpu(list(zip(chunk, got)), det.backend.device) if gpu else got
+                done = []
+                for k, (path, im) in enumerate(zip(chunk, images)):
+                    if isinstance(im, ImageError):
+                        waiting[base + k] = PhotoResult(path, error=im)
+                    else:
+                        waiting[base + k] = PhotoResult(path, image=im)
+                        done += sizebins.add(base + k, im)
+                if nxt is None:
+                    done += sizebins.flush()
+                for i, faces in done:
+                    waiting[i].faces = faces
+            else:
+                for k, (path, im, res) in enumerate(zip(chunk, got, detect_grouped(det, got))):
+                    waiting[base + k] = (PhotoResult(path, error=res) if isinstance(res, ImageError)
+                                         else PhotoResult(path, faces=res, image=im))
+            base += len(chunk)
+            while at in waiting and (waiting[at].faces is not None or waiting[at].error is not None):
+                yield waiting.pop(at)
+                at += 1
