@@ -22,7 +22,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -55,9 +55,9 @@ class PhotoResult:
         return self.image
 
 
-def _read(path: str) -> np.ndarray | ImageError:
+def _read(path: str, reader: Callable[[str], np.ndarray] = read_bytes) -> np.ndarray | ImageError:
     try:
-        return read_bytes(path)
+        return reader(path)
     except ImageError as e:
         return e
 
@@ -191,7 +191,8 @@ class SizeBins:
 
 
 def detect_photos(det, paths: Iterable[str], *, window: int | None = None, readers: int | None = None,
-                  batch: int = 16, budget: int = 512 << 20, bins: bool | None = None) -> Iterator[PhotoResult]:
+                  batch: int = 16, budget: int = 512 << 20, bins: bool | None = None,
+                  reader: Callable[[str], np.ndarray] = read_bytes) -> Iterator[PhotoResult]:
     """Faces in image files, yielded in input order; every path gets a result or an error.
 
     window: files read (and decoded) together (default 32 with nvJPEG, else
@@ -199,7 +200,8 @@ def detect_photos(det, paths: Iterable[str], *, window: int | None = None, reade
     decoding) ahead. bins (default: with nvJPEG): photos wait in size bins of
     `batch` (at most `budget` pixels pending, 512 M: 1.5 GB of frames), so
     each size runs as full batches; else each window is grouped by size.
-    Results come out in input order either way.
+    Results come out in input order either way. reader: path -> file bytes
+    (uint8), raising ImageError (default: local files; `batch` reads URIs too).
     """
     gpu = nvjpeg_available(det)
     readers = readers or min(8, os.cpu_count() or 2)
@@ -215,9 +217,9 @@ def detect_photos(det, paths: Iterable[str], *, window: int | None = None, reade
             if not chunk:
                 return None
             if gpu:
-                return chunk, [pool.submit(_read, p) for p in chunk]
+                return chunk, [pool.submit(_read, p, reader) for p in chunk]
             # without nvJPEG, decode on the reader threads too (OpenCV releases the GIL)
-            return chunk, [pool.submit(lambda p: _decode_cpu((p, _read(p))), p) for p in chunk]
+            return chunk, [pool.submit(lambda p: _decode_cpu((p, _read(p, reader))), p) for p in chunk]
 
         base = 0
         nxt = submit()

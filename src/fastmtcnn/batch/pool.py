@@ -18,9 +18,10 @@ from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
+from ..photos import nvjpeg_available
 from .parquet import Output, PartBuffer, Stats
 from .resume import Pending
-from .work import Result, decode_many, detect_decoded
+from .work import Result, decode_many, detect_decoded, detect_gpu
 
 
 def chunks(it: Iterable, n: int) -> Iterator[list]:
@@ -52,6 +53,12 @@ def run_local(pending: Pending, output: Output, make_detector: Callable, *, work
     bar = tqdm(total=pending.todo, unit="img", file=sys.stderr, disable=None if progress is None else not progress,
                dynamic_ncols=True, smoothing=0.05)
     try:
+        if det is not None and nvjpeg_available(det):  # nvJPEG decodes here; no worker processes needed
+            for r in detect_gpu(det, pending, cwd):
+                parts.add([r])
+                bar.update(1)
+            parts.flush()
+            return stats
         in_flight: deque = deque()
 
         def refill() -> None:

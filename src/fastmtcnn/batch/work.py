@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..detections import Detections
-from ..images import ImageError, decode_image, read_image
+from ..images import ImageError, decode_image, read_bytes
+from ..photos import detect_photos
 from .inputs import is_uri, open_input
 
 
@@ -37,23 +38,40 @@ class Result:
     error: str | None = None
 
 
+def read_input(path: str, cwd: str | None = None) -> np.ndarray:
+    """An input's bytes (local path, relative to `cwd` when given, or URI); ImageError names it as listed."""
+    local = os.path.join(cwd, path) if cwd and not is_uri(path) and not os.path.isabs(path) else path
+    try:
+        if is_uri(path):
+            with open_input(path) as f:
+                return np.frombuffer(f.read(), np.uint8)
+        return read_bytes(local)
+    except ImageError as e:
+        raise ImageError(_error_text(path, e, local)) from None
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise ImageError(_error_text(path, e, local)) from None
+
+
+def detect_gpu(det, paths, cwd: str | None = None):
+    """Results of a CUDA detector: files read on threads, decoded by nvJPEG, detected in size bins (photos.py)."""
+    for r in detect_photos(det, paths, reader=lambda p: read_input(p, cwd)):
+        if r.ok:
+            w, h = r.size
+            yield Result(r.path, w, h, faces=r.faces)
+        else:
+            yield Result(r.path, error=_error_text(r.path, r.error))
+
+
 def decode(path: str, cwd: str | None = None) -> Decoded:
     """Read and decode one input; never raises for a bad file (the error is the result).
 
     Relative paths are taken from `cwd` when given (worker processes and Ray
     workers may run elsewhere); messages name the path as listed.
     """
-    local = os.path.join(cwd, path) if cwd and not is_uri(path) and not os.path.isabs(path) else path
     try:
-        if is_uri(path):
-            with open_input(path) as f:
-                data = np.frombuffer(f.read(), np.uint8)
-            img = decode_image(data, path)
-        else:
-            img = read_image(local)
-        return Decoded(path, img)
-    except (ImageError, OSError, ValueError, pa.ArrowException) as e:
-        return Decoded(path, error=_error_text(path, e, local))
+        return Decoded(path, decode_image(read_input(path, cwd), path))
+    except ImageError as e:
+        return Decoded(path, error=_error_text(path, e))
     except MemoryError:
         return Decoded(path, error=f"{path}: out of memory while decoding")
 
