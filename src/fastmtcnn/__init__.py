@@ -8,6 +8,7 @@ from .config import PRESETS, Config
 from .detections import Detections
 from .detector import MTCNN
 from .images import ImageError, read_image
+from .streams import StreamDetector
 
-__all__ = ["MTCNN", "Detections", "Config", "PRESETS", "ImageError", "read_image"]
+__all__ = ["MTCNN", "Detections", "Config", "PRESETS", "ImageError", "read_image", "StreamDetector"]
 __version__ = "0.1.0"

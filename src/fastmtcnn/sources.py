@@ -76,17 +76,22 @@ def _has_backend(api: int) -> bool:
         return True
 
 
+def check_file(spec: SourceSpec) -> None:
+    """SourceError for a file source that no decoder could read: missing, a folder, or empty."""
+    if not os.path.exists(spec.text):
+        raise SourceError(f"{spec}: no such file", retry=False)
+    if os.path.isdir(spec.text):
+        raise SourceError(f"{spec}: is a directory", retry=False)
+    if os.path.getsize(spec.text) == 0:
+        raise SourceError(f"{spec}: empty file", retry=False)
+
+
 def open_capture(spec: SourceSpec, width: int | None = None, height: int | None = None,
                  timeout_s: float = 5.0) -> cv2.VideoCapture:
     """An opened cv2.VideoCapture for the source, or SourceError with the reason."""
     ms = int(timeout_s * 1000)
     if spec.kind == "file":
-        if not os.path.exists(spec.text):
-            raise SourceError(f"{spec}: no such file", retry=False)
-        if os.path.isdir(spec.text):
-            raise SourceError(f"{spec}: is a directory", retry=False)
-        if os.path.getsize(spec.text) == 0:
-            raise SourceError(f"{spec}: empty file", retry=False)
+        check_file(spec)
         cap = cv2.VideoCapture(spec.text)
         what = "not a video, or a format/codec this OpenCV build cannot decode (or a truncated file)"
     elif spec.kind == "camera":
@@ -141,12 +146,24 @@ def to_rgb_frame(bgr: np.ndarray, size: tuple[int, int] | None = None) -> np.nda
     return rgb
 
 
+#: what FrameReader opens a source with: (spec, width, height, timeout_s) -> a capture with
+#: cv2.VideoCapture's read() / get() / isOpened() / release(); `open_capture` (OpenCV) by default,
+#: `nvdec.opener(...)` for the GPU decoder. A capture whose `gives_rgb` is True hands out RGB frames
+#: ready for the detector (e.g. CUDA tensors), which the reader passes on unconverted.
+Opener = Callable[[SourceSpec, "int | None", "int | None", float], object]
+
+
+def retry_delay(attempt: int, first: float, cap: float) -> float:
+    """Seconds to wait before reconnect attempt 1, 2, 3...: first, 2x, 4x... at most cap."""
+    return min(cap, first * 2 ** (attempt - 1))
+
+
 @dataclass
 class Frame:
     """One decoded frame. index counts every frame the source produced, dropped ones included."""
 
     index: int
-    image: np.ndarray  # RGB uint8 (H, W, 3)
+    image: np.ndarray  # RGB uint8 (H, W, 3); a CUDA tensor from a `gives_rgb` capture (NVDEC)
     time: float  # seconds: position in a file, or since the start for live sources
     decode_s: float  # time spent decoding + converting this frame (in the reader thread)
 
@@ -177,6 +194,10 @@ class FrameReader:
     ends at its last decodable frame (a truncated file ends early; compare
     stats.frames with expected_frames).
 
+    Besides iterating, a consumer that serves several readers polls them with
+    `take(n)` (never waits) and learns of new frames through the `wakeup` event
+    the reader sets after each frame it queues.
+
     >>> with FrameReader("clip.mp4") as reader:          # doctest: +SKIP
     ...     for frame in reader:
     ...         faces = det.detect(frame.image)
@@ -185,8 +206,12 @@ class FrameReader:
     def __init__(self, source: str | SourceSpec, *, width: int | None = None, height: int | None = None,
                  queue_size: int = 4, drop_stale: bool | None = None, retries: int = 5,
                  retry_delay: float = 0.5, max_delay: float = 8.0, timeout_s: float = 5.0,
-                 max_frames: int | None = None, on_event: Callable[[str], None] = _stderr) -> None:
+                 max_frames: int | None = None, on_event: Callable[[str], None] = _stderr,
+                 opener: Opener = open_capture, wakeup: threading.Event | None = None) -> None:
         self.spec = source if isinstance(source, SourceSpec) else parse_source(source)
+        self.opener = opener
+        self.wakeup = wakeup
+        self._ended = False
         self.width, self.height = width, height
         self.drop_stale = self.spec.live if drop_stale is None else bool(drop_stale)
         self.retries, self.retry_delay, self.max_delay = int(retries), float(retry_delay), float(max_delay)
@@ -209,19 +234,19 @@ class FrameReader:
     # -- opening -------------------------------------------------------------
     def _open_with_retries(self, first: bool) -> cv2.VideoCapture:
         if not self.spec.live:
-            return open_capture(self.spec, self.width, self.height, self.timeout_s)
+            return self.opener(self.spec, self.width, self.height, self.timeout_s)
         last: SourceError | None = None
         # opening: try at once, then retry; reconnecting: every attempt waits first (let the source come back)
         attempts = self.retries + 1 if first else self.retries
         for attempt in range(0 if first else 1, self.retries + 1):
             if attempt:
-                delay = min(self.max_delay, self.retry_delay * 2 ** (attempt - 1))
+                delay = retry_delay(attempt, self.retry_delay, self.max_delay)
                 self.on_event(f"{self.spec}: {'cannot open' if first else 'source lost'}; "
                               f"retry {attempt}/{self.retries} in {delay:.1f}s")
                 if self._stop.wait(delay):
                     break
             try:
-                cap = open_capture(self.spec, self.width, self.height, self.timeout_s)
+                cap = self.opener(self.spec, self.width, self.height, self.timeout_s)
             except SourceError as e:
                 if not e.retry:
                     raise
@@ -245,6 +270,12 @@ class FrameReader:
 
     def _put(self, item) -> bool:
         """Hand an item to the consumer; False when asked to stop."""
+        ok = self._enqueue(item)
+        if ok and self.wakeup is not None:
+            self.wakeup.set()
+        return ok
+
+    def _enqueue(self, item) -> bool:
         if self.drop_stale and item is not _END:
             while True:
                 try:
@@ -289,9 +320,12 @@ class FrameReader:
                         self.stats.end = str(self._error)
                         break
                     continue
-                if size is None:
-                    size = fit_size(bgr.shape[1], bgr.shape[0], self.width, self.height)
-                rgb = to_rgb_frame(bgr, size)
+                if getattr(self._cap, "gives_rgb", False):
+                    rgb = bgr
+                else:
+                    if size is None:
+                        size = fit_size(bgr.shape[1], bgr.shape[0], self.width, self.height)
+                    rgb = to_rgb_frame(bgr, size)
                 if self.spec.live:
                     t = time.perf_counter() - t_start
                 else:
@@ -320,6 +354,27 @@ class FrameReader:
                     raise self._error
                 return
             yield item
+
+    def take(self, n: int) -> tuple[list[Frame], bool]:
+        """Up to n frames that are ready now, in order, without waiting; and whether the source has ended
+        (then `error` says why, if it failed)."""
+        self.start()
+        out: list[Frame] = []
+        while len(out) < n and not self._ended:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _END:
+                self._ended = True
+            else:
+                out.append(item)
+        return out, self._ended
+
+    @property
+    def error(self) -> SourceError | None:
+        """Why the source failed (lost for good, or decoding broke), once it has ended; None otherwise."""
+        return self._error
 
     def close(self) -> None:
         """Stop the reader thread and release the source (safe to call twice)."""

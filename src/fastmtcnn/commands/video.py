@@ -1,8 +1,10 @@
-"""`fastmtcnn video SOURCE`: faces in a video file, camera, RTSP/HTTP stream or GStreamer pipeline.
+"""`fastmtcnn video SOURCE...`: faces in video files, cameras, RTSP/HTTP streams or GStreamer pipelines.
 
-Decoding runs in its own thread (`sources.FrameReader`) and encoding of the
-annotated output in another, so both overlap detection; queues are bounded,
-so memory stays flat on hours-long streams.
+Full detection goes through `streams.StreamDetector`: every source decodes in
+its own thread, frames of all sources share detector calls of up to `--chunk`
+frames, and the annotated `--out` videos are drawn and encoded in a thread per
+source; queues are bounded, so memory stays flat on hours-long streams.
+`--track` (one source) runs the tracker frame by frame, as before.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import cv2
@@ -26,17 +29,23 @@ FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv"
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "video", help="detect faces in a video file, camera, RTSP/HTTP stream or GStreamer pipeline",
-        description="Detect faces frame by frame in SOURCE: a video file, a camera index (0), an "
-                    "RTSP/HTTP URL, or a GStreamer pipeline ending in appsink. Draws boxes, scores, "
-                    "landmarks and the current FPS. Files are processed frame by frame; live sources "
-                    "drop frames that arrive while the detector is busy, rather than lag.")
-    p.add_argument("source", metavar="SOURCE", help="video file, camera index, URL or GStreamer pipeline")
+        "video", help="detect faces in video files, cameras, RTSP/HTTP streams or GStreamer pipelines",
+        description="Detect faces in every SOURCE: video files, camera indices (0), RTSP/HTTP URLs, or "
+                    "GStreamer pipelines ending in appsink. Frames of all sources are detected together in "
+                    "chunks; outputs are per source. Draws boxes, scores, landmarks and the current FPS. "
+                    "Every frame of a file is processed, in order; live sources drop frames that arrive "
+                    "while the detector is busy, rather than lag, and reconnect when lost.")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="video file, camera index, URL or GStreamer pipeline (several: processed at once)")
     out = p.add_argument_group("output")
-    out.add_argument("--out", metavar="FILE", help="write the annotated video here (.mp4, .avi, .mkv)")
-    out.add_argument("--show", action="store_true", help="show the annotated video in a window (q or Esc quits)")
-    out.add_argument("--json", metavar="FILE", help="write JSON Lines: one record per frame, then an end record "
-                                                     "('-' for stdout)")
+    out.add_argument("--out", metavar="FILE|DIR",
+                     help="write the annotated video here (.mp4, .avi, .mkv); with several sources a folder, "
+                          "which gets NAME.mp4 per source (NAME: the file's stem, camera0, the URL's host/path)")
+    out.add_argument("--show", action="store_true",
+                     help="show the annotated video in a window (q or Esc quits; one source)")
+    out.add_argument("--json", metavar="FILE|DIR", help="write JSON Lines: one record per frame, then an end record "
+                                                         "('-' for stdout); with several sources a folder that "
+                                                         "gets NAME.jsonl per source, or '-' (records carry 'source')")
     out.add_argument("--out-fps", type=float, help="frame rate of --out (default: the source's, else 25)")
     out.add_argument("--fourcc", help="codec of --out as a FourCC, e.g. mp4v, MJPG, XVID (default by extension)")
     out.add_argument("-q", "--quiet", action="store_true", help="no per-frame lines, only the summary")
@@ -44,7 +53,7 @@ def register(sub) -> None:
     src.add_argument("--width", type=int, help="frame width to detect on (frames are resized; cameras are asked "
                                                "for it); with only one of --width/--height the aspect is kept")
     src.add_argument("--height", type=int, help="frame height to detect on")
-    src.add_argument("--max-frames", type=int, help="stop after this many frames")
+    src.add_argument("--max-frames", type=int, help="stop each source after this many frames")
     src.add_argument("--no-drop", action="store_true",
                      help="live sources: queue every frame instead of dropping stale ones (output lags)")
     src.add_argument("--retries", type=int, default=5,
@@ -53,10 +62,21 @@ def register(sub) -> None:
                      help="first reconnect delay in seconds, doubled per attempt up to 8 s (default 0.5)")
     src.add_argument("--timeout", type=float, default=5.0, help="stream open/read timeout in seconds (default 5)")
     src.add_argument("--verbose", action="store_true", help="show OpenCV/FFmpeg's own log messages")
+    bat = p.add_argument_group("decoding and batching")
+    bat.add_argument("--chunk", type=int, metavar="N",
+                     help="most frames per detector call, from all sources (default 32 on a CUDA device, else 4); "
+                          "results are the same for any N")
+    bat.add_argument("--decoder", choices=["auto", "opencv", "nvdec"], default="auto",
+                     help="auto (default): NVDEC on the GPU for files when --backend torch --device cuda and "
+                          "PyNvVideoCodec is installed (pip install 'fastmtcnn[nvdec]'), else OpenCV")
+    bat.add_argument("--nvdec-sessions", type=int, metavar="K",
+                     help="NVDEC decoder sessions per file, each over every K-th keyframe segment "
+                          "(default: 4 shared among the files)")
     trk = p.add_argument_group("tracking")
     trk.add_argument("--track", action="store_true",
-                     help="tracking mode: between full detections run only RNet/ONet around the previous "
-                          "frame's faces (much faster; new faces appear at the next full detection)")
+                     help="tracking mode (one source, frame by frame): between full detections run only "
+                          "RNet/ONet around the previous frame's faces (much faster; new faces appear at the "
+                          "next full detection)")
     trk.add_argument("--track-every", type=int, default=10, metavar="K",
                      help="tracking mode: full detection every K frames (default 10), and whenever a face is lost")
     add_detector_args(p)
@@ -64,18 +84,20 @@ def register(sub) -> None:
 
 
 class FpsMeter:
-    """Frames per second over the last second or so (an exponential average of frame intervals)."""
+    """Frames per second over the last `window` seconds: results come in chunks, so an average of frame
+    intervals would jump between 0 and a chunk's duration."""
 
-    def __init__(self, alpha: float = 0.1) -> None:
-        self.alpha, self.last, self.dt = alpha, None, None
+    def __init__(self, window: float = 1.0) -> None:
+        self.window, self.times, self.start = window, deque(), None
 
     def tick(self) -> float | None:
         now = time.perf_counter()
-        if self.last is not None:
-            d = now - self.last
-            self.dt = d if self.dt is None else (1 - self.alpha) * self.dt + self.alpha * d
-        self.last = now
-        return 1.0 / self.dt if self.dt else None
+        self.start = self.start if self.start is not None else now
+        self.times.append(now)
+        while self.times[0] < now - self.window:
+            self.times.popleft()
+        span = min(self.window, now - self.start)
+        return len(self.times) / span if span > 0 else None
 
 
 def annotate(image: np.ndarray, faces, fps: float | None, mode: str | None = None) -> np.ndarray:
@@ -96,7 +118,10 @@ def annotate(image: np.ndarray, faces, fps: float | None, mode: str | None = Non
 
 
 class VideoSink:
-    """Encode RGB frames to a file in a background thread (bounded queue: waits rather than grows)."""
+    """Draw and encode frames to a file in a background thread (bounded queue: waits rather than grows).
+
+    Frames may be CUDA tensors (NVDEC): the copy to host memory happens here too, off the main thread.
+    """
 
     def __init__(self, path: str, fps: float, size: tuple[int, int], fourcc: str | None = None) -> None:
         ext = Path(path).suffix.lower()
@@ -115,20 +140,28 @@ class VideoSink:
 
     def _run(self) -> None:
         while True:
-            rgb = self._queue.get()
-            if rgb is None:
+            item = self._queue.get()
+            if item is None:
                 break
+            image, faces, fps, mode = item
+            rgb = annotate(host_image(image), faces, fps, mode) if faces is not None else host_image(image)
             self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
             self.frames += 1
         self.writer.release()
 
-    def write(self, rgb: np.ndarray) -> None:
-        self._queue.put(rgb)
+    def write(self, image, faces=None, fps: float | None = None, mode: str | None = None) -> None:
+        """Queue a frame; with faces, it is annotated (boxes, landmarks, FPS, mode) before encoding."""
+        self._queue.put((image, faces, fps, mode))
 
     def close(self) -> None:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+
+
+def host_image(image) -> np.ndarray:
+    """An RGB frame as a numpy array (NVDEC frames are CUDA tensors)."""
+    return image if isinstance(image, np.ndarray) else image.cpu().numpy()
 
 
 class Window:
@@ -169,7 +202,7 @@ def quiet_video_logs() -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    for name in ("width", "height", "max_frames", "track_every"):
+    for name in ("width", "height", "max_frames", "track_every", "chunk", "nvdec_sessions"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
@@ -177,73 +210,151 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("--retries and --retry-delay must be >= 0 and --timeout > 0")
     if args.out_fps is not None and args.out_fps <= 0:
         raise ValueError(f"--out-fps must be > 0, got {args.out_fps}")
+    several = len(args.sources) > 1
+    if several:
+        for flag in ("show", "track"):
+            if getattr(args, flag):
+                raise ValueError(f"--{flag} takes one source (got {len(args.sources)}); "
+                                 f"use --out DIR / --json DIR for several")
+        if args.out and Path(args.out).suffix.lower() in FOURCC:
+            raise ValueError(f"with several sources --out is a folder (it gets NAME.mp4 per source), "
+                             f"not a {Path(args.out).suffix} file")
+        for name in ("out", "json"):
+            path = getattr(args, name)
+            if path and path != "-":
+                if Path(path).exists() and not Path(path).is_dir():
+                    raise OSError(f"cannot write into {path}: with several sources --{name} is a folder")
+                if not Path(path).resolve().parent.is_dir():
+                    raise OSError(f"cannot write {path}: folder {Path(path).parent} does not exist")
+        return
     for name in ("out", "json"):
         path = getattr(args, name)
         if path and path != "-" and not Path(path).resolve().parent.is_dir():
             raise OSError(f"cannot write {path}: folder {Path(path).parent} does not exist")
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+class SourceOutput:
+    """Where one source's results go: its JSON Lines records, its annotated video, its lines of text."""
 
-    from ..sources import FrameReader, SourceError, parse_source
-    from ..track import Tracker
+    def __init__(self, name: str, spec, args: argparse.Namespace, *, several: bool, text, lines: bool,
+                 shared_json=None) -> None:
+        self.name, self.spec, self.args, self.text, self.lines = name, spec, args, text, lines
+        self.tag = {"source": name} if several else {}
+        self.video = (str(Path(args.out) / f"{name}.mp4") if several else args.out) if args.out else None
+        self.sink: VideoSink | None = None
+        self.meter = FpsMeter()
+        self.prefix = f"{name} " if several else ""
+        self.own_json = None
+        self.jf = shared_json
+        if args.json and args.json != "-":
+            self.jf = self.own_json = open(Path(args.json) / f"{name}.jsonl" if several else args.json, "w",
+                                           encoding="utf-8")
+
+    def frame(self, index: int, t: float, image, faces, mode: str | None, fps_source: float) -> np.ndarray | None:
+        """Record one frame's faces; returns the annotated frame when a window needs it."""
+        fps = self.meter.tick()
+        h, w = (int(v) for v in image.shape[:2])
+        shown = None
+        if self.video:
+            if self.sink is None:
+                self.sink = VideoSink(self.video, self.args.out_fps or fps_source or 25.0, (w, h), self.args.fourcc)
+            self.sink.write(image, faces, fps, mode)
+        if self.args.show:
+            shown = annotate(host_image(image), faces, fps, mode)
+        if self.jf:
+            rec = {**self.tag, "frame": index, "time": round(t, 4), "width": w, "height": h}
+            if mode:
+                rec["mode"] = mode
+            rec["faces"] = faces.to_list()
+            self.jf.write(json.dumps(rec) + "\n")
+        if self.lines:
+            print(f"{self.prefix}frame {index} ({t:.2f}s): {len(faces)} face{'s' if len(faces) != 1 else ''}"
+                  + (f" [{mode}]" if mode else ""), file=self.text, flush=True)
+        return shown
+
+    def end(self, *, end: str, frames: int, faces: int, fps: float, wall_s: float, dropped: int, reconnects: int,
+            error: str | None, decoder: str = "", extra: str = "") -> None:
+        """The end record, the closed outputs and the summary line of this source."""
+        if self.sink:
+            self.sink.close()
+        if self.jf:
+            rec = {**self.tag, "end": end, "frames": frames, "faces": faces, "mean_fps": round(fps, 3),
+                   "dropped": dropped, "reconnects": reconnects}
+            if decoder:
+                rec["decoder"] = decoder
+            if error:
+                rec["error"] = error
+            self.jf.write(json.dumps(rec) + "\n")
+            self.jf.flush()
+        if self.own_json:
+            self.own_json.close()
+        line = f"{self.spec}: {frames} frames, {faces} faces, mean {fps:.2f} FPS ({wall_s:.1f}s)"
+        if self.spec.live:
+            line += f", {dropped} stale frames dropped"
+            if reconnects:
+                line += f", {reconnects} reconnects"
+        line += extra
+        if self.sink:
+            line += f" -> {self.video}"
+        print(line, file=self.text, flush=True)
+
+
+def _announce_live(specs, args, text) -> None:
+    for spec in specs:
+        if spec.live and not args.no_drop:
+            print(f"{spec}: live source: frames that arrive while the detector is busy are dropped, "
+                  f"not queued (--no-drop to keep them)", file=text)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..sources import parse_source
 
     _check(args)
     if not args.verbose:
         quiet_video_logs()
-    spec = parse_source(args.source)
+    specs = [parse_source(s) for s in args.sources]
     text = sys.stderr if args.json == "-" else sys.stdout
     window = Window() if args.show else None  # fail before opening anything
-    det = detector_from_args(args)
-    tracker = Tracker(det, every=args.track_every) if args.track else None
+    try:
+        det = detector_from_args(args)
+        if args.track:
+            return _run_tracking(args, det, specs[0], text, window)
+        return _run_streams(args, det, specs, text, window)
+    finally:
+        if window:
+            window.close()
+
+
+def _run_tracking(args, det, spec, text, window) -> int:
+    """--track: one source, frame by frame (the tracker needs each frame's faces before the next)."""
+    from tqdm import tqdm
+
+    from ..sources import FrameReader, SourceError
+    from ..track import Tracker
+
+    tracker = Tracker(det, every=args.track_every)
     reader = FrameReader(spec, width=args.width, height=args.height, drop_stale=None if not args.no_drop else False,
                          retries=args.retries if spec.live else 0, retry_delay=args.retry_delay,
                          timeout_s=args.timeout, max_frames=args.max_frames,
                          on_event=lambda m: print(m, file=sys.stderr, flush=True))
-    if spec.live and reader.drop_stale:
-        print(f"{spec}: live source: frames that arrive while the detector is busy are dropped, "
-              f"not queued (--no-drop to keep them)", file=text)
-    jf = None
-    sink = None
+    _announce_live([spec], args, text)
+    lines = not args.quiet and not (args.out or args.show or args.json)
+    output = SourceOutput(spec.text, spec, args, several=False, text=text, lines=lines,
+                          shared_json=sys.stdout if args.json == "-" else None)
     frames = faces_total = 0
-    error = None
-    status = 0
-    meter = FpsMeter()
-    show_lines = not args.quiet and not (args.out or args.show or args.json)
+    error, status = None, 0
     bar = tqdm(total=reader.expected_frames, unit="frame", file=sys.stderr, leave=False,
-               disable=True if show_lines else None)
+               disable=True if lines else None)
     t0 = time.perf_counter()
     try:
-        if args.json:
-            jf = sys.stdout if args.json == "-" else open(args.json, "w", encoding="utf-8")
         for frame in reader:
-            if tracker:
-                faces, tracked = tracker.detect(frame.image)
-                mode = "track" if tracked else "full"
-            else:
-                faces, mode = det.detect(frame.image), None
-            fps = meter.tick()
+            faces, tracked = tracker.detect(frame.image)
             frames += 1
             faces_total += len(faces)
-            h, w = frame.image.shape[:2]
-            if args.out or window:
-                shown = annotate(frame.image, faces, fps, mode)
-                if args.out:
-                    if sink is None:
-                        sink = VideoSink(args.out, args.out_fps or reader.fps or 25.0, (w, h), args.fourcc)
-                    sink.write(shown)
-                if window and not window.show(shown):
-                    break
-            if jf:
-                rec = {"frame": frame.index, "time": round(frame.time, 4), "width": w, "height": h}
-                if mode:
-                    rec["mode"] = mode
-                rec["faces"] = faces.to_list()
-                jf.write(json.dumps(rec) + "\n")
-            if show_lines:
-                print(f"frame {frame.index} ({frame.time:.2f}s): {len(faces)} face{'s' if len(faces) != 1 else ''}"
-                      + (f" [{mode}]" if mode else ""), file=text, flush=True)
+            shown = output.frame(frame.index, frame.time, frame.image, faces, "track" if tracked else "full",
+                                 reader.fps)
+            if window and not window.show(shown):
+                break
             bar.update(1)
     except SourceError as e:
         if not frames:
@@ -254,35 +365,98 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         reader.close()
-        if sink:
-            sink.close()
-        if window:
-            window.close()
     dt = time.perf_counter() - t0
-    mean_fps = frames / dt if dt > 0 else 0.0
     end = error or reader.stats.end or "end"
     if reader.truncated:
         end = f"file ended after {reader.stats.frames} of {reader.expected_frames} frames (truncated or corrupt)"
         print(f"warning: {spec}: {end}", file=sys.stderr)
-    if jf:
-        rec = {"end": end, "frames": frames, "faces": faces_total, "mean_fps": round(mean_fps, 3),
-               "dropped": reader.stats.dropped, "reconnects": reader.stats.reconnects}
-        if error:
-            rec["error"] = error
-        jf.write(json.dumps(rec) + "\n")
-        if jf is not sys.stdout:
-            jf.close()
     if error and status == 1:
         print(f"error: {error}", file=sys.stderr)
-    line = f"{spec}: {frames} frames, {faces_total} faces, mean {mean_fps:.2f} FPS ({dt:.1f}s)"
-    if spec.live:
-        line += f", {reader.stats.dropped} stale frames dropped"
-        if reader.stats.reconnects:
-            line += f", {reader.stats.reconnects} reconnects"
-    if tracker:
-        s = tracker.stats
-        line += f"; tracking: {s.full} full, {s.tracked} tracked, {s.redetect} re-detected"
-    if sink:
-        line += f" -> {args.out}"
-    print(line, file=text)
+    s = tracker.stats
+    output.end(end=end, frames=frames, faces=faces_total, fps=frames / dt if dt > 0 else 0.0, wall_s=dt,
+               dropped=reader.stats.dropped, reconnects=reader.stats.reconnects, error=error,
+               extra=f"; tracking: {s.full} full, {s.tracked} tracked, {s.redetect} re-detected")
+    return status
+
+
+def _run_streams(args, det, specs, text, window) -> int:
+    """Full detection of every source, frames of all sources batched into shared detector calls."""
+    from tqdm import tqdm
+
+    from ..sources import SourceError
+    from ..streams import StreamDetector, source_names
+
+    several = len(specs) > 1
+    names = source_names(specs)
+    for name in ("out", "json"):
+        path = getattr(args, name)
+        if several and path and path != "-":
+            Path(path).mkdir(exist_ok=True)
+    lines = not args.quiet and not (args.out or args.show or args.json)
+    shared = sys.stdout if args.json == "-" else None
+    outputs = {}
+    status = 0
+    ended = set()
+
+    def finish(st) -> None:
+        nonlocal status
+        ended.add(st.name)
+        if not several and st.error and not st.frames:
+            return  # nothing came through: raised below as the one-line error of a source that cannot open
+        out = outputs.get(st.name)
+        if out is None:  # could not be opened: no outputs were made for it
+            out = outputs[st.name] = SourceOutput(st.name, st.spec, args, several=several, text=text, lines=False,
+                                                  shared_json=shared)
+        end = st.error or st.end or "end"
+        if st.truncated:
+            end = f"file ended after {st.frames} of {st.expected_frames} frames (truncated or corrupt)"
+            print(f"warning: {st.spec}: {end}", file=sys.stderr)
+        if st.error:
+            status = max(status, 1)
+            print(f"error: {st.error}", file=sys.stderr)
+        out.end(end=end, frames=st.frames, faces=st.faces, fps=st.fps, wall_s=st.wall_s, dropped=st.dropped,
+                reconnects=st.reconnects, error=st.error, decoder=st.decoder)
+
+    streams = StreamDetector(det, specs, names=names, chunk=args.chunk, decoder=args.decoder,
+                             max_frames=args.max_frames, width=args.width, height=args.height,
+                             drop_stale=False if args.no_drop else None, retries=args.retries,
+                             retry_delay=args.retry_delay, timeout_s=args.timeout,
+                             nvdec_sessions=args.nvdec_sessions, skip_failed=several,
+                             on_event=lambda m: print(m, file=sys.stderr, flush=True), on_end=finish)
+    _announce_live([r.spec for r in streams.readers.values()], args, text)
+    for name, st in streams.stats.items():
+        if not st.error:
+            outputs[name] = SourceOutput(name, st.spec, args, several=several, text=text, lines=lines,
+                                         shared_json=shared)
+    fps_of = {streams.names[i]: r.fps for i, r in streams.readers.items()}
+    known = [st.expected_frames for st in streams.stats.values()]
+    total = None if any(k is None for k in known) else sum(min(k, args.max_frames or k) for k in known)
+    bar = tqdm(total=total, unit="frame", file=sys.stderr, leave=False, disable=True if lines else None)
+    t0 = time.perf_counter()
+    try:
+        for r in streams:
+            shown = outputs[r.source].frame(r.index, r.time, r.image, r.faces, None, fps_of.get(r.source, 0.0))
+            if window and not window.show(shown):
+                break
+            bar.update(1)
+    except KeyboardInterrupt:
+        status = 130
+    finally:
+        bar.close()
+        streams.close()
+    for st in streams.stats.values():  # stopped early (window closed, Ctrl-C): their end records too
+        if st.name not in ended:
+            if status == 130:
+                st.error = None
+                st.end = "interrupted"
+            finish(st)
+    if not several:
+        st = next(iter(streams.stats.values()))
+        if st.error and not st.frames and status != 130:
+            raise SourceError(st.error)  # nothing came through: the one-line error and exit 2, as for opening
+    elif status != 130:
+        dt = time.perf_counter() - t0
+        n = sum(st.frames for st in streams.stats.values())
+        print(f"{len(specs)} sources: {n} frames in {dt:.1f}s, {n / dt if dt > 0 else 0:.1f} frames/s in all",
+              file=text)
     return status

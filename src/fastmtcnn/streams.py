@@ -1,0 +1,438 @@
+"""Faces in many video sources at once: frames of all sources share detector calls.
+
+Four stages run side by side, joined by bounded queues, so the slowest one
+sets the pace and memory depends on the chunk size, not on the video length:
+
+1. decoding: one `FrameReader` thread per source (OpenCV, or NVDEC onto the GPU);
+2. gathering: takes up to `chunk` frames from the sources in turn, groups them
+   by frame size, and uploads host frames to the GPU on a side stream when the
+   detector runs there;
+3. detection: one `MTCNN.detect_batch` call per frame size;
+4. the caller: iterates the results (or gets per-source callbacks), in frame
+   order within each source.
+
+A file's frames all arrive (its reader waits for the detector); a live source
+(camera, URL) hands over only its newest frame, and a batch that holds one is
+sent at once instead of waiting for a full chunk, so live latency stays one
+detector call. A live source that is lost reconnects in its own thread while
+the others go on.
+"""
+from __future__ import annotations
+
+import queue
+import re
+import sys
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from .detections import Detections
+from .sources import Frame, FrameReader, SourceError, SourceSpec, open_capture, parse_source
+
+DECODERS = ("auto", "opencv", "nvdec")
+
+
+class StreamResult(NamedTuple):
+    """One frame's faces: the source's name, the frame's index in its source, the RGB frame (a numpy
+    array, or a CUDA tensor when NVDEC decoded it), the faces, and the frame's time in seconds."""
+
+    source: str
+    index: int
+    image: object
+    faces: Detections
+    time: float
+
+
+@dataclass
+class SourceStats:
+    """Per-source counts; `fps` is frames detected per second of wall time since the start."""
+
+    name: str
+    spec: SourceSpec
+    decoder: str = ""
+    frames: int = 0  # frames detected (results handed out)
+    faces: int = 0
+    dropped: int = 0  # stale live frames the reader threw away unseen
+    reconnects: int = 0
+    expected_frames: int | None = None  # frame count in a file's header
+    end: str = ""  # "end of file", "max frames", "stopped", or what went wrong
+    error: str | None = None
+    first_result_s: float | None = None  # seconds from the start to this source's first result
+    wall_s: float = 0.0  # seconds from the start to this source's last result (or its end)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def truncated(self) -> bool:
+        """A file that ended before the frame count in its header (a cut or corrupt file)."""
+        return (self.spec.kind == "file" and self.end == "end of file" and self.expected_frames is not None
+                and self.frames < self.expected_frames)
+
+
+def source_names(specs: Sequence[SourceSpec]) -> list[str]:
+    """A short, file-name-safe, unique name per source: a file's stem, 'camera0', a URL's host and path;
+    repeats get -2, -3... (16 copies of one clip are 16 sources)."""
+    names, seen = [], defaultdict(int)
+    for spec in specs:
+        if spec.kind == "file":
+            base = Path(spec.text).stem
+        elif spec.kind == "camera":
+            base = "camera" + re.sub(r"\D", "", spec.text)
+        else:
+            base = re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", "", spec.text)
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._-")[:80] or spec.kind
+        seen[base] += 1
+        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return names
+
+
+def cuda_device(detector):
+    """The torch CUDA device the detector runs on, or None (ONNX Runtime, or torch on the CPU)."""
+    dev = getattr(detector.backend, "device", None)
+    return dev if getattr(dev, "type", None) == "cuda" else None
+
+
+def default_chunk(detector) -> int:
+    """Frames per detector call: large on a GPU (a call costs launches, not arithmetic), small on a CPU
+    (no gain from batching, and the first results come sooner)."""
+    return 32 if cuda_device(detector) is not None else 4
+
+
+def choose_decoder(choice: str, detector, spec: SourceSpec, resized: bool = False) -> str:
+    """'nvdec' or 'opencv' for one source. auto: NVDEC for files when the detector runs on a CUDA device
+    and PyNvVideoCodec loads (streams stay on OpenCV, which has open/read timeouts); else OpenCV.
+    An explicit 'nvdec' that cannot work is an error."""
+    if choice not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {choice!r}")
+    if choice == "opencv":
+        return "opencv"
+    from . import nvdec
+
+    why = nvdec.unavailable(cuda_device(detector))
+    if choice == "auto":
+        return "nvdec" if why is None and spec.kind == "file" and not resized else "opencv"
+    if why:
+        raise RuntimeError(f"--decoder nvdec: {why}")
+    if spec.kind not in ("file", "stream"):
+        raise ValueError(f"--decoder nvdec: {spec} is a {spec.kind} source; NVDEC decodes files and network streams")
+    if resized:
+        raise ValueError("--decoder nvdec: frames are not resized on the GPU; drop --width/--height")
+    return "nvdec"
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class _Uploader:
+    """Host frames -> the CUDA device on a side stream, through one reused pinned buffer, so the copy of
+    the next batch overlaps detection of this one (the detector then takes them without a copy)."""
+
+    def __init__(self, device) -> None:
+        import torch
+
+        self.torch, self.device = torch, device
+        self.stream = torch.cuda.Stream(device)
+        self.buf = None
+
+    def __call__(self, images: list[np.ndarray]):
+        torch = self.torch
+        shape = (len(images), *images[0].shape)
+        n = int(np.prod(shape))
+        if self.buf is None or self.buf.numel() < n:
+            self.buf = torch.empty(n, dtype=torch.uint8, pin_memory=True)
+        host = self.buf[:n].view(shape)
+        hn = host.numpy()
+        for i, im in enumerate(images):
+            hn[i] = im
+        with torch.cuda.stream(self.stream):
+            out = torch.empty(shape, dtype=torch.uint8, device=self.device)
+            out.copy_(host, non_blocking=True)
+        self.stream.synchronize()  # the data is there, and the pinned buffer is free again
+        return out
+
+
+_STOP = object()
+
+
+@dataclass
+class _Batch:
+    items: list[tuple[int, Frame]]  # (source number, frame), in per-source order
+    groups: list[tuple[list[int], object]] = field(default_factory=list)  # (positions in items, frames)
+    ended: list[int] = field(default_factory=list)  # sources whose last frame is in this batch or before
+    faces: list[Detections] = field(default_factory=list)
+
+
+class StreamDetector:
+    """Detect faces in several video sources (files, camera indices, URLs, GStreamer pipelines) at once.
+
+    Iterate to get a `StreamResult` per frame, in frame order within each source (sources interleave);
+    or call `run(on_result)` with one callback, or a dict of callbacks by source name. `stats` holds
+    each source's counts (frames, faces, drops, reconnects, FPS, how it ended). `on_end(stats)` is
+    called, from the iterating thread, after a source's last result.
+
+    chunk: most frames per detector call (default 32 on a CUDA device, 4 otherwise).
+    decoder: "auto" (NVDEC for files on a CUDA detector when PyNvVideoCodec is installed), "opencv" or "nvdec".
+    skip_failed: sources that cannot be opened become `stats` entries with an error instead of raising.
+    Sources may also be ready `FrameReader`s.
+
+    >>> from fastmtcnn import MTCNN, StreamDetector                       # doctest: +SKIP
+    >>> with StreamDetector(MTCNN(), ["a.mp4", "b.mp4", "rtsp://cam/1"]) as streams:
+    ...     for r in streams:
+    ...         print(r.source, r.index, len(r.faces))
+    >>> streams.stats["a"].fps
+    """
+
+    def __init__(self, detector, sources: Sequence, *, chunk: int | None = None, decoder: str = "auto",
+                 names: Sequence[str] | None = None, max_frames: int | None = None, width: int | None = None,
+                 height: int | None = None, drop_stale: bool | None = None, retries: int = 5,
+                 retry_delay: float = 0.5, timeout_s: float = 5.0, nvdec_sessions: int | None = None,
+                 skip_failed: bool = False, on_event: Callable[[str], None] = _stderr,
+                 on_end: Callable[[SourceStats], None] | None = None) -> None:
+        if not sources:
+            raise ValueError("no sources given")
+        self.detector = detector
+        self.chunk = int(chunk) if chunk else default_chunk(detector)
+        if self.chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        self.on_end = on_end
+        self._wake = threading.Event()
+        specs = [s.spec if isinstance(s, FrameReader) else (s if isinstance(s, SourceSpec) else parse_source(s))
+                 for s in sources]
+        self.names = list(names) if names else source_names(specs)
+        if len(self.names) != len(specs) or len(set(self.names)) != len(self.names):
+            raise ValueError("names must be unique, one per source")
+        self.stats = {n: SourceStats(n, spec) for n, spec in zip(self.names, specs)}
+        n_files = sum(s.kind == "file" for s in specs)
+        sessions = nvdec_sessions or max(1, 4 // max(1, n_files))  # ~4 NVDEC sessions per GPU job in all
+
+        def reader(i: int):
+            src, spec = sources[i], specs[i]
+            if isinstance(src, FrameReader):
+                src.wakeup = self._wake
+                self.stats[self.names[i]].decoder = "given"
+                return src
+            kind = choose_decoder(decoder, detector, spec, bool(width or height))
+            kw = dict(width=width, height=height, drop_stale=drop_stale, retries=retries if spec.live else 0,
+                      retry_delay=retry_delay, timeout_s=timeout_s, max_frames=max_frames, on_event=on_event,
+                      queue_size=self.chunk, wakeup=self._wake)
+            if kind == "nvdec":
+                from . import nvdec
+
+                try:
+                    r = FrameReader(spec, opener=nvdec.opener(cuda_device(detector), sessions=sessions,
+                                                              piece=self.chunk, max_frames=max_frames), **kw)
+                except SourceError:
+                    if decoder != "auto":
+                        raise
+                    kind = "opencv"  # a codec NVDEC does not take (MJPEG, FFV1...): the CPU decoder may
+            if kind == "opencv":
+                r = FrameReader(spec, opener=open_capture, **kw)
+            self.stats[self.names[i]].decoder = kind
+            return r
+
+        # open all at once: a camera that takes its retries to answer does not hold up the others
+        with ThreadPoolExecutor(max_workers=min(16, len(specs))) as pool:
+            futures = [pool.submit(reader, i) for i in range(len(specs))]
+        self.readers: dict[int, FrameReader] = {}
+        failure: BaseException | None = None
+        for i, f in enumerate(futures):
+            try:
+                self.readers[i] = f.result()
+            except (SourceError, ValueError, RuntimeError, OSError) as e:
+                st = self.stats[self.names[i]]
+                st.error = st.end = str(e)
+                failure = failure or e
+        if failure is not None and not skip_failed:
+            for r in self.readers.values():
+                r.close()
+            raise failure
+        for i, r in self.readers.items():
+            self.stats[self.names[i]].expected_frames = r.expected_frames
+        self._upload = None
+        dev = cuda_device(detector)
+        if dev is not None:
+            self._upload = _Uploader(dev)
+        self._stop = threading.Event()
+        self._work: queue.Queue = queue.Queue(maxsize=2)
+        self._done: queue.Queue = queue.Queue(maxsize=2)
+        self._threads: list[threading.Thread] = []
+        self._t0: float | None = None
+
+    # -- stage 2: gather frames of all sources into batches -----------------------------------------
+    def _gather(self) -> None:
+        try:
+            active = dict(self.readers)
+            pending: list[tuple[int, Frame]] = []
+            ended: list[int] = []
+            turn = 0
+            while (active or pending or ended) and not self._stop.is_set():
+                self._wake.clear()
+                order = list(active)
+                order = order[turn % len(order):] + order[:turn % len(order)] if order else []
+                turn += 1
+                live = False
+                for i in order:
+                    room = self.chunk - len(pending)
+                    if room <= 0:
+                        break
+                    r = active[i]
+                    frames, done = r.take(1 if r.drop_stale else room)
+                    pending.extend((i, f) for f in frames)
+                    live = live or (r.drop_stale and bool(frames))
+                    if done:
+                        ended.append(i)
+                        del active[i]
+                if pending and (len(pending) >= self.chunk or live or not active):
+                    if not self._put(self._work, self._prepare(pending, ended)):
+                        return
+                    pending, ended = [], []
+                elif ended and not pending:
+                    if not self._put(self._work, _Batch([], ended=ended)):
+                        return
+                    ended = []
+                elif active:
+                    self._wake.wait(0.05)  # a reader sets it when it queues a frame or ends
+        except BaseException as e:  # noqa: BLE001 (handed to the caller's thread)
+            self._put(self._work, e)
+            return
+        self._put(self._work, _STOP)
+
+    def _prepare(self, items: list[tuple[int, Frame]], ended: list[int]) -> _Batch:
+        """Group the frames by size (one detector call each), stacked, on the device when it is a GPU."""
+        batch = _Batch(items, ended=ended)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for pos, (_, f) in enumerate(items):
+            groups[(type(f.image).__module__.split(".")[0], tuple(f.image.shape))].append(pos)
+        for (kind, _), pos in groups.items():
+            images = [items[p][1].image for p in pos]
+            if kind == "torch":
+                import torch
+
+                frames = torch.stack(images)
+            elif self._upload is not None:
+                frames = self._upload(images)
+            else:
+                frames = np.stack(images)
+            batch.groups.append((pos, frames))
+        return batch
+
+    # -- stage 3: detection ---------------------------------------------------------------------------
+    def _detect(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    batch = self._work.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if batch is _STOP or isinstance(batch, BaseException):
+                    self._put(self._done, batch)
+                    return
+                faces: list[Detections | None] = [None] * len(batch.items)
+                for pos, frames in batch.groups:
+                    if type(frames).__module__.startswith("torch") and frames.is_cuda:
+                        # the frames were made on another stream: keep their memory until this one is done
+                        import torch
+
+                        frames.record_stream(torch.cuda.current_stream(frames.device))
+                    for p, det in zip(pos, self.detector.detect_batch(frames)):
+                        faces[p] = det
+                batch.groups = []  # frees the stacked frames before the next batch is gathered
+                batch.faces = faces  # type: ignore[assignment]
+                if not self._put(self._done, batch):
+                    return
+        except BaseException as e:  # noqa: BLE001 (handed to the caller's thread)
+            self._put(self._done, e)
+
+    def _put(self, q: queue.Queue, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    # -- stage 4: the caller --------------------------------------------------------------------------
+    def start(self) -> "StreamDetector":
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+            for r in self.readers.values():
+                r.start()
+            for target, name in ((self._gather, "fastmtcnn-gather"), (self._detect, "fastmtcnn-detect")):
+                t = threading.Thread(target=target, name=name, daemon=True)
+                t.start()
+                self._threads.append(t)
+        return self
+
+    def __iter__(self) -> Iterator[StreamResult]:
+        self.start()
+        try:
+            for i, st in enumerate(self.stats.values()):
+                if i not in self.readers and self.on_end:
+                    self.on_end(st)  # could not be opened (skip_failed)
+            while True:
+                batch = self._done.get()
+                if batch is _STOP:
+                    return
+                if isinstance(batch, BaseException):
+                    raise batch
+                now = time.perf_counter() - self._t0
+                for (i, frame), faces in zip(batch.items, batch.faces):
+                    st = self.stats[self.names[i]]
+                    st.frames += 1
+                    st.faces += len(faces)
+                    st.wall_s = now
+                    if st.first_result_s is None:
+                        st.first_result_s = now
+                    yield StreamResult(st.name, frame.index, frame.image, faces, frame.time)
+                for i in batch.ended:
+                    self._finish(i)
+        finally:
+            self.close()
+
+    def _finish(self, i: int) -> None:
+        r, st = self.readers[i], self.stats[self.names[i]]
+        st.dropped, st.reconnects = r.stats.dropped, r.stats.reconnects
+        st.end = r.stats.end or "end"
+        if r.error is not None:
+            st.error = str(r.error)
+        if not st.frames:
+            st.wall_s = time.perf_counter() - (self._t0 or 0.0)
+        r.close()
+        if self.on_end:
+            self.on_end(st)
+
+    def run(self, on_result: Callable[[StreamResult], None] | dict[str, Callable[[StreamResult], None]]
+            ) -> dict[str, SourceStats]:
+        """Process every source to its end, calling on_result (or on_result[source name]) per frame."""
+        for r in self:
+            fn = on_result.get(r.source) if isinstance(on_result, dict) else on_result
+            if fn:
+                fn(r)
+        return self.stats
+
+    def close(self) -> None:
+        """Stop all stages and release the sources (safe to call twice); sources not yet ended say 'stopped'."""
+        self._stop.set()
+        for i, r in self.readers.items():
+            r.close()
+            st = self.stats[self.names[i]]
+            if not st.end:
+                st.dropped, st.reconnects, st.end = r.stats.dropped, r.stats.reconnects, r.stats.end or "stopped"
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def __enter__(self) -> "StreamDetector":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
