@@ -12,6 +12,7 @@ import pytest
 
 from fastmtcnn.cli import main
 from fastmtcnn.nvdec import ordered_segments, plan_segments
+from video_clips import read_all
 
 CLIPS = ["group_720p_h264.mp4", "group_1080p_h264.mp4"]
 
@@ -138,18 +139,6 @@ def _gpu():
     return torch
 
 
-def _opencv_frames(path, n):
-    cap = cv2.VideoCapture(str(path))
-    out = []
-    while len(out) < n:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    cap.release()
-    return out
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("clip", CLIPS)
 def test_nvdec_frames_equal_opencv_frames(shared_data, clip):
@@ -157,7 +146,7 @@ def test_nvdec_frames_equal_opencv_frames(shared_data, clip):
     from fastmtcnn.nvdec import NvdecFile
 
     cap = NvdecFile(str(shared_data / "video" / clip), torch.device("cuda"), max_frames=90)
-    ref = _opencv_frames(shared_data / "video" / clip, 90)
+    ref = read_all(shared_data / "video" / clip, 90)
     got = []
     while True:
         ok, f = cap.read()

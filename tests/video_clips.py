@@ -32,11 +32,11 @@ def write_clip(path: Path, frames: list[np.ndarray], fps: float = 10.0, fourcc: 
     return Path(path)
 
 
-def read_all(path) -> list[np.ndarray]:
-    """Every frame of a video, RGB."""
+def read_all(path, limit: int | None = None) -> list[np.ndarray]:
+    """Every frame of a video (or the first `limit`), RGB."""
     cap = cv2.VideoCapture(str(path))
     frames = []
-    while True:
+    while limit is None or len(frames) < limit:
         ok, bgr = cap.read()
         if not ok:
             break

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .sources import SourceError, SourceSpec, check_file
+from .sources import SourceError, SourceSpec, check_file, put_until
 
 INSTALL = "pip install 'fastmtcnn[nvdec]'"
 
@@ -32,15 +32,23 @@ INSTALL = "pip install 'fastmtcnn[nvdec]'"
 _CY, _CRV, _CGU, _CGV, _CBU = (round(c * 8192) for c in (1.164383, 1.596027, -0.391762, -0.812968, 2.017232))
 
 
+_import_error: str | None = None
+
+
 def import_nvc():
-    """The PyNvVideoCodec module, or RuntimeError saying how to get it (one line)."""
+    """The PyNvVideoCodec module, or RuntimeError saying how to get it (one line). A failed import is
+    not retried: PyNvVideoCodec logs its own diagnostics on every attempt."""
+    global _import_error
+    if _import_error:
+        raise RuntimeError(_import_error)
     try:
         import PyNvVideoCodec as nvc
     except ImportError as e:
-        raise RuntimeError(f"NVDEC decoding needs PyNvVideoCodec: {INSTALL} ({e})") from None
+        _import_error = f"NVDEC decoding needs PyNvVideoCodec: {INSTALL} ({e})"
+        raise RuntimeError(_import_error) from None
     except Exception as e:  # its import checks the driver and raises when NVDEC is not usable
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeError(f"PyNvVideoCodec is installed but cannot start NVDEC: {first}") from None
+        _import_error = f"PyNvVideoCodec is installed but cannot start NVDEC: {_one_line(e)}"
+        raise RuntimeError(_import_error) from None
     return nvc
 
 
@@ -80,6 +88,8 @@ def nv12_to_rgb(nv12):
 
 def as_rgb(t):
     """A decoder frame tensor as (N, H, W, 3) RGB: NV12 is converted, RGB (HWC or CHW) passed through."""
+    if t.ndim == 4 and t.shape[-1] == 1:  # NV12 as (N, H*3/2, W, 1)
+        t = t[..., 0]
     if t.ndim == 4 and t.shape[-1] == 3:
         return t
     if t.ndim == 4 and t.shape[1] == 3:
@@ -124,13 +134,7 @@ def ordered_segments(segments: Sequence[tuple[int, int]], sessions: int,
     queues = [queue.Queue(maxsize=max(1, depth)) for _ in range(k)]
 
     def put(q: queue.Queue, item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_until(q, item, stop)
 
     def work(j: int) -> None:
         try:
@@ -177,15 +181,18 @@ class NvdecFile:
     """A video file decoded on the GPU, cv2.VideoCapture-style: read() -> (ok, (H, W, 3) uint8 CUDA tensor).
 
     `sessions` SimpleDecoder sessions decode keyframe-aligned segments of at least `segment` frames
-    in parallel, each into a queue of `depth` pieces of up to `piece` frames (GPU memory: about
-    sessions x (segment + depth x piece) frames); frames come out in order. A segment that yields fewer
-    frames than the container announced (a cut file) ends the stream there.
+    in parallel, each into a queue of `depth` pieces of up to `piece` frames; by default deep enough
+    to hold a whole segment (at most MAX_AHEAD frames), so GPU memory is about sessions x
+    min(segment + piece, MAX_AHEAD) frames (4 sessions, 1080p, 60-frame GOPs: 2.3 GB). Frames come out
+    in order. A segment that yields fewer frames than the container announced (a cut file) ends the
+    stream there.
     """
 
     gives_rgb = True
+    MAX_AHEAD = 256  # frames one session may decode ahead of the reader
 
     def __init__(self, path: str, device, *, sessions: int = 1, piece: int = 32, segment: int = 60,
-                 depth: int = 2, max_frames: int | None = None) -> None:
+                 depth: int | None = None, max_frames: int | None = None) -> None:
         import torch
 
         nvc = import_nvc()
@@ -211,9 +218,14 @@ class NvdecFile:
         self.width, self.height = int(getattr(meta, "width", 0)), int(getattr(meta, "height", 0))
         self.segments = plan_segments(self.frame_count, keys, max(segment, self.piece)) if sessions > 1 \
             else [(0, self.frame_count)]
+        if sessions > 1 and depth is None:
+            # a session must hold a whole segment ahead, or it waits while the reader drains the others
+            longest = max(e - s for s, e in self.segments)
+            depth = min(-(-longest // self.piece) + 1, max(2, self.MAX_AHEAD // self.piece))
         self._decoders = {0: first}
         self._stop = threading.Event()
-        self._pieces = ordered_segments(self.segments, len(self._streams), self._decode_segment, depth, self._stop)
+        self._pieces = ordered_segments(self.segments, len(self._streams), self._decode_segment, depth or 2,
+                                        self._stop)
         self._current = None
         self._at = 0
         self._next_index = 0

@@ -179,6 +179,17 @@ class ReaderStats:
 _END = object()
 
 
+def put_until(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put item into a bounded queue, waiting while it is full; False (not put) once stop is set."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -287,13 +298,7 @@ class FrameReader:
                         self.stats.dropped += 1
                     except queue.Empty:
                         pass
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_until(self._queue, item, self._stop)
 
     def _run(self) -> None:
         index = 0

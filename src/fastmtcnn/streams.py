@@ -33,7 +33,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from .detections import Detections
-from .sources import Frame, FrameReader, SourceError, SourceSpec, open_capture, parse_source
+from .sources import Frame, FrameReader, SourceError, SourceSpec, open_capture, parse_source, put_until
 
 DECODERS = ("auto", "opencv", "nvdec")
 
@@ -214,13 +214,17 @@ class StreamDetector:
         n_files = sum(s.kind == "file" for s in specs)
         sessions = nvdec_sessions or max(1, 4 // max(1, n_files))  # ~4 NVDEC sessions per GPU job in all
 
+        # a decoder that cannot work is a setting error: raised here, before any source is opened
+        resized = bool(width or height)
+        kinds = ["given" if isinstance(src, FrameReader) else choose_decoder(decoder, detector, spec, resized)
+                 for src, spec in zip(sources, specs)]
+
         def reader(i: int):
-            src, spec = sources[i], specs[i]
+            src, spec, kind = sources[i], specs[i], kinds[i]
             if isinstance(src, FrameReader):
                 src.wakeup = self._wake
-                self.stats[self.names[i]].decoder = "given"
+                self.stats[self.names[i]].decoder = kind
                 return src
-            kind = choose_decoder(decoder, detector, spec, bool(width or height))
             kw = dict(width=width, height=height, drop_stale=drop_stale, retries=retries if spec.live else 0,
                       retry_delay=retry_delay, timeout_s=timeout_s, max_frames=max_frames, on_event=on_event,
                       queue_size=self.chunk, wakeup=self._wake)
@@ -287,11 +291,14 @@ class StreamDetector:
                     r = active[i]
                     frames, done = r.take(1 if r.drop_stale else room)
                     pending.extend((i, f) for f in frames)
-                    live = live or (r.drop_stale and bool(frames))
+                    live = live or (r.spec.live and bool(frames))
                     if done:
                         ended.append(i)
                         del active[i]
-                if pending and (len(pending) >= self.chunk or live or not active):
+                # wait to fill a chunk only while a file can fill it: a live source's frame goes out at
+                # once, and so does a file's tail when only live sources (maybe reconnecting) are left
+                files_left = any(not r.spec.live for r in active.values())
+                if pending and (len(pending) >= self.chunk or live or not files_left):
                     if not self._put(self._work, self._prepare(pending, ended)):
                         return
                     pending, ended = [], []
@@ -353,13 +360,7 @@ class StreamDetector:
             self._put(self._done, e)
 
     def _put(self, q: queue.Queue, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_until(q, item, self._stop)
 
     # -- stage 4: the caller --------------------------------------------------------------------------
     def start(self) -> "StreamDetector":

@@ -275,9 +275,7 @@ class SourceOutput:
     def end(self, *, end: str, frames: int, faces: int, fps: float, wall_s: float, dropped: int, reconnects: int,
             error: str | None, decoder: str = "", extra: str = "") -> None:
         """The end record, the closed outputs and the summary line of this source."""
-        if self.sink:
-            self.sink.close()
-        if self.jf:
+        if self.jf and not self.jf.closed:
             rec = {**self.tag, "end": end, "frames": frames, "faces": faces, "mean_fps": round(fps, 3),
                    "dropped": dropped, "reconnects": reconnects}
             if decoder:
@@ -286,8 +284,7 @@ class SourceOutput:
                 rec["error"] = error
             self.jf.write(json.dumps(rec) + "\n")
             self.jf.flush()
-        if self.own_json:
-            self.own_json.close()
+        self.close()
         line = f"{self.spec}: {frames} frames, {faces} faces, mean {fps:.2f} FPS ({wall_s:.1f}s)"
         if self.spec.live:
             line += f", {dropped} stale frames dropped"
@@ -297,6 +294,14 @@ class SourceOutput:
         if self.sink:
             line += f" -> {self.video}"
         print(line, file=self.text, flush=True)
+
+
+    def close(self) -> None:
+        """Finish the video file and close the JSON file (also when the run breaks off)."""
+        if self.sink:
+            self.sink.close()
+        if self.own_json:
+            self.own_json.close()
 
 
 def _announce_live(specs, args, text) -> None:
@@ -441,6 +446,10 @@ def _run_streams(args, det, specs, text, window) -> int:
             bar.update(1)
     except KeyboardInterrupt:
         status = 130
+    except BaseException:
+        for out in outputs.values():  # a failed detector call: keep what was written readable
+            out.close()
+        raise
     finally:
         bar.close()
         streams.close()
