@@ -295,7 +295,6 @@ class SourceOutput:
             line += f" -> {self.video}"
         print(line, file=self.text, flush=True)
 
-
     def close(self) -> None:
         """Finish the video file and close the JSON file (also when the run breaks off)."""
         if self.sink:
@@ -407,6 +406,8 @@ def _run_streams(args, det, specs, text, window) -> int:
         nonlocal status
         ended.add(st.name)
         if not several and st.error and not st.frames:
+            if st.name in outputs:
+                outputs[st.name].close()
             return  # nothing came through: raised below as the one-line error of a source that cannot open
         out = outputs.get(st.name)
         if out is None:  # could not be opened: no outputs were made for it
