@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--device")
     p.add_argument("--fp16", action="store_true")
-    p.add_argument("--graphs", action="store_true")
+    p.add_argument("--graphs", choices=["auto", "on", "off"], default="auto", help="torch on CUDA: CUDA graphs")
     p.add_argument("--rounds", type=int, default=1, help="repeat every job (the first round includes warm-up)")
     args = p.parse_args(argv)
     clips = [Path(c) for c in args.clips] if args.clips else sorted((DATA / "video").glob("*.mp4"))
@@ -121,7 +121,8 @@ def main(argv=None) -> int:
     if not args.decode_only:
         from fastmtcnn import MTCNN
 
-        opts = {k: True for k in ("fp16", "graphs") if getattr(args, k)}
+        opts = dict(fp16=args.fp16, graphs={"auto": "auto", "on": True, "off": False}[args.graphs]) \
+            if args.backend == "torch" else {}
         det = MTCNN(minsize=args.minsize, backend=args.backend, device=args.device, **opts)
     what = "decode only" if args.decode_only else f"{det!r}"
     print(f"# {platform.node()} {platform.processor() or platform.machine()}; {what}")

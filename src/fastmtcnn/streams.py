@@ -132,9 +132,11 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-class _Uploader:
-    """Host frames -> the CUDA device on a side stream, through one reused pinned buffer, so the copy of
-    the next batch overlaps detection of this one (the detector then takes them without a copy)."""
+class _DeviceStage:
+    """Frames for a CUDA detector, made on a side stream of their own: host frames are uploaded through one
+    reused pinned buffer (the copy of the next chunk overlaps detection of this one), GPU frames (NVDEC)
+    are stacked. Nothing runs on the legacy default stream, which would wait for, and get in the way
+    of, the detector's work and graph captures."""
 
     def __init__(self, device) -> None:
         import torch
@@ -143,7 +145,7 @@ class _Uploader:
         self.stream = torch.cuda.Stream(device)
         self.buf = None
 
-    def __call__(self, images: list[np.ndarray]):
+    def upload(self, images: list[np.ndarray]):
         torch = self.torch
         shape = (len(images), *images[0].shape)
         n = int(np.prod(shape))
@@ -157,6 +159,12 @@ class _Uploader:
             out = torch.empty(shape, dtype=torch.uint8, device=self.device)
             out.copy_(host, non_blocking=True)
         self.stream.synchronize()  # the data is there, and the pinned buffer is free again
+        return out
+
+    def stack(self, images: list):
+        with self.torch.cuda.stream(self.stream):
+            out = self.torch.stack(images)
+        self.stream.synchronize()
         return out
 
 
@@ -261,10 +269,8 @@ class StreamDetector:
             raise failure
         for i, r in self.readers.items():
             self.stats[self.names[i]].expected_frames = r.expected_frames
-        self._upload = None
         dev = cuda_device(detector)
-        if dev is not None:
-            self._upload = _Uploader(dev)
+        self._device = _DeviceStage(dev) if dev is not None else None
         self._stop = threading.Event()
         self._work: queue.Queue = queue.Queue(maxsize=2)
         self._done: queue.Queue = queue.Queue(maxsize=2)
@@ -321,12 +327,12 @@ class StreamDetector:
             groups[(type(f.image).__module__.split(".")[0], tuple(f.image.shape))].append(pos)
         for (kind, _), pos in groups.items():
             images = [items[p][1].image for p in pos]
-            if kind == "torch":
+            if self._device is not None:
+                frames = self._device.stack(images) if kind == "torch" else self._device.upload(images)
+            elif kind == "torch":
                 import torch
 
                 frames = torch.stack(images)
-            elif self._upload is not None:
-                frames = self._upload(images)
             else:
                 frames = np.stack(images)
             batch.groups.append((pos, frames))
