@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fastmtcnn import MTCNN, StreamDetector, read_image
-from fastmtcnn.sources import FrameReader, SourceError, SourceSpec, parse_source, retry_delay
+from fastmtcnn.sources import FrameReader, SourceError, SourceSpec, parse_source, backoff_delay
 from fastmtcnn.streams import source_names
 from video_clips import fit, write_clip
 
@@ -106,7 +106,7 @@ def test_live_source_that_cannot_open_is_retried_before_it_counts_as_failed():
 
 
 def test_reconnect_delays_double_up_to_the_cap():
-    assert [retry_delay(a, 0.5, 8.0) for a in range(1, 8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert [backoff_delay(a, 0.5, 8.0) for a in range(1, 8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
 
 
 def test_sources_are_named_for_their_outputs_uniquely():

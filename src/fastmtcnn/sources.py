@@ -153,7 +153,7 @@ def to_rgb_frame(bgr: np.ndarray, size: tuple[int, int] | None = None) -> np.nda
 Opener = Callable[[SourceSpec, "int | None", "int | None", float], object]
 
 
-def retry_delay(attempt: int, first: float, cap: float) -> float:
+def backoff_delay(attempt: int, first: float, cap: float) -> float:
     """Seconds to wait before reconnect attempt 1, 2, 3...: first, 2x, 4x... at most cap."""
     return min(cap, first * 2 ** (attempt - 1))
 
@@ -251,7 +251,7 @@ class FrameReader:
         attempts = self.retries + 1 if first else self.retries
         for attempt in range(0 if first else 1, self.retries + 1):
             if attempt:
-                delay = retry_delay(attempt, self.retry_delay, self.max_delay)
+                delay = backoff_delay(attempt, self.retry_delay, self.max_delay)
                 self.on_event(f"{self.spec}: {'cannot open' if first else 'source lost'}; "
                               f"retry {attempt}/{self.retries} in {delay:.1f}s")
                 if self._stop.wait(delay):
