@@ -9,9 +9,9 @@ detector is not in the time (time it around the call if it should be).
 `detector=None` times decoding alone (frames are decoded and handed over, no
 detection).
 
-    python benchmarks/e2e_video.py --backend torch --device cuda --fp16 --decoder nvdec opencv
+    python benchmarks/e2e_video.py --backend torch --device cuda --decoder nvdec opencv
     python benchmarks/e2e_video.py --backend torch --device cuda --decode-only --sessions 1 2 4
-    python benchmarks/e2e_video.py --copies 16 --minsize 40 --backend torch --device cuda --fp16
+    python benchmarks/e2e_video.py --copies 16 --minsize 40 --backend torch --device cuda
 
 (the clips default to ../shared/data/video/*.mp4; on the CPU machine use
 --max-frames to keep it short).
@@ -106,7 +106,8 @@ def main(argv=None) -> int:
     p.add_argument("--minsize", type=float, default=20)
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--device")
-    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--fp16", action="store_const", const=True, help="torch: half precision (default on CUDA)")
+    p.add_argument("--fp32", action="store_const", const=False, dest="fp16", help="torch: full precision")
     p.add_argument("--graphs", choices=["auto", "on", "off"], default="auto", help="torch on CUDA: CUDA graphs")
     p.add_argument("--rounds", type=int, default=1, help="repeat every job (the first round includes warm-up)")
     args = p.parse_args(argv)
@@ -121,8 +122,11 @@ def main(argv=None) -> int:
     if not args.decode_only:
         from fastmtcnn import MTCNN
 
-        opts = dict(fp16=args.fp16, graphs={"auto": "auto", "on": True, "off": False}[args.graphs]) \
-            if args.backend == "torch" else {}
+        opts = {}
+        if args.backend == "torch":
+            opts["graphs"] = {"auto": "auto", "on": True, "off": False}[args.graphs]
+            if args.fp16 is not None:
+                opts["fp16"] = args.fp16
         det = MTCNN(minsize=args.minsize, backend=args.backend, device=args.device, **opts)
     what = "decode only" if args.decode_only else f"{det!r}"
     print(f"# {platform.node()} {platform.processor() or platform.machine()}; {what}")
