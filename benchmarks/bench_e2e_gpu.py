@@ -36,6 +36,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from e2e_video import run_video_job  # noqa: E402
 from fastmtcnn import MTCNN  # noqa: E402
 from fastmtcnn.photos import detect_photos  # noqa: E402
 
@@ -112,6 +115,77 @@ def job_folder(data: Path, minsizes, subset: int) -> list[dict]:
     return rows
 
 
+def facenet_video(clip: Path, minsize: float, frames: int, batch: int = 16) -> tuple[float, float]:
+    """facenet-pytorch on a video the way its README does it: PIL frames, `detect` on lists of them.
+
+    -> (frames/s from opening the file to the last result, seconds to the first result)."""
+    from PIL import Image
+
+    fn = facenet(minsize)
+    fn.detect(Image.new("RGB", (64, 64)))  # model on the GPU before the clock starts
+    t = time.perf_counter()
+    cap = cv2.VideoCapture(str(clip))
+    first, done, buf = None, 0, []
+    while done < frames:
+        ok, bgr = cap.read()
+        if ok:
+            buf.append(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+        if len(buf) == batch or (buf and not ok):
+            fn.detect(buf)
+            done += len(buf)
+            buf = []
+            first = first or time.perf_counter() - t
+        if not ok:
+            break
+    return done / (time.perf_counter() - t), first
+
+
+def job_video(data: Path, minsizes, facenet_frames: int, copies: int = 1) -> list[dict]:
+    """Every clip (or 16 copies of the 1080p one): default settings, best flags, facenet-pytorch."""
+    clips = sorted((data / "video").glob("*.mp4"))
+    if copies > 1:
+        clips = [c for c in clips if "1080p" in c.name][:1]
+    rows = []
+    title = f"{copies} streams at once" if copies > 1 else "one file"
+    print(f"\n== video, {title}: frames/s from opening the file(s) to the last result ==", flush=True)
+    print(f"{'clip':>24} {'minsize':>7} {'settings':>8} {'decoder':>8} {'cold fps':>9} {'warm fps':>9} "
+          f"{'per stream':>10} {'first s':>8} {'facenet':>8} {'ratio':>7}")
+    for clip in clips:
+        for minsize in minsizes:
+            f_fps, _ = facenet_video(clip, minsize, facenet_frames)
+            for name, opts, job in (("default", {}, {}), ("best", BEST, dict(chunk=64, nvdec_sessions=4))):
+                det = MTCNN(minsize=minsize, backend="torch", device="cuda", **opts)
+                runs = [run_video_job([clip] * copies, det, "auto", **job) for _ in range(2)]
+                cold, warm = runs
+                dec = "/".join(sorted(set(warm.decoders.values())))
+                row = dict(job="video", clip=clip.name, copies=copies, minsize=minsize, settings=name, decoder=dec,
+                           cold_fps=cold.fps, warm_fps=warm.fps, per_stream=warm.fps / copies,
+                           first=cold.first_result_s, facenet=f_fps, ratio=warm.fps / copies / f_fps,
+                           faces=warm.faces, frames=warm.frames)
+                rows.append(row)
+                print(f"{clip.name:>24} {minsize:>7} {name:>8} {dec:>8} {cold.fps:9.1f} {warm.fps:9.1f} "
+                      f"{warm.fps / copies:10.1f} {cold.first_result_s:8.2f} {f_fps:8.1f} {row['ratio']:6.1f}x",
+                      flush=True)
+                del det
+    return rows
+
+
+def job_decode(data: Path) -> list[dict]:
+    """NVDEC alone (frames handed over on the GPU, no detection): sessions per file."""
+    import torch
+
+    rows = []
+    clip = next(c for c in sorted((data / "video").glob("*.mp4")) if "1080p" in c.name)
+    print(f"\n== decode only, {clip.name} ==", flush=True)
+    for decoder, sessions in (("opencv", None), ("nvdec", 1), ("nvdec", 2), ("nvdec", 4)):
+        job = None
+        for _ in range(2):
+            job = run_video_job([clip], None, decoder, nvdec_sessions=sessions, device=torch.device("cuda"))
+        rows.append(dict(job="decode", decoder=decoder, sessions=sessions, fps=job.fps))
+        print(f"{decoder:>8} sessions {sessions or '-':>2}: {job.fps:7.1f} frames/s", flush=True)
+    return rows
+
+
 def job_start(data: Path) -> list[dict]:
     """Wall time from process start to the first result line, fresh processes (Triton's disk cache as found)."""
     rows = []
@@ -141,9 +215,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("FASTMTCNN_SHARED_DATA",
                                                                         ROOT.parent / "shared" / "data")))
-    ap.add_argument("--jobs", nargs="+", default=["video", "streams", "folder", "start"])
+    ap.add_argument("--jobs", nargs="+", default=["start", "decode", "video", "streams", "folder"])
     ap.add_argument("--minsize", type=float, nargs="+", default=[40, 20])
     ap.add_argument("--facenet-subset", type=int, default=40, help="photos facenet-pytorch runs in the folder job")
+    ap.add_argument("--facenet-frames", type=int, default=150, help="frames facenet-pytorch runs per clip")
     ap.add_argument("--out", type=Path, help="write every row as JSON here")
     args = ap.parse_args()
     import torch
@@ -153,10 +228,16 @@ def main() -> int:
         return 2
     print(f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}", flush=True)
     rows: list[dict] = []
+    if "start" in args.jobs:  # first: a fresh machine's Triton cache is cold only once
+        rows += job_start(args.data)
+    if "decode" in args.jobs:
+        rows += job_decode(args.data)
+    if "video" in args.jobs:
+        rows += job_video(args.data, args.minsize, args.facenet_frames)
+    if "streams" in args.jobs:
+        rows += job_video(args.data, [40], args.facenet_frames, copies=16)
     if "folder" in args.jobs:
         rows += job_folder(args.data, args.minsize, args.facenet_subset)
-    if "start" in args.jobs:
-        rows += job_start(args.data)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
     return 0

@@ -33,7 +33,9 @@ def capture(fn: Callable, static_in: torch.Tensor, device: torch.device, warmup:
     cuDNN autotune is on for the warm-ups and the capture only: the shapes are
     fixed from here on, so timing algorithms pays once; eager calls, whose
     shapes change, run without it (a new shape would otherwise be timed anew).
-    Replays read `static_in`: copy each new input into it first.
+    Replays read `static_in`: copy each new input into it first. The capture
+    is thread-local: decoder, upload and writer threads of a video job keep
+    using the GPU (on their own streams) while a detector thread captures.
     """
     prev = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True
@@ -45,7 +47,7 @@ def capture(fn: Callable, static_in: torch.Tensor, device: torch.device, warmup:
                 fn(static_in)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = fn(static_in)
     finally:
         torch.backends.cudnn.benchmark = prev
