@@ -69,12 +69,15 @@ def test_gpu_nvjpeg_photos_give_the_cpu_decoder_detections(folder):
     pytest.importorskip("torchvision")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from fastmtcnn.metrics import greedy_match
+    from fastmtcnn.metrics import greedy_match, iou_matrix
 
-    det = MTCNN(backend="torch", device="cuda")
+    MIN_IOU = 0.7
+
+    det = MTCNN(backend="torch", device="cuda", fp16=False)
     got = list(detect_photos(det, folder))
     assert [r.path for r in got] == folder
     assert isinstance(next(r for r in got if r.ok).image, torch.Tensor)  # decoded on the GPU
+    ious = []
     for r in got:
         try:
             img = read_image(r.path)
@@ -82,6 +85,15 @@ def test_gpu_nvjpeg_photos_give_the_cpu_decoder_detections(folder):
             assert not r.ok
             continue
         want = det.detect(img)
-        # nvJPEG's IDCT may differ from libjpeg's by a grey level: the same faces, IoU >= 0.99
-        pairs = greedy_match(want.boxes, r.faces.boxes, 0.99 if r.path.endswith(".jpg") else 0.999)
+        if not r.path.endswith(".jpg"):  # PNGs take the CPU decoder: the very same pixels
+            assert len(greedy_match(want.boxes, r.faces.boxes, 0.999)) == len(want) == len(r.faces), r.path
+            continue
+        # nvJPEG's chroma upsampling and IDCT differ from libjpeg's by a grey level or two: every face
+        # found by DESIGN.md's rule, nearly all at IoU >= 0.99
+        pairs = greedy_match(want.boxes, r.faces.boxes, MIN_IOU)
         assert len(pairs) == len(want) == len(r.faces), r.path
+        ious += [float(iou_matrix(want.boxes[i:i + 1], r.faces.boxes[j:j + 1])[0, 0]) for i, j in pairs]
+    ious = np.array(ious)
+    print(f"nvJPEG vs CPU decoder: {len(ious)} faces, IoU min {ious.min():.4f}, mean {ious.mean():.4f}, "
+          f"{(ious >= 0.99).mean():.1%} at >= 0.99")
+    assert ious.mean() >= 0.99 and (ious >= 0.99).mean() >= 0.9

