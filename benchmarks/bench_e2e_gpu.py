@@ -154,9 +154,9 @@ def facenet_video(clip: Path, minsize: float, frames: int, batch: int = 16) -> t
     return done / (time.perf_counter() - t), first
 
 
-def job_video(data: Path, minsizes, facenet_frames: int, copies: int = 1) -> list[dict]:
-    """Every clip (or 16 copies of the 1080p one): default settings, best flags, facenet-pytorch."""
-    clips = sorted((data / "video").glob("*.mp4"))
+def job_video(data: Path, minsizes, facenet_frames: int, copies: int = 1, clips: str = "") -> list[dict]:
+    """Every clip whose name holds `clips` (or 16 copies of the 1080p one): default settings, best flags, facenet-pytorch."""
+    clips = [c for c in sorted((data / "video").glob("*.mp4")) if clips in c.name]
     if copies > 1:
         clips = [c for c in clips if "1080p" in c.name][:1]
     rows = []
@@ -233,6 +233,7 @@ def main() -> int:
     ap.add_argument("--minsize", type=float, nargs="+", default=[40, 20])
     ap.add_argument("--facenet-subset", type=int, default=40, help="photos facenet-pytorch runs in the folder job")
     ap.add_argument("--facenet-frames", type=int, default=150, help="frames facenet-pytorch runs per clip")
+    ap.add_argument("--clips", default="", help="only the clips whose name holds this (e.g. 1080p)")
     ap.add_argument("--out", type=Path, help="write every row as JSON here")
     args = ap.parse_args()
     import torch
@@ -245,7 +246,7 @@ def main() -> int:
     jobs = {  # "start" first: a fresh machine's Triton cache is cold only once
         "start": lambda: job_start(args.data),
         "decode": lambda: job_decode(args.data),
-        "video": lambda: job_video(args.data, args.minsize, args.facenet_frames),
+        "video": lambda: job_video(args.data, args.minsize, args.facenet_frames, clips=args.clips),
         "streams": lambda: job_video(args.data, [40], args.facenet_frames, copies=16),
         "folder": lambda: job_folder(args.data, args.minsize, args.facenet_subset),
     }
