@@ -50,7 +50,8 @@ def main() -> int:
     torch.set_num_threads(threads)
     print(f"machine: {platform.processor() or platform.machine()}, {threads} CPU cores; "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads); fastmtcnn ONNX Runtime (default threads)")
-    print(f"{'image':24s} {'size':>9s} {'minsize':>7s} | {'packed ms':>9s} {'per-scale ms':>12s} {'reference ms':>12s} | "
+    print(f"{'image':24s} {'size':>9s} {'minsize':>7s} | "
+          f"{'packed ms':>9s} {'per-scale ms':>12s} {'reference ms':>12s} | "
           f"{'ref/packed':>10s} {'per-scale/packed':>16s} | faces ours/ref matched")
     for name in args.images:
         img = read_image(Path(args.data) / name)

@@ -102,7 +102,8 @@ def job_folder(data: Path, minsizes, subset: int) -> list[dict]:
         mp = sum(w * h for w, h in (Image.open(p).size for p in paths)) / 1e6
         print(f"read + nvJPEG decode alone (one thread): {dec:.1f} img/s, {mp * dec / len(paths):.0f} MP/s", flush=True)
         rows.append(dict(job="folder-decode", rate=dec, megapixels=mp))
-        print(f"{'minsize':>7} {'settings':>9} {'img/s':>8} {'first s':>8} {'faces':>6} {'facenet img/s':>13} {'ratio':>7}")
+        print(f"{'minsize':>7} {'settings':>9} {'img/s':>8} {'first s':>8} {'faces':>6} "
+              f"{'facenet img/s':>13} {'ratio':>7}")
         for minsize in minsizes:
             fn = facenet(minsize)
             fn.detect(Image.open(paths[0]).convert("RGB"))
@@ -124,8 +125,8 @@ def job_folder(data: Path, minsizes, subset: int) -> list[dict]:
                 rate = len(paths) / dt
                 rows.append(dict(job="folder", minsize=minsize, settings=name, rate=rate, first=first, faces=faces,
                                  facenet=f_rate, ratio=rate / f_rate))
-                print(f"{minsize:>7} {name:>9} {rate:8.1f} {first:8.3f} {faces:>6} {f_rate:13.1f} {rate / f_rate:6.1f}x",
-                      flush=True)
+                print(f"{minsize:>7} {name:>9} {rate:8.1f} {first:8.3f} {faces:>6} "
+                      f"{f_rate:13.1f} {rate / f_rate:6.1f}x", flush=True)
     return rows
 
 

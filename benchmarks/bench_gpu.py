@@ -95,13 +95,15 @@ def faithfulness(det, data: Path) -> tuple[float, float, int, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("FASTMTCNN_SHARED_DATA", ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data", type=Path,
+                    default=Path(os.environ.get("FASTMTCNN_SHARED_DATA", ROOT.parent / "shared" / "data")))
     ap.add_argument("--out", type=Path, help="write all numbers as JSON here")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32, 64])
     ap.add_argument("--time", type=float, default=2.0, help="seconds per measurement (at least)")
     ap.add_argument("--no-facenet", action="store_true")
     ap.add_argument("--facenet-batches", type=int, nargs="+", default=[1, 32])
-    ap.add_argument("--skip", nargs="*", default=[], help="sections to skip: stages profile stream options compare faith")
+    ap.add_argument("--skip", nargs="*", default=[],
+                    help="sections to skip: stages profile stream options compare faith")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA GPU", file=sys.stderr)
@@ -167,8 +169,8 @@ def main() -> int:
                     t_host = timeit(lambda: one(host), args.time, 20, warmup=len(photos))
                     t_dev = timeit(lambda: one(dev), args.time, 20, warmup=len(photos))
                     st = det.backend.graph_stats
-                    rows.append(dict(minsize=minsize, graphs=graphs, fp16=fp16, kernels=kernels, caps=caps, ms_host=t_host * 1e3,
-                                     ms_gpu=t_dev * 1e3, **st))
+                    rows.append(dict(minsize=minsize, graphs=graphs, fp16=fp16, kernels=kernels, caps=caps,
+                                     ms_host=t_host * 1e3, ms_gpu=t_dev * 1e3, **st))
                     print(f"minsize {minsize:2d} graphs {graphs!s:5} fp16 {fp16!s:5} triton {kernels!s:5} caps {caps}: "
                           f"{t_host * 1e3:6.2f} ms (host frame), "
                           f"{t_dev * 1e3:6.2f} ms (frame on GPU)  [graph replays {st['replays']}, "
@@ -182,7 +184,8 @@ def main() -> int:
         host = make_frames(photos, SIZES["1920x1080"], 64)
         dev = torch.from_numpy(host).cuda()
         variants = {
-            "baseline fp32 (no channels-last, no autotune)": dict(fp16=False, channels_last=False, cudnn_benchmark=False),
+            "baseline fp32 (no channels-last, no autotune)": dict(fp16=False, channels_last=False,
+                                                                  cudnn_benchmark=False),
             "+ cudnn autotune": dict(fp16=False, channels_last=False),
             "+ channels-last": dict(fp16=False),
             "+ fp16": dict(fp16=True),
@@ -203,7 +206,7 @@ def main() -> int:
                 t = timeit(lambda: det.detect_batch(dev), args.time, 5, warmup=3)
                 rows.append(dict(variant=label, fps=64 / t))
                 print(f"{label:48s} {64 / t:8.0f} frames/s", flush=True)
-            except Exception as e:  # a missing optional package must not end the run
+            except Exception as e:  # noqa: BLE001 - a missing optional package must not end the run
                 print(f"{label:48s} failed: {e}", flush=True)
         for pinned in (False, True):
             det = ours(40, fp16=True, graphs=True, pinned=pinned)
@@ -236,7 +239,8 @@ def main() -> int:
             per = {s: det.timer.totals.get(s, 0.0) * 1e3 / (reps * batch) for s in STAGES}
             label = f"{size} min{minsize} b{batch} {'fp16' if fp16 else 'fp32'}"
             rows.append(dict(case=label, **per))
-            print(f"{label:32s} " + " ".join(f"{per[s]:9.4f}" for s in STAGES) + f" {sum(per.values()):8.3f}", flush=True)
+            print(f"{label:32s} " + " ".join(f"{per[s]:9.4f}" for s in STAGES) + f" {sum(per.values()):8.3f}",
+                  flush=True)
         # the fixed-shape cascade of graphs=True, run eagerly with the synchronizing timer
         from fastmtcnn.backends.torch_static import StaticCascade
 
@@ -257,7 +261,8 @@ def main() -> int:
             per = {s: det.timer.totals.get(s, 0.0) * 1e3 / (reps * batch) for s in STAGES}
             label = f"{size} min{minsize} b{batch} fixed-shape"
             rows.append(dict(case=label, **per))
-            print(f"{label:32s} " + " ".join(f"{per[s]:9.4f}" for s in STAGES) + f" {sum(per.values()):8.3f}", flush=True)
+            print(f"{label:32s} " + " ".join(f"{per[s]:9.4f}" for s in STAGES) + f" {sum(per.values()):8.3f}",
+                  flush=True)
         results["stages"] = rows
         save()
 
@@ -296,7 +301,8 @@ def main() -> int:
             det = MTCNN(backend="torch", device="cuda", **opts)
             rec, prec, n_ref, n_ours = faithfulness(det, args.data)
             rows.append(dict(variant=label, recall=rec, precision=prec, n_ref=n_ref, n_ours=n_ours))
-            print(f"{label}: recall {rec:.3f} precision {prec:.3f} ({n_ref} reference faces, {n_ours} ours)", flush=True)
+            print(f"{label}: recall {rec:.3f} precision {prec:.3f} ({n_ref} reference faces, {n_ours} ours)",
+                  flush=True)
         results["faith"] = rows
         save()
 
@@ -307,7 +313,7 @@ def main() -> int:
             continue
         try:
             fn()
-        except Exception as e:  # report and go on: one broken section must not hide the others
+        except Exception as e:  # noqa: BLE001 - report and go on: one broken section must not hide the others
             import traceback
 
             traceback.print_exc()

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
-from conftest import IN_CI
+from conftest import skip_or_fail
 
 FULL_SIZE = ("bob_multiple-faces.jpg", "matplotlib_grace_hopper.jpg", "skimage_astronaut.png", "skimage_camera.png")
 SMALL_SIZES = ((160, 120), (120, 160), (200, 150), (128, 128))
@@ -60,7 +59,4 @@ def require(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        msg = f"needs pip install 'fastmtcnn[{extra}]' ({e})"
-        if IN_CI:
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg, allow_module_level=True)
+        skip_or_fail(f"needs pip install 'fastmtcnn[{extra}]' ({e})")

@@ -27,11 +27,15 @@ def test_profile_image_prints_every_stage_for_packed_and_per_scale(shared_data, 
                  "--json", str(js)]) == 0
     out = capsys.readouterr().out
     rows = _table(out)
-    # the pipeline's own stages, then decoding and drawing timed by the command
+    # the pipeline's own stages, then decoding and drawing timed by the command, in both columns
+    # (no stage is required to take > 0.00 ms: a fast machine may print that for a small stage)
     for stage in ("decoding", "integral", "pyramid", "pnet", "candidates", "crops", "rnet", "onet", "drawing"):
-        assert rows[stage][0] > 0 and rows[stage][2] > 0, stage
-    for col in (1, 3):  # percentages add up
-        assert abs(sum(v[col] for k, v in rows.items() if k != "total") - 100) < 1.0
+        assert stage in rows and min(rows[stage]) >= 0, stage
+    stages = [v for k, v in rows.items() if k != "total"]
+    for col in (0, 2):  # the total is the sum of the stages (each printed to 0.01 ms)
+        assert abs(sum(v[col] for v in stages) - rows["total"][col]) <= 0.005 * (len(stages) + 1)
+    for col in (1, 3):  # percentages add up (each printed to 0.1%)
+        assert abs(sum(v[col] for v in stages) - 100) <= 0.05 * len(stages)
         assert rows["total"][col] == 100.0
     assert rows["decoding"][0] == rows["decoding"][2]  # same decoded frames for both
     packed_line = next(x for x in out.splitlines() if x.startswith("packed PNet:"))
@@ -50,7 +54,7 @@ def test_profile_video_rewinds_short_clips_and_prints_cprofile(shared_data, tmp_
     assert main(["profile", str(clip), "-n", "5", "--warmup", "0", "--cprofile", "5"]) == 0
     out = capsys.readouterr().out
     assert "320x240, 5 frames" in out
-    assert _table(out)["pnet"][0] > 0
+    assert min(_table(out)["pnet"]) >= 0  # the table is printed for the video frames
     assert "cProfile, packed, 5 frames" in out and "tottime" in out
 
 

@@ -91,7 +91,8 @@ def test_tune_command_prints_front_and_writes_json_and_plot(shared_data, tmp_pat
     assert "Pareto front" in text and "minsize 80 factor 0.6" in text
     doc = json.loads(out.read_text())
     labels = [r["label"] for r in doc["results"]]
-    assert labels == [BASELINE.label(), "minsize 40 factor 0.6 thr 0.6/0.7/0.7", "minsize 80 factor 0.6 thr 0.6/0.7/0.7"]
+    assert labels == [BASELINE.label(), "minsize 40 factor 0.6 thr 0.6/0.7/0.7",
+                      "minsize 80 factor 0.6 thr 0.6/0.7/0.7"]
     assert doc["results"][0]["speed"] == 1.0 and doc["results"][0]["hits"] == 17
     assert any(r["pareto"] for r in doc["results"])
     assert png.stat().st_size > 5000 and cv2.imread(str(png)).std() > 10

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import load_reference
 from fastmtcnn import MTCNN, PRESETS, Config, Detections, read_image
-from fastmtcnn.boxes import nms
+from fastmtcnn.boxes import nms, overlap
+from fastmtcnn.metrics import iou_matrix
 from fastmtcnn.crop import area_resize, integral_image, resize_frames
 from fastmtcnn.metrics import greedy_match
 from fastmtcnn.pyramid import level_size, pyramid_scales
@@ -28,7 +29,8 @@ GROUP = "bob_multiple-faces.jpg"  # 18 faces
 def test_reference_preset_is_facenet_pytorch_defaults():
     c = PRESETS["reference"]
     assert c == Config()
-    assert (c.minsize, c.factor, c.thresholds, c.max_batch, c.packed) == (20.0, 0.709, (0.6, 0.7, 0.7), (512, 512), True)
+    assert ((c.minsize, c.factor, c.thresholds, c.max_batch, c.packed)
+            == (20.0, 0.709, (0.6, 0.7, 0.7), (512, 512), True))
     assert MTCNN().config == c
 
 
@@ -138,6 +140,21 @@ def test_nms_plus_one_uses_inclusive_pixel_areas():
     t = _boxes([0, 0, 9, 9], [9, 0, 18, 9])
     assert nms(t, s, 0.0).tolist() == [0, 1]
     assert nms(t, s, 0.0, plus_one=True).tolist() == [0]
+
+
+def test_overlap_by_hand_in_every_convention_and_iou_matrix_pairs_every_box():
+    a = _boxes([0, 0, 10, 10], [0, 0, 9, 9])
+    b = _boxes([5, 0, 15, 10], [2, 2, 4, 4], [20, 20, 20, 30])  # the last one has no area
+    iou = iou_matrix(a, b)
+    assert iou.dtype == np.float64 and iou.shape == (2, 3)
+    np.testing.assert_allclose(iou, [[50 / 150, 4 / 100, 0], [36 / 145, 4 / 81, 0]])
+    pairs = (a[:, None], b[None])
+    np.testing.assert_allclose(overlap(*pairs), iou, rtol=1e-6)  # the same arithmetic, in float32
+    np.testing.assert_allclose(overlap(a[:, None], b[None, :2], mode="min"), [[50 / 100, 1], [36 / 81, 1]], rtol=1e-6)
+    # inclusive pixels: 0..9 and 5..14 share 5 x 10 of 10 x 10 each
+    assert overlap(a[1], _boxes([5, 0, 14, 9])[0], add=1.0) == np.float32(50 / 150)
+    assert iou_matrix(_boxes([3, 3, 3, 3]), _boxes([3, 3, 3, 3])).tolist() == [[0.0]]  # no area at all: 0, not NaN
+    assert iou_matrix(a, np.zeros((0, 4))).shape == (2, 0)
 
 
 def test_nms_of_nothing_is_empty_int64():

@@ -134,28 +134,36 @@ def test_live_source_lost_for_good_ends_with_summary_and_error(shared_data, tmp_
     assert "source lost; retry 1/1" in out.err and "Traceback" not in out.err
 
 
-def test_live_reader_drops_stale_frames_and_file_reader_keeps_every_frame(clip):
-    def slow(reader):
-        got = []
-        with reader:
-            for f in reader:
-                got.append(f.index)
-                time.sleep(0.03)  # a detector slower than the decoder
-        return got
-
-    live = FrameReader(clip, drop_stale=True)
-    got = slow(live)
-    assert live.stats.dropped > 0 and len(got) + live.stats.dropped == 12
-    assert got == sorted(got) and got[-1] == 11  # newest frame wins, order kept
-    assert slow(FrameReader(clip)) == list(range(12))
+def _wait_until(condition, what: str, timeout: float = 60.0) -> None:
+    """Wait for the reader thread to reach a state (a condition, not a guess at how long it takes)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"the reader thread never {what}"
+        time.sleep(0.005)
 
 
-def test_reader_queue_stays_bounded_when_consumer_stalls(clip):
+def test_live_reader_keeps_only_the_newest_frame_when_the_consumer_lags(clip):
+    reader = FrameReader(clip, drop_stale=True).start()
+    with reader:
+        # the consumer takes nothing until the reader has decoded the whole clip
+        _wait_until(lambda: reader.stats.end, "reached the end of the clip")
+        got = [f.index for f in reader]
+    assert reader.stats.end == "end of file" and reader.stats.frames == 12
+    assert got == [11] and reader.stats.dropped == 11  # each frame replaced the one before it
+
+
+def test_file_reader_queue_stays_bounded_and_keeps_every_frame(clip):
     reader = FrameReader(clip, queue_size=2).start()
-    time.sleep(0.5)  # nobody consumes
-    decoded = reader.stats.frames
-    reader.close()
-    assert decoded <= 3  # queue of 2 + one in hand: memory does not grow with the stream
+    with reader:
+        # nobody consumes: the reader fills the queue (2) and waits with one more frame in hand
+        _wait_until(lambda: reader.stats.frames >= 3, "filled its queue")
+        assert reader.stats.frames == 3 and not reader.stats.end
+        got = []
+        for f in reader:
+            got.append(f.index)
+            # every decoded frame is consumed, queued or in the reader's hand: memory does not grow
+            assert reader.stats.frames <= len(got) + 3
+    assert got == list(range(12)) and reader.stats.dropped == 0
 
 
 @pytest.mark.parametrize("text,kind", [("0", "camera"), ("rtsp://cam.local/stream", "stream"),

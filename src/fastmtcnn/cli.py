@@ -32,12 +32,14 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", choices=sorted(PRESETS), default="reference",
                    help="starting settings: 'reference' (facenet-pytorch defaults) or 'jetson' "
                         "(the original post: minsize 40, thresholds 0.7 0.6 0.7, batches 256/64)")
-    g.add_argument("--minsize", type=float, help="smallest face side in pixels (default 20; larger = faster, misses small faces)")
+    g.add_argument("--minsize", type=float,
+                   help="smallest face side in pixels (default 20; larger = faster, misses small faces)")
     g.add_argument("--factor", type=float, help="pyramid scale step (default 0.709; smaller = faster, lower recall)")
     g.add_argument("--thresholds", type=float, nargs=3, metavar=("P", "R", "O"),
                    help="PNet/RNet/ONet score thresholds (default 0.6 0.7 0.7)")
     g.add_argument("--max-batch", type=int, nargs="+", metavar="N", help="RNet/ONet batch limit (one number or two)")
-    g.add_argument("--per-scale", action="store_true", help="run PNet once per pyramid level instead of one packed canvas")
+    g.add_argument("--per-scale", action="store_true",
+                   help="run PNet once per pyramid level instead of one packed canvas")
     g.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime")
     g.add_argument("--device", help="torch backend device, e.g. cuda or cpu")
     g.add_argument("--providers", nargs="+", help="ONNX Runtime execution providers, e.g. CUDAExecutionProvider "

@@ -96,7 +96,8 @@ def parse_json(text: str, name: str = "<json>") -> Annotations:
         rows = []
         for k, b in enumerate(boxes):
             if (not isinstance(b, list) or len(b) != 4
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b)):
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                               for v in b)):
                 raise fail(f"box {k}: expected [x1, y1, x2, y2] numbers, got {json.dumps(b)}")
             if b[2] <= b[0] or b[3] <= b[1]:
                 raise fail(f"box {k}: x2 <= x1 or y2 <= y1 in {json.dumps(b)} (boxes are x1, y1, x2, y2)")
@@ -441,7 +442,8 @@ def format_report(ev: Evaluation, title: str = "") -> str:
     """The terminal table: headline figures, then miss rate per face size."""
     lines = [title] if title else []
     lines += [
-        f"match: {ev.rule.describe()}; {ev.images} images" + (f" ({ev.failed} unreadable, left out)" if ev.failed else ""),
+        f"match: {ev.rule.describe()}; {ev.images} images"
+        + (f" ({ev.failed} unreadable, left out)" if ev.failed else ""),
         f"{'faces':<26}{ev.faces}" + (f" (+{ev.ignored} ignored)" if ev.ignored else ""),
         f"{'detections':<26}{ev.detections}",
         f"{'found (recall)':<26}{ev.hits} ({_pct(ev.recall)})",

@@ -74,7 +74,8 @@ def export_onnx(out_dir: str | Path, width: int, height: int, config: Config = C
         raise ValueError(f"frames must be >= 1, got {frames}")
     plan = make_plan(height, width, config.minsize, config.factor, True)
     if not plan.canvases:
-        raise ValueError(f"a {width}x{height} frame is smaller than minsize {config.minsize:g} allows: nothing to export")
+        raise ValueError(f"a {width}x{height} frame is smaller than minsize {config.minsize:g} allows: "
+                         "nothing to export")
     canvas = plan.canvases[0]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,9 +103,11 @@ def export_onnx(out_dir: str | Path, width: int, height: int, config: Config = C
              "cells": {"y": lv.y // 2, "x": lv.x // 2, "height": lv.out_h, "width": lv.out_w}}
             for k, lv in zip(canvas.level_ids, canvas.levels)
         ],
-        "cascade": ["PNet cells with score >= t1 -> boxes; NMS 0.5 per level, then 0.7 per frame; PNet regression; square",
+        "cascade": ["PNet cells with score >= t1 -> boxes; NMS 0.5 per level, then 0.7 per frame; "
+                    "PNet regression; square",
                     "RNet on 24x24 area crops (clipped to the frame), score > t2; NMS 0.7; regression; square",
-                    "ONet on 48x48 area crops, score > t3; landmarks; regression; NMS 0.7 over the smaller box (+1 areas)"],
+                    "ONet on 48x48 area crops, score > t3; landmarks; regression; "
+                    "NMS 0.7 over the smaller box (+1 areas)"],
         "trtexec": trtexec_commands((canvas.h, canvas.w), frames, max_batch),
         "tested": "onnx checker and ONNX Runtime (CPU); TensorRT is not available here: the engines are untested",
     }

@@ -1,24 +1,20 @@
-"""Comparing two sets of boxes: IoU and the greedy one-to-one matching used
-to call a result faithful (DESIGN.md) and by evaluation and tracking reports."""
+"""Comparing two sets of boxes: IoU between every pair and the greedy one-to-one
+matching used to call a result faithful (DESIGN.md) and by evaluation and
+tracking reports. The IoU is `boxes.overlap`, the arithmetic NMS uses."""
 from __future__ import annotations
 
 import numpy as np
 
+from .boxes import overlap
+
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU (len(a), len(b)) of x1, y1, x2, y2 boxes (areas without +1)."""
+    """IoU (len(a), len(b)) of x1, y1, x2, y2 boxes, in float64, areas without +1; 0 for boxes without area."""
     a = np.asarray(a, np.float64).reshape(-1, 4)
     b = np.asarray(b, np.float64).reshape(-1, 4)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
+        iou = overlap(a[:, None, :], b[None, :, :])
+    return np.where(np.isnan(iou), 0.0, iou)  # 0 / 0: neither box has area
 
 
 def greedy_match(a: np.ndarray, b: np.ndarray, min_iou: float = 0.7) -> list[tuple[int, int]]:

@@ -21,8 +21,6 @@ import queue
 import threading
 from typing import Callable, Iterable, Iterator, Sequence
 
-import numpy as np
-
 from .sources import SourceError, SourceSpec, check_file, put_until
 
 INSTALL = "pip install 'fastmtcnn[nvdec]'"
@@ -46,7 +44,7 @@ def import_nvc():
     except ImportError as e:
         _import_error = f"NVDEC decoding needs PyNvVideoCodec: {INSTALL} ({e})"
         raise RuntimeError(_import_error) from None
-    except Exception as e:  # its import checks the driver and raises when NVDEC is not usable
+    except Exception as e:  # noqa: BLE001 - its import checks the driver and raises when NVDEC is not usable
         _import_error = f"PyNvVideoCodec is installed but cannot start NVDEC: {_one_line(e)}"
         raise RuntimeError(_import_error) from None
     return nvc
@@ -144,7 +142,7 @@ def ordered_segments(segments: Sequence[tuple[int, int]], sessions: int,
                         return
                 if not put(queues[j], _DONE):
                     return
-        except BaseException as e:  # handed to the reader, in stream order
+        except BaseException as e:  # noqa: BLE001 - handed to the reader, in stream order
             put(queues[j], e)
 
     threads = [threading.Thread(target=work, args=(j,), name=f"fastmtcnn-nvdec-{j}", daemon=True)
@@ -211,13 +209,13 @@ class NvdecFile:
             first = self._decoder(0, scan=sessions > 1)
             meta = first.get_stream_metadata()
             n = len(first)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - PyNvVideoCodec's errors have no common type: one line for any
             raise SourceError(f"{path}: NVDEC cannot decode it: {_one_line(e)}", retry=False) from None
         keys = None
         if sessions > 1:
             try:  # segments start on keyframes; without their positions, cuts anywhere are still exact
                 keys = list(first.get_scanned_stream_metadata().key_frame_indices)
-            except Exception:
+            except Exception:  # noqa: BLE001 - keyframe positions are optional (see above)
                 keys = None
         if n <= 0:
             raise SourceError(f"{path}: NVDEC cannot decode it: no frame count in the container", retry=False)
@@ -321,7 +319,7 @@ class NvdecStream:
             self._dec = nvc.CreateDecoder(gpuid=_gpu_index(self.device), codec=self._dmx.GetNvCodecId(),
                                           cudacontext=0, cudastream=self._stream.cuda_stream, usedevicememory=True)
             self.fps = float(self._dmx.FrameRate() or 0.0)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - PyNvVideoCodec's errors have no common type: one line for any
             raise SourceError(f"{url}: cannot open with NVDEC: {_one_line(e)}") from None
         self._frames = self._generate()
         self._open = True

@@ -342,7 +342,7 @@ class FrameReader:
                     break
             else:
                 self.stats.end = self.stats.end or "stopped"
-        except Exception as e:  # a decoder failure must end the stream, never hang the consumer
+        except Exception as e:  # noqa: BLE001 - a decoder failure must end the stream, never hang the consumer
             self._error = SourceError(f"{self.spec}: reading failed: {e}")
             self.stats.end = str(self._error)
         finally:

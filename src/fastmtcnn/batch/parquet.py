@@ -175,7 +175,8 @@ class Output:
             with self.fs.open_input_file(part) as f:
                 tables.append(pq.read_table(f, columns=columns))
         if not tables:
-            return SCHEMA.empty_table() if columns is None else pa.schema([SCHEMA.field(c) for c in columns]).empty_table()
+            schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
+            return schema.empty_table()
         return pa.concat_tables(tables)
 
     # -- writing

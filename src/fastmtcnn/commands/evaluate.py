@@ -13,15 +13,18 @@ from . import progress
 def add_matching_args(p: argparse.ArgumentParser) -> None:
     """Ground-truth options shared by eval and tune."""
     p.add_argument("annotations", metavar="ANNOTATIONS",
-                   help="WIDER FACE ground truth text (wider_face_val_bbx_gt.txt) or JSON {\"image\": [[x1,y1,x2,y2], ...]}")
+                   help="WIDER FACE ground truth text (wider_face_val_bbx_gt.txt) "
+                        "or JSON {\"image\": [[x1,y1,x2,y2], ...]}")
     p.add_argument("images_dir", metavar="IMAGES_DIR", help="folder the annotation's image paths are relative to")
     g = p.add_argument_group("matching")
     g.add_argument("--match", choices=["iou", "centre"], default="iou",
-                   help="a detection finds a face at IoU >= --iou (default), or when each box's centre lies in the other")
+                   help="a detection finds a face at IoU >= --iou (default), "
+                        "or when each box's centre lies in the other")
     g.add_argument("--iou", type=float, default=0.5,
                    help="IoU threshold for --match iou (default 0.5, WIDER FACE's; 0.3 for tight brow-to-chin labels)")
     g.add_argument("--ignore-below", type=float, default=0, metavar="PX",
-                   help="ignore faces smaller than PX pixels (neither found nor missed; detections on them not counted)")
+                   help="ignore faces smaller than PX pixels "
+                        "(neither found nor missed; detections on them not counted)")
     g.add_argument("--size-buckets", type=float, nargs="+", default=None, metavar="PX",
                    help="face size bucket edges in pixels (default 20 40 80 160)")
     g.add_argument("--limit", type=int, metavar="N", help="use N images spread evenly over the set (tune: default 100)")
@@ -47,7 +50,8 @@ def register(sub) -> None:
                                    "precision (WIDER FACE protocol), miss rate by face size and false positives "
                                    "per image. Exit code 1 if an image could not be read (it is left out).")
     add_matching_args(p)
-    p.add_argument("--json", metavar="FILE", help="write the results (summary, size buckets, PR curve, per image) as JSON")
+    p.add_argument("--json", metavar="FILE",
+                   help="write the results (summary, size buckets, PR curve, per image) as JSON")
     p.add_argument("--plot", metavar="PNG", help="write the precision-recall curve (needs fastmtcnn[plot])")
     add_detector_args(p)
     p.set_defaults(func=run)
