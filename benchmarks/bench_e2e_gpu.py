@@ -156,7 +156,7 @@ def facenet_video(clip: Path, minsize: float, frames: int, batch: int = 16) -> t
 
 
 def job_video(data: Path, minsizes, facenet_frames: int, copies: int = 1, clips: str = "") -> list[dict]:
-    """Every clip whose name holds `clips` (or 16 copies of the 1080p one): default settings, best flags, facenet-pytorch."""
+    """Clips whose name holds `clips` (or 16 copies of the 1080p one): default settings, best flags, facenet-pytorch."""
     clips = [c for c in sorted((data / "video").glob("*.mp4")) if clips in c.name]
     if copies > 1:
         clips = [c for c in clips if "1080p" in c.name][:1]

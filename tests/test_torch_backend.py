@@ -177,7 +177,7 @@ def test_torch_backend_rejects_bad_options():
 
 
 def test_static_cascade_gives_the_shared_pipeline_results_and_flags_overflow(photos):
-    """The fixed-shape cascade of graphs=True (run here without a graph) equals the shared pipeline, or says it cannot."""
+    """The fixed-shape cascade (run here without a graph) equals the shared pipeline, or says it cannot."""
     import cv2
 
     from fastmtcnn.backends.torch_static import StaticCascade
@@ -314,7 +314,8 @@ def test_gpu_fp32_graph_replays_give_the_eager_results_exactly(photos, minsize):
 
     imgs = [cv2.resize(im, (1280, 720), interpolation=cv2.INTER_AREA) for im in photos.values()]
     eager = MTCNN(backend="torch", device="cuda", fp16=False, minsize=minsize, graphs=False)
-    graphed = MTCNN(backend="torch", device="cuda", fp16=False, minsize=minsize, graphs=True, caps=(4096, 1024, 512, 256, 256))
+    graphed = MTCNN(backend="torch", device="cuda", fp16=False, minsize=minsize, graphs=True,
+                    caps=(4096, 1024, 512, 256, 256))
     total = 0
     for im in imgs + imgs[:3]:  # one graph replayed on every frame, then again
         a, b = eager.detect(im), graphed.detect(im)

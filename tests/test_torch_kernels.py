@@ -65,7 +65,8 @@ def test_triton_crops_are_crop_area_resize(kernels, frames):
                            area_resize(ii, f, win, size, size))
 
 
-@pytest.mark.parametrize("mode,plus_one,grouped", [("union", False, True), ("union", False, False), ("min", True, False)])
+@pytest.mark.parametrize("mode,plus_one,grouped",
+                         [("union", False, True), ("union", False, False), ("min", True, False)])
 def test_bit_matrix_nms_is_the_dense_suppression_of_boxes_overlap(kernels, mode, plus_one, grouped):
     from fastmtcnn.backends.torch_nms import dense_nms
 
@@ -100,6 +101,7 @@ def test_fused_nets_are_the_plain_nets(kernels, dtype):
     r, o = rand(37, 3, 24, 24), rand(37, 3, 48, 48)
     tol = 2e-2 if dt == torch.float16 else 1e-3
     with torch.inference_mode():
-        for want, got in ((plain[0](x, mask), fused[0](x, mask)), (plain[1](r), fused[1](r)), (plain[2](o), fused[2](o))):
+        pairs = ((plain[0](x, mask), fused[0](x, mask)), (plain[1](r), fused[1](r)), (plain[2](o), fused[2](o)))
+        for want, got in pairs:
             for a, b in zip(want, got):
                 assert float((a.float() - b.float()).abs().max()) <= tol

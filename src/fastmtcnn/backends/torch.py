@@ -216,7 +216,7 @@ class TorchBackend:
         return out
 
     def frames(self, images) -> torch.Tensor:
-        """(N, H, W, 3) uint8 on the device: a list of arrays, an NHWC array, or a tensor (not copied if already there)."""
+        """(N, H, W, 3) uint8 on the device: a list of arrays, an NHWC array, or a tensor (not copied if there)."""
         if isinstance(images, torch.Tensor):
             t = images if images.ndim == 4 else images.unsqueeze(0)
             if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:
