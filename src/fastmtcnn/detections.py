@@ -74,8 +74,14 @@ class Detections:
                    np.array([f["landmarks"] for f in faces]))
 
     def to_supervision(self):
-        """As a `supervision.Detections` (needs `pip install supervision`); landmarks go to `data`."""
-        import supervision as sv
+        """As a `supervision.Detections` (needs `pip install 'fastmtcnn[supervision]'`); landmarks go to `data`."""
+        try:
+            import supervision as sv
+        except ModuleNotFoundError as e:
+            if e.name != "supervision":
+                raise  # installed, but one of its own imports failed: show that
+            raise ModuleNotFoundError("to_supervision() needs supervision: pip install 'fastmtcnn[supervision]'",
+                                      name="supervision") from None
 
         return sv.Detections(xyxy=self.boxes.astype(np.float32), confidence=self.scores,
                              class_id=np.zeros(len(self), int), data={"landmarks": self.landmarks})

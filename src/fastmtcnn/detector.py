@@ -1,6 +1,7 @@
 """The public detector: configuration + backend + the shared pipeline."""
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from typing import Iterable, Sequence
 
@@ -9,7 +10,7 @@ import numpy as np
 from . import backends
 from .config import Config, preset as get_preset
 from .detections import Detections
-from .images import as_image
+from .images import ImageError, as_image
 from .pipeline import StageTimer, detect_frames
 from .pyramid import Plan, make_plan
 
@@ -90,8 +91,20 @@ class MTCNN:
             return self._run(image[None])[0]
         return self.detect_batch([image])[0]
 
-    def detect_batch(self, images: Iterable | np.ndarray) -> list[Detections]:
-        """Faces in each image, in input order. Images of one size run as one batch."""
+    def detect_batch(self, images: Iterable | np.ndarray, errors: str = "raise") -> list[Detections | ImageError]:
+        """Faces in each image, in input order. Images of one size run as one batch.
+
+        errors="raise" (default) stops at the first unreadable input with its
+        ImageError; errors="keep" returns one entry per input, the ImageError
+        in place of each bad one, so one bad file never loses the batch.
+        """
+        if errors not in ("raise", "keep"):
+            raise ValueError(f"errors must be 'raise' or 'keep', got {errors!r}")
+        if isinstance(images, (str, bytes, os.PathLike)) or (
+                isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[-1] in (3, 4)):
+            raise TypeError(f"detect_batch takes a list of images or paths, got a single "
+                            f"{'image' if isinstance(images, np.ndarray) else 'path'}: "
+                            "use detect(x) or detect_batch([x])")
         if isinstance(images, np.ndarray) and images.ndim == 4:
             if images.dtype != np.uint8 or images.shape[-1] != 3:
                 images = list(images)
@@ -99,15 +112,23 @@ class MTCNN:
                 return self._run(images)
         elif _is_tensor(images):
             return self._run(images)
-        imgs = [as_image(im) for im in images]
+        results: list[Detections | ImageError] = []
         groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, im in enumerate(imgs):
-            groups[im.shape].append(i)
-        results: list[Detections | None] = [None] * len(imgs)
+        imgs = {}
+        for i, im in enumerate(images):
+            try:
+                imgs[i] = as_image(im)
+            except ImageError as e:
+                if errors == "raise":
+                    raise
+                results.append(e)
+                continue
+            results.append(None)  # type: ignore[arg-type]
+            groups[imgs[i].shape].append(i)
         for idx in groups.values():
             for i, det in zip(idx, self._run([imgs[i] for i in idx])):
                 results[i] = det
-        return results  # type: ignore[return-value]
+        return results
 
     def _run(self, images) -> list[Detections]:
         frames = self.backend.frames(images)

@@ -28,6 +28,7 @@ class OrtBackend:
         if threads:
             so.intra_op_num_threads = int(threads)
         providers = providers or ["CPUExecutionProvider"]
+        _check_providers(providers)
         self.sessions = {
             k: ort.InferenceSession(str(onnx_path(k)), sess_options=so, providers=providers,
                                     provider_options=provider_options)
@@ -37,6 +38,11 @@ class OrtBackend:
         self._inputs = {k: [i.name for i in s.get_inputs()] for k, s in self.sessions.items()}
         self._outputs = {k: [o.name for o in s.get_outputs()] for k, s in self.sessions.items()}
         self.providers = self.sessions["pnet"].get_providers()
+        # ONNX Runtime falls back to the CPU with only a warning when a provider fails to load
+        lost = [n for n in _names(providers) if n not in self.providers]
+        if lost:
+            raise RuntimeError(f"ONNX Runtime could not start the execution provider {', '.join(lost)} "
+                               "(its libraries, e.g. CUDA/cuDNN or TensorRT, are missing or do not match)")
 
     def asarray(self, x) -> np.ndarray:
         return np.asarray(x)
@@ -75,3 +81,18 @@ class OrtBackend:
 
     def synchronize(self) -> None:
         pass
+
+
+def _names(providers: list) -> list[str]:
+    """Provider names of a providers list, whose entries may be (name, options) pairs."""
+    return [p if isinstance(p, str) else p[0] for p in providers]
+
+
+def _check_providers(providers: list) -> None:
+    """Unknown or unavailable providers are an error, not a silent run on the CPU."""
+    available = ort.get_available_providers()
+    missing = [n for n in _names(providers) if n not in available]
+    if missing:
+        hint = " (pip install onnxruntime-gpu for CUDA/TensorRT)" if any("CUDA" in n or "Tensorrt" in n for n in missing) else ""
+        raise ValueError(f"execution provider {', '.join(missing)} is not available in this ONNX Runtime; "
+                         f"available: {', '.join(available)}{hint}")
