@@ -127,11 +127,13 @@ def test_detector_options_reach_the_detector(shared_data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("opts, words", [
-    (["--minsize", "5"], "minsize"),
-    (["--factor", "1.5"], "factor"),
-    (["--thresholds", "0.6", "0.7", "1.5"], "thresholds"),
-    (["--max-batch", "0"], "max_batch"),
-    (["--backend", "onnxruntime", "--device", "cuda"], "device"),
+    (["--minsize", "5"], "--minsize must"),  # the flag the user typed, not the library's argument name
+    (["--factor", "1.5"], "--factor must"),
+    (["--thresholds", "0.6", "0.7", "1.5"], "--thresholds must"),
+    (["--max-batch", "0"], "--max-batch must"),
+    (["--threads", "0"], "--threads must"),
+    (["--backend", "onnxruntime", "--device", "cuda"], "--device is for the torch backend: add --backend torch"),
+    (["--backend", "torch", "--providers", "CPUExecutionProvider"], "--providers is for the onnxruntime backend"),
     (["--graphs"], "--backend torch"),
 ])
 def test_bad_option_values_give_one_line_and_exit_2(shared_data, capsys, opts, words):

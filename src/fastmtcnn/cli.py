@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from .config import PRESETS
@@ -56,6 +57,20 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
                         "same-size photos); on: capture at once; off: never")
 
 
+#: the library's argument names that are command-line flags (max_batch is --max-batch)
+_FLAG_WORDS = ("minsize", "factor", "thresholds", "max_batch", "threads", "device", "providers", "fp16", "graphs")
+
+
+def in_flag_terms(message: str) -> str:
+    """A library error in the command line's terms: `device=` and a leading `minsize ...` become
+    `--device` and `--minsize`, so the user reads the flag they typed."""
+    def flag(m: re.Match) -> str:
+        return "--" + m[1].replace("_", "-")
+
+    words = "|".join(_FLAG_WORDS)
+    return re.sub(rf"^({words})\b", flag, re.sub(rf"\b({words})=", flag, message))
+
+
 def detector_spec(args: argparse.Namespace) -> DetectorSpec:
     """The detector flags as a DetectorSpec: what the library (and its worker processes) builds from."""
     mb = args.max_batch
@@ -71,15 +86,26 @@ def detector_spec(args: argparse.Namespace) -> DetectorSpec:
         named = [f for f in flags if f]
         raise ValueError(f"{' and '.join(named)} need{'s' if len(named) == 1 else ''} the torch backend: "
                          "add --backend torch --device cuda")
+    if args.device is not None and args.backend != "torch":
+        raise ValueError("--device is for the torch backend: add --backend torch (ONNX Runtime takes --providers)")
+    if args.providers and args.backend == "torch":
+        raise ValueError("--providers is for the onnxruntime backend; the torch backend takes --device")
     options = {k: getattr(args, k) for k in ("providers", "threads", "device") if getattr(args, k) is not None}
-    return DetectorSpec(preset=args.preset, minsize=args.minsize, factor=args.factor,
-                        thresholds=tuple(args.thresholds) if args.thresholds else None,
-                        max_batch=(tuple(mb) if mb and len(mb) == 2 else (mb[0] if mb else None)),
-                        packed=False if args.per_scale else None, backend=args.backend, options={**options, **gpu})
+    try:
+        return DetectorSpec(preset=args.preset, minsize=args.minsize, factor=args.factor,
+                            thresholds=tuple(args.thresholds) if args.thresholds else None,
+                            max_batch=(tuple(mb) if mb and len(mb) == 2 else (mb[0] if mb else None)),
+                            packed=False if args.per_scale else None, backend=args.backend,
+                            options={**options, **gpu})
+    except ValueError as e:
+        raise ValueError(in_flag_terms(str(e))) from None
 
 
 def detector_from_args(args: argparse.Namespace):
-    return detector_spec(args).build()
+    try:
+        return detector_spec(args).build()
+    except (ValueError, RuntimeError) as e:
+        raise type(e)(in_flag_terms(str(e))) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

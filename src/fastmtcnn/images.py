@@ -62,7 +62,8 @@ def read_bytes(path: str | os.PathLike) -> np.ndarray:
     if not p.exists():
         raise ImageError(f"{p}: no such file")
     if p.is_dir():
-        raise ImageError(f"{p}: is a directory")
+        empty = next(iter_image_files(p), None) is None
+        raise ImageError(f"{p}: is a directory" + (" with no image files in it" if empty else ""))
     try:
         return np.fromfile(p, np.uint8)
     except OSError as e:
@@ -137,8 +138,8 @@ def expand_inputs(items: list[str]) -> list[str]:
     """Files, folders (recursive, image suffixes) and globs -> list of paths, for commands that detect.
 
     Folders list as `iter_image_files` does. Globs are sorted. Paths that
-    match nothing are kept, so the caller reports them as per-input errors
-    rather than dropping them silently. (`fastmtcnn batch` lists its inputs
+    match nothing and folders without images are kept, so the caller reports
+    them as per-input errors rather than dropping them silently. (`fastmtcnn batch` lists its inputs
     with the same folder rule but streams them, reads manifests and URIs, and
     refuses a spec that names nothing: see `fastmtcnn.batch.inputs`.)
     """
@@ -148,7 +149,8 @@ def expand_inputs(items: list[str]) -> list[str]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            out.extend(iter_image_files(p))
+            found = list(iter_image_files(p))
+            out.extend(found or [item])  # an empty folder is kept, so that it is reported, not skipped
         elif any(c in item for c in "*?[") and not p.exists():
             hits = sorted(glob.glob(item, recursive=True))
             out.extend(hits if hits else [item])

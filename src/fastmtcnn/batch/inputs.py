@@ -45,7 +45,12 @@ def iter_inputs(specs: Iterable[str], column: str = "path") -> Iterator[str]:
             else:
                 yield spec
         elif p.is_dir():
-            yield from iter_image_files(p)
+            found = False
+            for hit in iter_image_files(p):
+                found = True
+                yield hit
+            if not found:
+                raise ValueError(f"{spec}: no image files in this folder")
         elif p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES:
             yield from read_manifest(spec, column)
         elif p.exists():

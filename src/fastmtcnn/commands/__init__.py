@@ -28,3 +28,50 @@ def progress(items, total: int | None = None, unit: str = "img"):
 def error_text(path: str, e: BaseException) -> str:
     """One line for a failed input, naming it once."""
     return str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 face', '2 faces', '0 errors' ('many' for irregular plurals)."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+def output_dir(path: str, flag: str) -> Path:
+    """Create an output folder, or fail with one line naming the flag (OSError, exit 2)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise OSError(f"{flag} {path}: exists and is not a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"{flag} {path}: cannot create the folder ({e.strerror or e})") from None
+    return p
+
+
+def open_output(path: str, flag: str):
+    """Open an output text file for writing ('-' is stdout), or fail with one line naming the flag."""
+    if path == "-":
+        return sys.stdout
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as e:
+        raise OSError(f"{flag} {path}: cannot write ({e.strerror or e})") from None
+
+
+def annotated_suffix(path: str) -> str:
+    """The input's own image format for an annotated copy when OpenCV can write it in colour, else .png."""
+    import cv2
+
+    suffix = Path(path).suffix.lower()
+    colour = suffix not in (".pgm", ".pbm")  # grey-only formats would lose the drawing's colours
+    return suffix if suffix and colour and cv2.haveImageWriter(f"x{suffix}") else ".png"
+
+
+def input_paths(items: list[str]) -> list[str]:
+    """Files, folders and globs -> image paths; a folder without images stays in the list (to be
+    reported as a failed input), but when the inputs name no image at all that is the error."""
+    from ..images import expand_inputs
+
+    paths = expand_inputs(items)
+    if all(Path(p).is_dir() for p in paths):
+        raise ValueError("no input images found")
+    return paths

@@ -5,10 +5,9 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from ..cli import add_detector_args, detector_from_args
-from . import error_text, progress, unique_stem
+from . import error_text, input_paths, output_dir, plural, progress, unique_stem
 
 KINDS = ("aligned", "margin")
 
@@ -39,21 +38,17 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..align import align_faces, margin_crops, template
     from ..draw import save_rgb
-    from ..images import ImageError, expand_inputs, read_image
+    from ..images import ImageError, read_image
 
     if args.size < 8 or args.margin_size < 8:
         raise ValueError("--size and --margin-size must be >= 8 pixels")
     if args.margin < 0:
         raise ValueError(f"--margin must be >= 0, got {args.margin}")
     kinds = KINDS if args.crops == "both" else (args.crops,)
-    paths = expand_inputs(args.paths)
-    if not paths:
-        raise ValueError("no input images found")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise OSError(f"{out} exists and is not a folder")
+    paths = input_paths(args.paths)
+    out = output_dir(args.out, "--out")
     for k in kinds:
-        (out / k).mkdir(parents=True, exist_ok=True)
+        output_dir(str(out / k), "--out")
     det = detector_from_args(args)
     used: set[str] = set()
     records: list[dict] = []
@@ -84,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                         crops += 1
                 faces_total += len(faces)
                 if not args.quiet:
-                    bar.write(f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
+                    bar.write(f"{path}: {plural(len(faces), 'face')}")
             except (ImageError, OSError) as e:
                 failed += 1
                 msg = error_text(path, e)
@@ -96,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
         index = {"aligned_size": args.size, "template": template(args.size).round(4).tolist(),
                  "margin_size": args.margin_size, "margin": args.margin, "crops": list(kinds), "images": records}
         (out / "index.json").write_text(json.dumps(index, indent=1))
-    n = len(paths)
-    print(f"{n} image{'s' if n != 1 else ''}, {faces_total} faces, {crops} crops, {failed} failed, "
+    print(f"{plural(len(paths), 'image')}, {plural(faces_total, 'face')}, {plural(crops, 'crop')}, {failed} failed, "
           f"{time.perf_counter() - t0:.2f}s -> {out}/index.json")
     return 1 if failed else 0

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from ..cli import add_detector_args, detector_spec
 from ..detector_spec import DetectorSpec
+from . import plural
 
 
 def register(sub) -> None:
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             if pending.total == 0:
                 raise ValueError("no input images found")
             note = f", {pending.duplicates} duplicate paths ignored" if pending.duplicates else ""
-            print(f"{pending.total} inputs: {pending.done} already in {args.out}, {pending.todo} to do{note}",
+            print(f"{plural(pending.total, 'input')}: {pending.done} already in {args.out}, {pending.todo} to do{note}",
                   file=sys.stderr)
             t1 = time.perf_counter()
             stats = _process(args, spec, pending, output) if pending.todo else job.Stats()
@@ -96,15 +97,16 @@ def run(args: argparse.Namespace) -> int:
         finally:
             pending.close()
         if missing:
-            raise RuntimeError(f"{missing} inputs have no row in {args.out}; re-run the same command to finish them")
+            raise RuntimeError(f"{plural(missing, 'input')} {'has' if missing == 1 else 'have'} no row in {args.out}; "
+                               "re-run the same command to finish them")
         rate = f", {stats.processed / dt:.1f} img/s" if stats.processed and dt > 0 else ""
         joined = f" after {stats.startup_s:.1f}s joining Ray" if stats.startup_s else ""
-        print(f"processed {stats.processed} ({stats.failed} failed, {stats.faces} faces) in {dt:.1f}s{rate}{joined}",
+        print(f"processed {stats.processed} ({stats.failed} failed, {plural(stats.faces, 'face')}) in {dt:.1f}s{rate}{joined}",
               file=sys.stderr)
         total = job.summarize(output)
         if args.jsonl:
             job.export_jsonl(output, args.jsonl)
-        print(f"{args.out}: {total['rows']} rows, {total['errors']} errors, {total['faces']} faces "
+        print(f"{args.out}: {plural(total['rows'], 'row')}, {plural(total['errors'], 'error')}, {plural(total['faces'], 'face')} "
               f"({time.perf_counter() - t0:.1f}s)")
     finally:
         output.close()

@@ -5,11 +5,10 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from ..cli import add_detector_args, detector_from_args
-from . import error_text, progress, unique_stem
-from ..images import ImageError, expand_inputs, read_image
+from . import annotated_suffix, error_text, input_paths, open_output, output_dir, plural, progress, unique_stem
+from ..images import ImageError, read_image
 
 
 def register(sub) -> None:
@@ -28,16 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from ..draw import draw, save_rgb
 
     det = detector_from_args(args)
-    paths = expand_inputs(args.paths)
-    if not paths:
-        print("fastmtcnn detect: error: no input images found", file=sys.stderr)
-        return 2
-    save_dir = Path(args.save_dir) if args.save_dir else None
-    if save_dir:
-        save_dir.mkdir(parents=True, exist_ok=True)
-    jf = None
-    if args.json:
-        jf = sys.stdout if args.json == "-" else open(args.json, "w", encoding="utf-8")
+    paths = input_paths(args.paths)
+    save_dir = output_dir(args.save_dir, "--save-dir") if args.save_dir else None
+    jf = open_output(args.json, "--json") if args.json else None
     text = sys.stderr if args.json == "-" else sys.stdout
     used: set[str] = set()
     failed = faces_total = 0
@@ -52,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
                 h, w = img.shape[:2]
                 record.update(width=w, height=h, faces=faces.to_list())
                 faces_total += len(faces)
-                line = f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''} ({w}x{h})"
+                line = f"{path}: {plural(len(faces), 'face')} ({w}x{h})"
                 if save_dir:
-                    out = save_dir / f"{unique_stem(path, used)}.png"
+                    out = save_dir / f"{unique_stem(path, used)}{annotated_suffix(path)}"
                     save_rgb(out, draw(img, faces))
                     record["annotated"] = str(out)
                     line += f" -> {out}"
@@ -77,7 +69,5 @@ def run(args: argparse.Namespace) -> int:
         if jf and jf is not sys.stdout:
             jf.close()
     dt = time.perf_counter() - t0
-    n = len(paths)
-    print(f"{n} image{'s' if n != 1 else ''}, {faces_total} face{'s' if faces_total != 1 else ''}, {failed} failed, "
-          f"{dt:.2f}s", file=text)
+    print(f"{plural(len(paths), 'image')}, {plural(faces_total, 'face')}, {failed} failed, {dt:.2f}s", file=text)
     return 1 if failed else 0

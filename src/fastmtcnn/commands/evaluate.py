@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..cli import add_detector_args, detector_from_args
-from . import progress
+from . import open_output, progress
 
 
 def add_matching_args(p: argparse.ArgumentParser) -> None:
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         new_figure()  # fail before the run, not after it, when matplotlib is missing
     ann, keys, rule, edges = load_ground_truth(args)
     det = detector_from_args(args)
+    jf = open_output(args.json, "--json") if args.json else None  # fail now, not after the run
 
     ev, seconds = run_detector(det.detect, ann, args.images_dir, keys, rule, edges, progress)
     for rec in ev.per_image:
@@ -75,10 +76,12 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(ev, title))
     if ev.images:
         print(f"\ndetection: {seconds:.2f}s, {1000 * seconds / ev.images:.1f} ms per image")
-    if args.json:
+    if jf:
         doc = {"annotations": str(args.annotations), "images_dir": str(args.images_dir), "detector": c.to_dict(),
                "backend": det.backend.name, "detection_seconds": seconds, **ev.to_dict()}
-        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        jf.write(json.dumps(doc, indent=1) + "\n")
+        if jf is not sys.stdout:
+            jf.close()
         print(f"results: {args.json}")
     if args.plot:
         plot_pr([(f"minsize {c.minsize:g}, factor {c.factor:g}", ev)], args.plot,

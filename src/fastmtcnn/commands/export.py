@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import plural
 from .plan import parse_size
 
 
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
                  max_batch=args.max_batch)
     info = export_onnx(args.out_dir, w, h, cfg, frames=args.frames)
     c = info["canvas"]
-    print(f"wrote {args.out_dir}/pnet.onnx (canvas {c['width']}x{c['height']}, {len(info['levels'])} levels), "
+    print(f"wrote {args.out_dir}/pnet.onnx (canvas {c['width']}x{c['height']}, {plural(len(info['levels']), 'level')}), "
           f"rnet.onnx, onet.onnx, plan.json")
     for cmd in info["trtexec"]:
         print("  " + cmd)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ..cli import add_detector_args, detector_from_args
+from . import plural
 
 #: rows of the table, in pipeline order (the middle ones are the pipeline timer's names)
 PIPELINE_STAGES = ("integral", "pyramid", "pnet", "candidates", "crops", "rnet", "nms", "onet", "to_host")
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         h, w = img.shape[:2]
         totals = profile_frames(source, dets, args.frames, args.warmup)
         text = sys.stderr if args.json == "-" else sys.stdout
-        print(f"{args.path}: {w}x{h}, {args.frames} frames (after {args.warmup} warm-up), "
+        print(f"{args.path}: {w}x{h}, {plural(args.frames, 'frame')} (after {args.warmup} warm-up), "
               f"backend {packed.backend.name}, minsize {packed.config.minsize:g}, factor {packed.config.factor:g}, "
               f"thresholds {'/'.join(f'{t:g}' for t in packed.config.thresholds)}", file=text)
         print(f"packed PNet:    {packed.plan(h, w).describe()}", file=text)
@@ -197,5 +198,5 @@ def _cprofile(source: FrameSource, det, frames: int, top: int, out) -> None:
     prof.disable()
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
-    print(f"\ncProfile, packed, {frames} frames, top {top} by own time:", file=out)
+    print(f"\ncProfile, packed, {plural(frames, 'frame')}, top {top} by own time:", file=out)
     print(buf.getvalue().rstrip(), file=out)

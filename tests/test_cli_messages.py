@@ -1,0 +1,152 @@
+"""Command-line messages in the user's terms (found by trying the CLI as a new user would).
+
+Why: an error must name what the user typed (a flag, a path), fit on one
+line and exit non-zero; a run must not silently skip an input or run
+somewhere other than asked; outputs keep the user's formats; counts read
+as English.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import pytest
+
+from fastmtcnn.cli import build_parser, main
+
+PORTRAIT = "matplotlib_grace_hopper.jpg"  # one face
+
+
+def _one_line_error(capsys, command: str = "detect") -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"fastmtcnn {command}: error: "), err
+    return err
+
+
+@pytest.fixture()
+def photos(shared_data, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(shared_data / PORTRAIT, folder)
+    return folder
+
+
+# ------------------------------------------------------------------ flags and paths
+
+
+def test_setting_errors_of_tune_name_the_flag(shared_data, capsys):
+    assert main(["tune", str(shared_data / "gt.json"), str(shared_data), "--minsize", "5"]) == 2
+    assert "--minsize must be >= 12" in _one_line_error(capsys, "tune")
+
+
+@pytest.mark.parametrize("flag", ["--save-dir", "--json"])
+def test_output_paths_that_cannot_be_written_are_one_line(photos, tmp_path, capsys, flag):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    bad = {"--save-dir": [str(a_file), str(a_file / "sub")], "--json": [str(tmp_path / "no" / "x.jsonl"), str(a_file / "x")]}
+    for path in bad[flag]:
+        assert main(["detect", str(photos), flag, path]) == 2
+        err = _one_line_error(capsys)
+        assert f"{flag} {path}: " in err and "Errno" not in err
+
+
+def test_align_out_and_eval_json_paths_are_one_line(shared_data, photos, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert main(["align", str(photos), "--out", str(a_file)]) == 2
+    assert f"--out {a_file}: exists and is not a folder" in _one_line_error(capsys, "align")
+    bad_json = str(tmp_path / "no" / "eval.json")
+    assert main(["eval", str(shared_data / "gt.json"), str(shared_data), "--json", bad_json]) == 2
+    assert f"--json {bad_json}: cannot write" in _one_line_error(capsys, "eval")
+    assert main(["tune", str(shared_data / "gt.json"), str(shared_data), "--json", bad_json]) == 2
+    assert f"--json {bad_json}: cannot write" in _one_line_error(capsys, "tune")  # before the sweep, not after
+
+
+def test_unavailable_providers_are_an_error_not_a_cpu_run(photos, capsys):
+    assert main(["detect", str(photos), "--providers", "NoSuchExecutionProvider"]) == 2
+    assert "NoSuchExecutionProvider is not available" in _one_line_error(capsys)
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def test_empty_folder_among_inputs_is_reported_and_fails_the_run(photos, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "faces.jsonl"
+    assert main(["detect", str(photos), str(empty), "--json", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {empty}: is a directory with no image files in it" in err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in records] == [str(photos / PORTRAIT), str(empty)]
+    assert "error" in records[1] and len(records[0]["faces"]) == 1
+    assert main(["align", str(photos), str(empty), "--out", str(tmp_path / "crops")]) == 1
+    assert "no image files" in capsys.readouterr().err
+
+
+def test_empty_folder_in_a_batch_job_is_an_error(photos, tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["batch", str(photos), str(empty), "--out", str(tmp_path / "out"), "--workers", "0", "-q"]) == 2
+    assert f"{empty}: no image files in this folder" in _one_line_error(capsys, "batch")
+
+
+# ------------------------------------------------------------------ outputs
+
+
+def test_annotated_images_keep_the_inputs_format(shared_data, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(shared_data / PORTRAIT, folder / "a.jpg")
+    shutil.copy(shared_data / "skimage_astronaut.png", folder / "b.png")
+    rgb = cv2.imread(str(shared_data / PORTRAIT))
+    cv2.imwrite(str(folder / "c.bmp"), rgb)
+    cv2.imwrite(str(folder / "d.pgm"), cv2.cvtColor(rgb, cv2.COLOR_BGR2GRAY))  # grey-only: drawn in colour as .png
+    out = tmp_path / "out"
+    assert main(["detect", str(folder), "--save-dir", str(out), "-q"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "b.png", "c.bmp", "d.png"]
+    for name, src in (("a.jpg", "a.jpg"), ("b.png", "b.png"), ("c.bmp", "c.bmp")):
+        assert cv2.imread(str(out / name)).shape == cv2.imread(str(folder / src)).shape
+    assert f"-> {out / 'a.jpg'}" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ tune's flags
+
+
+def test_tune_thresholds_take_detects_form_and_show_their_defaults(shared_data, capsys):
+    parser = build_parser()
+    base = ["tune", str(shared_data / "gt.json"), str(shared_data)]
+    assert parser.parse_args(base + ["--thresholds", "0.6", "0.7", "0.7"]).thresholds == [(0.6, 0.7, 0.7)]
+    two = parser.parse_args(base + ["--thresholds", "0.6", "0.7", "0.7", "0.7", "0.6", "0.7"]).thresholds
+    assert two == [(0.6, 0.7, 0.7), (0.7, 0.6, 0.7)]
+    assert parser.parse_args(base + ["--thresholds", "0.6,0.7,0.7"]).thresholds == [(0.6, 0.7, 0.7)]
+    for bad in (["0.6", "0.7"], ["0.6", "x", "0.7"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(base + ["--thresholds", *bad])
+        assert "--thresholds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["tune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 20 40 80)", "(default: 0.709 0.68 0.6)", "(default: 0.6 0.7 0.7",
+                    "(default: packed)", "(default: onnxruntime)"):
+        assert default in text
+
+
+# ------------------------------------------------------------------ plurals
+
+
+def test_counts_are_singular_for_one(shared_data, photos, tmp_path, capsys):
+    assert main(["detect", str(photos), "-q"]) == 0
+    assert "1 image, 1 face, 0 failed" in capsys.readouterr().out
+    assert main(["align", str(photos), "--out", str(tmp_path / "crops"), "-q"]) == 0
+    assert "1 image, 1 face, 2 crops, 0 failed" in capsys.readouterr().out
+
+
+def test_batch_summary_says_1_error(photos, tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    bad = photos / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    assert main(["batch", str(photos), "--out", str(tmp_path / "out"), "--workers", "0", "-q"]) == 1
+    assert "2 rows, 1 error, 1 face" in capsys.readouterr().out
