@@ -102,7 +102,8 @@ def _spawn(python: str, side: str, paths: list[str], mode: str) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
-        raise RuntimeError(f"{side} worker failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
+        raise RuntimeError(f"{side} worker failed: {last}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

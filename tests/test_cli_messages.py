@@ -44,7 +44,8 @@ def test_setting_errors_of_tune_name_the_flag(shared_data, capsys):
 def test_output_paths_that_cannot_be_written_are_one_line(photos, tmp_path, capsys, flag):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    bad = {"--save-dir": [str(a_file), str(a_file / "sub")], "--json": [str(tmp_path / "no" / "x.jsonl"), str(a_file / "x")]}
+    bad = {"--save-dir": [str(a_file), str(a_file / "sub")],
+           "--json": [str(tmp_path / "no" / "x.jsonl"), str(a_file / "x")]}
     for path in bad[flag]:
         assert main(["detect", str(photos), flag, path]) == 2
         err = _one_line_error(capsys)

@@ -186,7 +186,8 @@ def test_readme_usage_runs_unchanged(shared_data, tmp_path):
     ref = _ref(GROUP)
     largest = ref.boxes[np.argmax((ref.boxes[:, 2] - ref.boxes[:, 0]) * (ref.boxes[:, 3] - ref.boxes[:, 1]))]
     assert img_cropped.shape == (3, 160, 160)
-    assert np.array_equal(img_cropped.numpy(), _expected_crop(img.convert("RGB"), largest.astype(np.float64), 160, 20, True))
+    want = _expected_crop(img.convert("RGB"), largest.astype(np.float64), 160, 20, True)
+    assert np.array_equal(img_cropped.numpy(), want)
     saved = np.asarray(Image.open(tmp_path / "crops" / "face.png"), np.float32).transpose(2, 0, 1)
     assert np.array_equal(saved, img_cropped.numpy() * 128.0 + 127.5)  # the file is not post-processed
     assert img_cropped.unsqueeze(0).shape == (1, 3, 160, 160)  # resnet(img_cropped.unsqueeze(0))

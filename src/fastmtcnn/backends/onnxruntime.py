@@ -93,6 +93,7 @@ def _check_providers(providers: list) -> None:
     available = ort.get_available_providers()
     missing = [n for n in _names(providers) if n not in available]
     if missing:
-        hint = " (pip install onnxruntime-gpu for CUDA/TensorRT)" if any("CUDA" in n or "Tensorrt" in n for n in missing) else ""
+        gpu = any("CUDA" in n or "Tensorrt" in n for n in missing)
+        hint = " (pip install onnxruntime-gpu for CUDA/TensorRT)" if gpu else ""
         raise ValueError(f"execution provider {', '.join(missing)} is not available in this ONNX Runtime; "
                          f"available: {', '.join(available)}{hint}")

@@ -101,12 +101,14 @@ def run(args: argparse.Namespace) -> int:
                                "re-run the same command to finish them")
         rate = f", {stats.processed / dt:.1f} img/s" if stats.processed and dt > 0 else ""
         joined = f" after {stats.startup_s:.1f}s joining Ray" if stats.startup_s else ""
-        print(f"processed {stats.processed} ({stats.failed} failed, {plural(stats.faces, 'face')}) in {dt:.1f}s{rate}{joined}",
+        print(f"processed {stats.processed} ({stats.failed} failed, {plural(stats.faces, 'face')}) "
+              f"in {dt:.1f}s{rate}{joined}",
               file=sys.stderr)
         total = job.summarize(output)
         if args.jsonl:
             job.export_jsonl(output, args.jsonl)
-        print(f"{args.out}: {plural(total['rows'], 'row')}, {plural(total['errors'], 'error')}, {plural(total['faces'], 'face')} "
+        print(f"{args.out}: {plural(total['rows'], 'row')}, {plural(total['errors'], 'error')}, "
+              f"{plural(total['faces'], 'face')} "
               f"({time.perf_counter() - t0:.1f}s)")
     finally:
         output.close()

@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
                  max_batch=args.max_batch)
     info = export_onnx(args.out_dir, w, h, cfg, frames=args.frames)
     c = info["canvas"]
-    print(f"wrote {args.out_dir}/pnet.onnx (canvas {c['width']}x{c['height']}, {plural(len(info['levels']), 'level')}), "
+    levels = plural(len(info["levels"]), "level")
+    print(f"wrote {args.out_dir}/pnet.onnx (canvas {c['width']}x{c['height']}, {levels}), "
           f"rnet.onnx, onet.onnx, plan.json")
     for cmd in info["trtexec"]:
         print("  " + cmd)

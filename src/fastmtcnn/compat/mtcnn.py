@@ -62,8 +62,9 @@ class MTCNN:
     def predict(self, image, fit_to_image: bool = True, limit_boundaries_landmarks: bool = False,
                 box_format: str = "xywh", output_type: str = "json", postprocess: bool = True, **kwargs):
         """Alias of detect_faces()."""
-        return self.detect_faces(image, fit_to_image=fit_to_image, limit_boundaries_landmarks=limit_boundaries_landmarks,
-                                 box_format=box_format, output_type=output_type, postprocess=postprocess, **kwargs)
+        return self.detect_faces(image, fit_to_image=fit_to_image,
+                                 limit_boundaries_landmarks=limit_boundaries_landmarks, box_format=box_format,
+                                 output_type=output_type, postprocess=postprocess, **kwargs)
 
     def detect_faces(self, image, fit_to_image: bool = True, limit_boundaries_landmarks: bool = False,
                      box_format: str = "xywh", output_type: str = "json", postprocess: bool = True,
