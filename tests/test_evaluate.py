@@ -191,7 +191,7 @@ def test_reader_tells_json_from_wider_by_content(tmp_path):
 @pytest.fixture(scope="module")
 def gt_eval(shared_data, detector):
     ann = read_annotations(shared_data / "gt.json")
-    return ann, run_detector(detector.detect, ann, shared_data, rule=MatchRule("iou", 0.3))[0]
+    return ann, run_detector(detector, ann, shared_data, rule=MatchRule("iou", 0.3))[0]
 
 
 def test_default_detector_finds_17_of_18_labelled_faces(gt_eval):
@@ -211,7 +211,7 @@ def test_gt_json_as_wider_text_gives_the_same_evaluation(gt_eval, shared_data, d
     assert list(wider) == list(ann)
     for k in ann:
         np.testing.assert_array_equal(wider[k].boxes, ann[k].boxes)
-    again = run_detector(detector.detect, wider, shared_data, rule=MatchRule("iou", 0.3))[0]
+    again = run_detector(detector, wider, shared_data, rule=MatchRule("iou", 0.3))[0]
     assert again.summary() == ev.summary()
 
 
@@ -245,7 +245,7 @@ def test_matching_rule_decides_a_borderline_face(shared_data):
     assert borderline >= 1, "the photos should hold a borderline face for this preset"
     got = {}
     for rule in (MatchRule("iou", 0.3), MatchRule("centre"), MatchRule("iou", 0.5)):
-        ev = run_detector(det.detect, ann, shared_data, rule=rule)[0]
+        ev = run_detector(det, ann, shared_data, rule=rule)[0]
         got[rule.describe()] = (ev.hits, ev.false_positives)
     assert got == {k: tuple(v) for k, v in expected.items()}
     hits, fps = got["IoU >= 0.3"]

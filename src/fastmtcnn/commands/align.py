@@ -38,7 +38,8 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..align import align_faces, margin_crops, template
     from ..draw import save_rgb
-    from ..images import ImageError, read_image
+    from ..images import ImageError
+    from ..photos import detect_photos
 
     if args.size < 8 or args.margin_size < 8:
         raise ValueError("--size and --margin-size must be >= 8 pixels")
@@ -56,12 +57,15 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     bar = progress(paths)
     try:
-        for path in bar:
+        for r in detect_photos(det, paths):  # read ahead, decoded (nvJPEG on a CUDA detector), size groups
+            path = r.path
+            bar.update(1)
             rec: dict = {"path": path}
             try:
-                img = read_image(path)
-                faces = det.detect(img)
-                faces = faces[faces.scores >= args.min_score]
+                if not r.ok:
+                    raise r.error
+                img = r.rgb()  # the crops are cut on the host
+                faces = r.faces[r.faces.scores >= args.min_score]
                 stem = unique_stem(path, used)
                 rec.update(width=img.shape[1], height=img.shape[0], faces=faces.to_list())
                 made = {}

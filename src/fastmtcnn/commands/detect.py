@@ -8,7 +8,8 @@ import time
 
 from ..cli import add_detector_args, detector_from_args
 from . import annotated_suffix, error_text, input_paths, open_output, output_dir, plural, progress, unique_stem
-from ..images import ImageError, read_image
+from ..images import ImageError
+from ..photos import detect_photos
 
 
 def register(sub) -> None:
@@ -36,18 +37,21 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     bar = progress(paths)
     try:
-        for path in bar:
+        for r in detect_photos(det, paths):  # read ahead, decoded (nvJPEG on a CUDA detector), size groups
+            path = r.path
+            bar.update(1)
             record: dict = {"path": path}
             try:
-                img = read_image(path)
-                faces = det.detect(img)
-                h, w = img.shape[:2]
+                if not r.ok:
+                    raise r.error
+                faces = r.faces
+                w, h = r.size
                 record.update(width=w, height=h, faces=faces.to_list())
                 faces_total += len(faces)
                 line = f"{path}: {plural(len(faces), 'face')} ({w}x{h})"
                 if save_dir:
                     out = save_dir / f"{unique_stem(path, used)}{annotated_suffix(path)}"
-                    save_rgb(out, draw(img, faces))
+                    save_rgb(out, draw(r.rgb(), faces))
                     record["annotated"] = str(out)
                     line += f" -> {out}"
                 bar.write(line, file=text)

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     det = detector_from_args(args)
     jf = open_output(args.json, "--json") if args.json else None  # fail now, not after the run
 
-    ev, seconds = run_detector(det.detect, ann, args.images_dir, keys, rule, edges, progress)
+    ev, seconds = run_detector(det, ann, args.images_dir, keys, rule, edges, progress)
     for rec in ev.per_image:
         if "error" in rec:
             print(f"error: {rec['error']}", file=sys.stderr)
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
              f"{'/'.join(f'{t:g}' for t in c.thresholds)}{'' if c.packed else ', per-scale'}, {det.backend.name}")
     print(format_report(ev, title))
     if ev.images:
-        print(f"\ndetection: {seconds:.2f}s, {1000 * seconds / ev.images:.1f} ms per image")
+        print(f"\ndecoding + detection: {seconds:.2f}s, {1000 * seconds / ev.images:.1f} ms per image")
     if jf:
         doc = {"annotations": str(args.annotations), "images_dir": str(args.images_dir), "detector": c.to_dict(),
                "backend": det.backend.name, "detection_seconds": seconds, **ev.to_dict()}
