@@ -233,6 +233,33 @@ def make_plan(height: int, width: int, minsize: float, factor: float, packed: bo
     return Plan(height, width, tuple(scales), tuple(canvases))
 
 
+def pnet_bands(height: int, width: int, max_pixels: int) -> list[tuple[int, int]]:
+    """Input rows [y0, y1) that cut a PNet input of height x width into bands of about max_pixels or fewer.
+
+    Why bands: PNet's activations on a whole 12 MP canvas take hundreds of MB
+    and spill every cache; bands of a fixed height bound that memory (the
+    rule: one band's activations, whatever the photo's size) and keep the
+    engine's time per pixel at its small-input rate.
+
+    Why they are exact: band (y0, y1) gives output cells [y0//2, y0//2 + pnet_out(y1 - y0))
+    and needs nothing above or below it: cell y sees input rows [2y, 2y+12),
+    y0 is even (2x2 pooling windows stay those of the whole input), and every
+    band but a lone one has 2k+10 rows, so its pooling windows are all
+    whole. All bands have one height (the engine sees one shape): the last
+    one starts earlier and repeats a few cells. When height is odd the last
+    band ends one row past the input; that row is zero with a masked mask row,
+    which is what ceil-mode pooling sees at an odd edge anyway.
+    """
+    out_h = pnet_out(height)
+    rows = max(1, (max_pixels // max(width, 1) - 10) // 2)  # output rows per band
+    if out_h <= rows:
+        return [(0, height)]
+    n = -(-out_h // rows)
+    rows = -(-out_h // n)  # spread evenly: n bands of the fewest rows that cover out_h
+    starts = [min(i * rows, out_h - rows) for i in range(n)]
+    return [(2 * a, 2 * a + 2 * rows + 10) for a in starts]
+
+
 def stacked_efficiency(height: int, width: int, minsize: float, factor: float) -> float:
     """Efficiency of the original post's vertical stacking, for comparison."""
     sizes = [level_size(height, width, s) for s in pyramid_scales(height, width, minsize, factor)]

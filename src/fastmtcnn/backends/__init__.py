@@ -1,11 +1,15 @@
 """Backends: where arrays live and how the three nets run.
 
-onnxruntime (default, CPU; CUDA/TensorRT execution providers pass through)
-and torch (CPU or CUDA, optional extra). Both run the same pipeline.
+openvino (CPU), onnxruntime (CPU; CUDA/TensorRT execution providers pass
+through) and torch (CPU or CUDA, optional extra). All run the same pipeline;
+the two CPU engines share the host code of `host.HostBackend`.
 """
 from __future__ import annotations
 
-BACKENDS = ("onnxruntime", "torch")
+BACKENDS = ("openvino", "onnxruntime", "torch")
+
+#: The CPU default, chosen by a side-by-side measurement (README, "Benchmarks").
+DEFAULT = "openvino"
 
 
 def create(name: str, **options):
@@ -14,6 +18,10 @@ def create(name: str, **options):
         from .onnxruntime import OrtBackend
 
         return OrtBackend(**options)
+    if name in ("openvino", "ov"):
+        from .openvino import OpenVinoBackend
+
+        return OpenVinoBackend(**options)
     if name == "torch":
         try:
             from .torch import TorchBackend

@@ -3,28 +3,38 @@
 The graphs are the shipped ones (pnet with dynamic N x H x W, rnet/onet with
 a dynamic batch). `providers` passes straight to ONNX Runtime, so the CUDA
 and TensorRT execution providers work where a user has onnxruntime-gpu and
-TensorRT; only the CPU provider is tested in this project.
+TensorRT; only the CPU provider is tested in this project. Everything but
+the nets is the host pipeline the CPU backends share (`host.HostBackend`).
+
+Memory: ONNX Runtime's CPU arena keeps the largest blocks it ever allocated,
+so whole 12 MP canvases grew the process by gigabytes over a few calls. PNet
+now runs on bands of bounded size, so the arena is bounded by one band's
+activations and stays on: without it every band allocated and page-faulted
+its ~100 MB afresh (measured: 700k page faults and twice the CPU time per
+12 MP photo). Memory patterns are per input shape, and shapes vary here, so
+they are off.
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 
-from .. import boxes as bx
 from ..nets import onnx_path
+from .host import HostBackend
 
 
-class OrtBackend:
+class OrtBackend(HostBackend):
     name = "onnxruntime"
-    canvas = crops = front = detect_frames = None  # no fast paths: the pipeline's own steps
 
     def __init__(self, providers: list | None = None, threads: int | None = None,
                  provider_options: list | None = None) -> None:
+        super().__init__()
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # three sessions run one after another: spinning threads of one would steal the cores of the next
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # shapes vary (bands, batches, photo sizes): no per-shape memory patterns
+        so.enable_mem_pattern = False
         if threads:
             so.intra_op_num_threads = int(threads)
         providers = providers or ["CPUExecutionProvider"]
@@ -44,43 +54,9 @@ class OrtBackend:
             raise RuntimeError(f"ONNX Runtime could not start the execution provider {', '.join(lost)} "
                                "(its libraries, e.g. CUDA/cuDNN or TensorRT, are missing or do not match)")
 
-    def asarray(self, x) -> np.ndarray:
-        return np.asarray(x)
-
-    def frames(self, images) -> np.ndarray:
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            return np.ascontiguousarray(images)
-        return np.stack(images)
-
-    def integral(self, frames: np.ndarray) -> np.ndarray:
-        # OpenCV's integral is one fast pass per frame; exact int32 sums
-        n, h, w, _ = frames.shape
-        out = np.empty((n, h + 1, w + 1, 3), np.int32)
-        for i in range(n):
-            out[i] = cv2.integral(frames[i], sdepth=cv2.CV_32S)
-        return out
-
-    def _run(self, key: str, *arrays):
-        feed = {name: np.ascontiguousarray(a, np.float32) for name, a in zip(self._inputs[key], arrays)}
-        return tuple(self.sessions[key].run(self._outputs[key], feed))
-
-    def pnet(self, x, mask):
-        return self._run("pnet", x, mask)
-
-    def rnet(self, x):
-        return self._run("rnet", x)
-
-    def onet(self, x):
-        return self._run("onet", x)
-
-    def nms(self, boxes, scores, threshold, groups=None, mode="union", plus_one=False):
-        return bx.nms(boxes, scores, threshold, groups, mode, plus_one)
-
-    def to_numpy(self, x) -> np.ndarray:
-        return np.asarray(x)
-
-    def synchronize(self) -> None:
-        pass
+    def _infer(self, net: str, *arrays):
+        feed = {name: np.ascontiguousarray(a, np.float32) for name, a in zip(self._inputs[net], arrays)}
+        return tuple(self.sessions[net].run(self._outputs[net], feed))
 
 
 def _names(providers: list) -> list[str]:

@@ -1,0 +1,87 @@
+"""The OpenVINO backend: ONNX Runtime's faces on every photo, in float32, with bounded compiled shapes.
+
+Why: OpenVINO is the default CPU engine (README, "Benchmarks"), so it must
+find exactly what ONNX Runtime (the other CPU engine, one flag away) finds on
+the same graphs: same faces, coordinates within 1e-3 px. It compiles a net
+per input shape; that cache must stay bounded, and a photo's faces must not
+depend on what else shares its RNet/ONet batch.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import reference_names
+from fastmtcnn import MTCNN, read_image
+from fastmtcnn.backends import openvino as openvino_backend
+from fastmtcnn.backends.openvino import BATCH_PARTS, OpenVinoBackend, batch_parts
+
+
+@pytest.fixture(scope="module")
+def engines():
+    return MTCNN(backend="openvino"), MTCNN(backend="onnxruntime")
+
+
+def _same_faces(a, b, what: str) -> None:
+    assert len(a) == len(b), f"{what}: {len(a)} vs {len(b)} faces"
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3, rtol=0, err_msg=f"{what} boxes")
+    np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3, rtol=0, err_msg=f"{what} landmarks")
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-5, rtol=0, err_msg=f"{what} scores")
+
+
+@pytest.mark.parametrize("name", reference_names())
+def test_openvino_finds_onnxruntimes_faces(shared_data, engines, name):
+    img = read_image(shared_data / name)
+    ov_det, ort_det = engines
+    assert ov_det.backend.name == "openvino" and ort_det.backend.name == "onnxruntime"
+    _same_faces(ov_det.detect(img), ort_det.detect(img), name)
+
+
+def test_openvino_is_the_default_and_runs_in_float32(engines):
+    assert MTCNN().backend.name == "openvino"
+    compiled = engines[0].backend.compiled()
+    assert compiled, "the photos above compiled something"
+    for model in compiled:
+        assert str(model.get_property("INFERENCE_PRECISION_HINT")) in ("<Type: 'float32'>", "f32")
+
+
+def test_threads_reach_the_compiled_nets(shared_data):
+    det = MTCNN(backend="openvino", threads=1)
+    det.detect(read_image(shared_data / "skimage_astronaut.png"))
+    compiled = det.backend.compiled()
+    assert compiled and all(m.get_property("INFERENCE_NUM_THREADS") == 1 for m in compiled)
+
+
+def test_compiled_shapes_are_a_bounded_cache_and_results_survive_eviction(shared_data, engines, monkeypatch):
+    monkeypatch.setattr(openvino_backend, "CACHE_SIZE", 2)
+    monkeypatch.setattr(openvino_backend, "_compiled", type(openvino_backend._compiled)())
+    img = read_image(shared_data / "bob_multiple-faces.jpg")
+    det = MTCNN(backend="openvino")
+    want = engines[1].detect(img)
+    for _ in range(2):  # the second round recompiles what the first evicted
+        for size in [(520, 385), (400, 300), (300, 220)]:
+            small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+            _same_faces(det.detect(small), engines[1].detect(small), f"{size}")
+            assert len(openvino_backend._compiled) <= 2
+    _same_faces(det.detect(img), want, "after eviction")
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 63, 64, 65, 300, 512, 513])
+def test_batches_split_into_a_few_compiled_sizes(n):
+    parts = batch_parts(n)
+    assert set(parts) <= set(BATCH_PARTS)
+    assert n <= sum(parts) < n + 8, "at most 7 padded crops"
+    assert parts == sorted(parts, reverse=True)
+
+
+def test_a_crops_outputs_do_not_depend_on_its_batch():
+    be = OpenVinoBackend()
+    rng = np.random.default_rng(0)
+    for net, size in (("rnet", 24), ("onet", 48)):
+        x = rng.uniform(-1, 1, (300, 3, size, size)).astype(np.float32)
+        whole = be._infer(net, x)
+        for a, b in ((0, 1), (0, 37), (100, 229)):
+            for alone, within in zip(be._infer(net, x[a:b]), whole):
+                np.testing.assert_array_equal(alone, within[a:b], err_msg=f"{net} crops {a}:{b}")
+        assert [o.shape[0] for o in be._infer(net, x[:0])] == [0] * len(whole)

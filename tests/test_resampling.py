@@ -1,0 +1,177 @@
+"""The CPU backends' resampling gives the reference's numbers, and their banded PNet its cells.
+
+Why: the reference resizes every pyramid level and every RNet/ONet crop with
+torch's interpolate(mode="area") (adaptive average pooling). The CPU backends
+make them with their own gathers (`crop.level_rows`, `crop.crops_host`, a band
+of rows at a time) and run PNet band by band. Each is checked against torch in
+float64 (atol 1e-5), bit for bit against the array-API definitions it must
+equal (`resize_frames`, `area_resize`, `integral_image`), and PNet's cells in
+bands against PNet on the whole canvas.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastmtcnn import read_image
+from fastmtcnn.backends.onnxruntime import OrtBackend
+from fastmtcnn.backends.openvino import OpenVinoBackend
+from fastmtcnn.crop import (area_bins, area_resize, crops_host, integral_host, integral_image, level_rows,
+                            resize_frames)
+from fastmtcnn.pipeline import pnet_front
+from fastmtcnn.pyramid import level_size, make_plan, pnet_bands, pnet_out, pyramid_scales
+
+torch = pytest.importorskip("torch", reason="the reference values come from torch's area interpolation")
+F = torch.nn.functional
+
+
+def _torch_levels(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The reference's resize, in float64, normalized as the nets take it: (3, h, w)."""
+    t = torch.from_numpy(img).permute(2, 0, 1)[None].double()
+    return ((F.interpolate(t, size=size, mode="area") - 127.5) / 128)[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def photo(shared_data) -> np.ndarray:
+    return read_image(shared_data / "insightface_t1.jpg")  # 1280x886: levels with odd sizes and ratios
+
+
+def test_area_bins_are_torchs_adaptive_pooling_bins():
+    # pooling the identity gives each output's weights: 1/len on its bin, 0 elsewhere
+    rng = np.random.default_rng(0)
+    for n, m in [(10, 3), (7, 7), (5, 9), (886, 629), (1280, 25)] + [tuple(rng.integers(1, 300, 2)) for _ in range(30)]:
+        w = F.adaptive_avg_pool1d(torch.eye(int(n), dtype=torch.float64)[None], int(m))[0].numpy()  # (n, m)
+        lo, hi = area_bins(np, np.zeros(1, np.int64), np.array([n]), int(m))
+        want = np.zeros((n, m))
+        for i, (a, b) in enumerate(zip(lo[0], hi[0])):
+            want[a:b, i] = 1.0 / (b - a)
+        np.testing.assert_allclose(w, want, atol=1e-12, err_msg=f"{n} -> {m}")
+
+
+def test_integral_host_is_integral_image(photo):
+    frames = np.stack([photo, photo[::-1].copy()])
+    np.testing.assert_array_equal(integral_host(frames), integral_image(frames))
+
+
+def test_pyramid_levels_made_in_bands_are_torchs_area_interpolation(photo):
+    h, w = photo.shape[:2]
+    ii = integral_host(photo[None])
+    ii16 = ii[0].astype(np.uint16)  # the integral modulo 2**16: exact for small bins, which it is used for
+    sizes = [level_size(h, w, s) for ms in (12, 20, 40) for s in pyramid_scales(h, w, ms, 0.709)]
+    sizes += [(h, w), (2 * h + 1, w + 3), (7, 300), (h + 1, w + 1)]
+    rng = np.random.default_rng(1)
+    for oh, ow in sizes:
+        want = _torch_levels(photo, (oh, ow))
+        whole = resize_frames(integral_image(photo[None]), oh, ow)[0]
+        got = np.full((3, oh, ow), np.nan, np.float32)
+        got16 = got.copy()
+        edges = np.unique(np.r_[0, np.sort(rng.integers(1, oh, min(oh - 1, 4))), oh])  # a few bands of rows
+        for r0, r1 in zip(edges[:-1], edges[1:]):
+            level_rows(ii[0], oh, ow, (int(r0), int(r1)), got[:, r0:r1])
+            level_rows(ii[0], oh, ow, (int(r0), int(r1)), got16[:, r0:r1], ii16)
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"{oh}x{ow}")
+        np.testing.assert_array_equal(got, whole, err_msg=f"{oh}x{ow}: same sums, same float32 steps")
+        np.testing.assert_array_equal(got16, got, err_msg=f"{oh}x{ow}: uint16 sums")
+
+
+def _windows(rng, h: int, w: int, k: int) -> np.ndarray:
+    wins = [[0, h, 0, w], [0, 1, 0, 1], [h - 5, h, w - 7, w], [100, 103, 200, 207], [120, 340, 170, 360]]
+    for _ in range(k):
+        y0, x0 = rng.integers(0, h - 1), rng.integers(0, w - 1)
+        wins.append([y0, rng.integers(y0 + 1, h + 1), x0, rng.integers(x0 + 1, w + 1)])
+    return np.array(wins, np.int64)
+
+
+def test_crops_are_torchs_area_interpolation_of_each_window(photo):
+    frames = np.stack([photo, np.ascontiguousarray(photo[:, ::-1])])
+    ii = integral_host(frames)
+    wins = _windows(np.random.default_rng(2), *photo.shape[:2], 40)
+    frame = np.arange(len(wins)) % 2
+    for size in (24, 48):
+        got = crops_host(ii, frame, wins, size)
+        assert got.shape == (len(wins), 3, size, size) and got.dtype == np.float32
+        np.testing.assert_array_equal(got, area_resize(ii, frame, wins, size, size))
+        for k, (y0, y1, x0, x1) in enumerate(wins):
+            want = _torch_levels(np.ascontiguousarray(frames[frame[k], y0:y1, x0:x1]), (size, size))
+            np.testing.assert_allclose(got[k], want, atol=1e-5, rtol=0, err_msg=f"window {wins[k]} -> {size}")
+    assert crops_host(ii, frame[:0], wins[:0], 24).shape == (0, 3, 24, 24)
+
+
+def test_frames_too_large_for_int16_coordinates_take_the_array_api_crops(photo, monkeypatch):
+    import fastmtcnn.crop as crop
+
+    ii = integral_host(photo[None])
+    wins = _windows(np.random.default_rng(4), *photo.shape[:2], 10)
+    frame = np.zeros(len(wins), np.int64)
+    want = crops_host(ii, frame, wins, 24)
+    monkeypatch.setattr(crop, "REMAP_LIMIT", 500)  # as if the photo were past 32767 pixels a side
+    np.testing.assert_array_equal(crop.crops_host(ii, frame, wins, 24), want)
+
+
+def test_sums_past_2_to_the_31_wrap_and_stay_exact():
+    """A bright 9.6 MP frame: its int32 integral wraps (> 2**31 per channel); bin sums must not."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(200, 256, (3100, 3100, 3), dtype=np.uint8)
+    ii = integral_host(img[None])
+    assert int(img[..., 0].sum(dtype=np.int64)) > 2**31 and ii[0, -1, -1, 0] < 0  # it did wrap
+    ii64 = np.zeros((3101, 3101, 3), np.int64)
+    ii64[1:, 1:] = img.astype(np.int64).cumsum(0).cumsum(1)
+
+    def mean64(y0, y1, x0, x1):
+        s = ii64[y1, x1] - ii64[y0, x1] - ii64[y1, x0] + ii64[y0, x0]
+        return (s / ((y1 - y0) * (x1 - x0)) - 127.5) / 128
+
+    oh, ow = 1551, 1551
+    got = np.empty((3, 6, ow), np.float32)
+    level_rows(ii[0], oh, ow, (oh - 6, oh), got, ii[0].astype(np.uint16))  # the last rows: where it wrapped
+    (ys, ye), (xs, xe) = (b[0] for b in area_bins(np, np.zeros(1, np.int64), np.array([3100]), oh)), \
+        (b[0] for b in area_bins(np, np.zeros(1, np.int64), np.array([3100]), ow))
+    for r in range(6):
+        i = oh - 6 + r
+        want = np.stack([mean64(ys[i], ye[i], a, b) for a, b in zip(xs, xe)], axis=1)  # (3, ow)
+        np.testing.assert_allclose(got[:, r], want, atol=1e-5, rtol=0)
+    win = np.array([[3000, 3100, 2900, 3100], [0, 3100, 0, 3100]])
+    crops = crops_host(ii, np.zeros(2, np.int64), win, 24)
+    for k, (y0, y1, x0, x1) in enumerate(win):
+        (cy0, cy1), (cx0, cx1) = area_bins(np, win[k:k + 1, 0], win[k:k + 1, 1] - y0, 24), \
+            area_bins(np, win[k:k + 1, 2], win[k:k + 1, 3] - x0, 24)
+        want = np.array([[mean64(cy0[0, i], cy1[0, i], cx0[0, j], cx1[0, j]) for j in range(24)] for i in range(24)])
+        np.testing.assert_allclose(crops[k], want.transpose(2, 0, 1), atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------- PNet in bands
+
+
+@pytest.mark.parametrize("h, w, pixels", [(2464, 4136, 1 << 20), (394, 660, 1 << 20), (1815, 2420, 1 << 20),
+                                          (395, 661, 50_000), (30, 5000, 1_000), (13, 13, 10)])
+def test_bands_cover_every_output_row_with_one_shape(h, w, pixels):
+    bands = pnet_bands(h, w, pixels)
+    cells = np.zeros(pnet_out(h), int)
+    for y0, y1 in bands:
+        assert y0 % 2 == 0, "odd offsets would misalign PNet's 2x2 pooling"
+        assert y1 <= h + (h % 2)
+        cells[y0 // 2:y0 // 2 + pnet_out(y1 - y0)] += 1
+    assert cells.min() >= 1, "every output row is made by some band"
+    assert len({y1 - y0 for y0, y1 in bands}) == 1, "one band height: the engine sees one shape"
+    if len(bands) > 1:
+        assert all((y1 - y0) * w <= max(pixels, 12 * w) for y0, y1 in bands)
+
+
+@pytest.mark.parametrize("backend", [OrtBackend, OpenVinoBackend], ids=["onnxruntime", "openvino"])
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "per-scale"])
+@pytest.mark.parametrize("name", ["insightface_t1.jpg", "bob_multiple-faces.jpg"])
+def test_pnet_in_bands_equals_pnet_on_the_whole_canvas(shared_data, backend, packed, name):
+    img = read_image(shared_data / name)
+    be = backend()
+    be.band_pixels = 40_000  # many bands, odd heights (per-scale levels) included
+    frames = be.frames([img])
+    plan = make_plan(*img.shape[:2], 20, 0.709, packed)
+    assert any(len(pnet_bands(c.h, c.w, be.band_pixels)) > 1 for c in plan.canvases)
+    ii, banded = be.front(frames, plan)
+    np.testing.assert_array_equal(ii, integral_image(frames))
+    _, whole = pnet_front(be, frames, plan)  # the array-API canvas, PNet on all of it at once
+    for c, (reg, prob), (reg_w, prob_w) in zip(plan.canvases, banded, whole):
+        valid = c.cell_level >= 0
+        assert prob.shape == prob_w.shape
+        np.testing.assert_allclose(prob[0, :, valid], prob_w[0, :, valid], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(reg[0, :, valid], reg_w[0, :, valid], atol=1e-5, rtol=0)
