@@ -148,17 +148,18 @@ def test_mask_is_what_makes_packed_cells_exact(shared_data, backend):
     assert diff.max() > 1e-3, "an unmasked canvas should differ at some level edge"
 
 
-@pytest.fixture(scope="module")
-def per_scale_detector() -> MTCNN:
-    return MTCNN(packed=False)
+@pytest.fixture(scope="module", params=["openvino", "onnxruntime"])
+def packed_and_per_scale(request) -> tuple[MTCNN, MTCNN]:
+    return MTCNN(packed=True, backend=request.param), MTCNN(packed=False, backend=request.param)
 
 
 @pytest.mark.parametrize("name", reference_names())
-def test_packed_and_per_scale_detections_are_identical(shared_data, detector, per_scale_detector, name):
-    assert detector.config.packed and not per_scale_detector.config.packed
+def test_packed_and_per_scale_detections_are_identical(shared_data, packed_and_per_scale, name):
+    packed, per_scale = packed_and_per_scale
     img = read_image(shared_data / name)
-    a = detector.detect(img)
-    b = per_scale_detector.detect(img)
+    assert len(packed.plan(*img.shape[:2]).canvases) == 1 < len(per_scale.plan(*img.shape[:2]).canvases)
+    a = packed.detect(img)
+    b = per_scale.detect(img)
     assert len(a) == len(b)
     np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3, rtol=0)
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-5, rtol=0)

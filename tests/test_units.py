@@ -30,7 +30,7 @@ def test_reference_preset_is_facenet_pytorch_defaults():
     c = PRESETS["reference"]
     assert c == Config()
     assert ((c.minsize, c.factor, c.thresholds, c.max_batch, c.packed)
-            == (20.0, 0.709, (0.6, 0.7, 0.7), (512, 512), True))
+            == (20.0, 0.709, (0.6, 0.7, 0.7), (512, 512), "auto"))
     assert MTCNN().config == c
 
 

@@ -10,6 +10,7 @@ import importlib
 import re
 import sys
 
+from .backends import BACKENDS, DEFAULT
 from .config import PRESETS
 from .detector_spec import DetectorSpec
 
@@ -39,9 +40,14 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--thresholds", type=float, nargs=3, metavar=("P", "R", "O"),
                    help="PNet/RNet/ONet score thresholds (default 0.6 0.7 0.7)")
     g.add_argument("--max-batch", type=int, nargs="+", metavar="N", help="RNet/ONet batch limit (one number or two)")
-    g.add_argument("--per-scale", action="store_true",
-                   help="run PNet once per pyramid level instead of one packed canvas")
-    g.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime")
+    pk = g.add_mutually_exclusive_group()
+    pk.add_argument("--per-scale", action="store_true",
+                    help="run PNet once per pyramid level instead of one packed canvas")
+    pk.add_argument("--packed", action="store_true",
+                    help="always one packed canvas (default: whichever is faster for the backend and frame size)")
+    g.add_argument("--backend", choices=list(BACKENDS), default=None,
+                   help=f"network engine: {DEFAULT} (default on the CPU), onnxruntime (implied by --providers), "
+                        "or torch (--device cuda)")
     g.add_argument("--device", help="torch backend device, e.g. cuda or cpu")
     g.add_argument("--providers", nargs="+", help="ONNX Runtime execution providers, e.g. CUDAExecutionProvider "
                                                    "(only CPUExecutionProvider is tested here)")
@@ -80,22 +86,27 @@ def detector_spec(args: argparse.Namespace) -> DetectorSpec:
     graphs = getattr(args, "graphs", "auto") or "auto"
     if graphs != "auto":
         gpu["graphs"] = graphs == "on"
-    if gpu and args.backend != "torch":
+    backend = args.backend or ("onnxruntime" if args.providers else DEFAULT)
+    if gpu and backend != "torch":
         flags = ["--fp16" if gpu.get("fp16") else "--fp32" if "fp16" in gpu else None,
                  "--graphs" if "graphs" in gpu else None]
         named = [f for f in flags if f]
         raise ValueError(f"{' and '.join(named)} need{'s' if len(named) == 1 else ''} the torch backend: "
                          "add --backend torch --device cuda")
-    if args.device is not None and args.backend != "torch":
+    if args.device is not None and backend != "torch":
         raise ValueError("--device is for the torch backend: add --backend torch (ONNX Runtime takes --providers)")
-    if args.providers and args.backend == "torch":
-        raise ValueError("--providers is for the onnxruntime backend; the torch backend takes --device")
+    if args.providers and backend != "onnxruntime":
+        raise ValueError(f"--providers is for the onnxruntime backend; the {backend} backend takes "
+                         f"{'--device' if backend == 'torch' else 'none'}")
     options = {k: getattr(args, k) for k in ("providers", "threads", "device") if getattr(args, k) is not None}
+    if getattr(args, "exif", False):
+        options["exif"] = True
     try:
         return DetectorSpec(preset=args.preset, minsize=args.minsize, factor=args.factor,
                             thresholds=tuple(args.thresholds) if args.thresholds else None,
                             max_batch=(tuple(mb) if mb and len(mb) == 2 else (mb[0] if mb else None)),
-                            packed=False if args.per_scale else None, backend=args.backend,
+                            packed=False if args.per_scale else (True if getattr(args, "packed", False) else None),
+                            backend=backend,
                             options={**options, **gpu})
     except ValueError as e:
         raise ValueError(in_flag_terms(str(e))) from None

@@ -11,6 +11,7 @@ from . import backends
 from .config import Config, preset as get_preset
 from .detections import Detections
 from .images import ImageError, as_image
+from .overlap import WORKERS, overlapped
 from .pipeline import StageTimer, detect_frames
 from .pyramid import Plan, make_plan
 
@@ -25,10 +26,13 @@ class MTCNN:
     >>> faces = det.detect("photo.jpg")                  # doctest: +SKIP
     >>> faces.boxes, faces.scores, faces.landmarks       # doctest: +SKIP
 
-    backend: "onnxruntime" (default, CPU; `providers` passes through, e.g.
-    ["CUDAExecutionProvider"]) or "torch" (`device="cuda"` or "cpu").
+    backend: "openvino" (the CPU default), "onnxruntime" (CPU; `providers` passes
+    through, e.g. ["CUDAExecutionProvider"], and implies this backend when none
+    is named) or "torch" (`device="cuda"` or "cpu").
     preset: "reference" (facenet-pytorch defaults) or "jetson" (the original
     post's settings); explicit arguments override the preset.
+    exif: turn photos given as paths upright by their EXIF orientation first
+    (off by default, as the reference: boxes are then in the stored pixels).
     max_batch: largest RNet/ONet batch per net call. Left unset with a CUDA
     device it becomes (8192, 4096) instead of the preset's: a GPU wants far
     larger batches than a CPU's cache does (measured +15%); results are the same.
@@ -49,8 +53,9 @@ class MTCNN:
 
     def __init__(self, minsize: float | None = None, factor: float | None = None,
                  thresholds: Sequence[float] | None = None, max_batch: int | tuple[int, int] | None = None,
-                 packed: bool | None = None, *, preset: str = "reference", backend: str = "onnxruntime",
+                 packed: bool | str | None = None, *, preset: str = "reference", backend: str | None = None,
                  providers: list | None = None, threads: int | None = None, device: str | None = None,
+                 exif: bool = False,
                  fp16: bool | None = None, graphs: bool | str = "auto", graph_batch: int = 64, pinned: bool = False,
                  **backend_options) -> None:
         changes = {k: v for k, v in dict(minsize=minsize, factor=factor, thresholds=thresholds,
@@ -60,12 +65,20 @@ class MTCNN:
         self.config: Config = get_preset(preset).replace(**changes)
         if threads is not None and int(threads) < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
+        backend = backend or ("onnxruntime" if providers is not None else backends.DEFAULT)
         if backend in ("onnxruntime", "ort"):
             if device is not None:
                 raise ValueError("device= is for the torch backend; ONNX Runtime takes providers=")
             if fp16 or graphs is True or pinned:
                 raise ValueError("fp16=, graphs= and pinned= are options of the torch backend")
             self.backend = backends.create(backend, providers=providers, threads=threads, **backend_options)
+        elif backend in ("openvino", "ov"):
+            if providers is not None or str(device or "cpu").lower() != "cpu":
+                raise ValueError("providers= is for the onnxruntime backend and device= for the torch backend; "
+                                 "OpenVINO runs on the CPU (for a GPU: backend='torch', device='cuda')")
+            if fp16 or graphs is True or pinned:
+                raise ValueError("fp16=, graphs= and pinned= are options of the torch backend")
+            self.backend = backends.create(backend, threads=threads, **backend_options)
         else:
             if providers is not None:
                 raise ValueError("providers= is for the onnxruntime backend; the torch backend takes device=")
@@ -73,6 +86,7 @@ class MTCNN:
                                            graphs=graphs, graph_batch=graph_batch, pinned=pinned, **backend_options)
             if max_batch is None and str(device or "cpu").startswith("cuda"):
                 self.config = self.config.replace(max_batch=(8192, 4096))
+        self.exif = bool(exif)
         self.timer = StageTimer(sync=self.backend.synchronize)
 
     def __repr__(self) -> str:
@@ -83,7 +97,7 @@ class MTCNN:
     def plan(self, height: int, width: int) -> Plan:
         """The pyramid / canvas plan used for frames of this size (cached)."""
         c = self.config
-        return make_plan(int(height), int(width), c.minsize, c.factor, c.packed)
+        return make_plan(int(height), int(width), c.minsize, c.factor, c.use_packed(self.backend.name, height, width))
 
     def detect(self, image) -> Detections:
         """Faces in one image (RGB array, path, or an (H, W, 3) uint8 tensor on the backend's device)."""
@@ -92,7 +106,8 @@ class MTCNN:
         return self.detect_batch([image])[0]
 
     def detect_batch(self, images: Iterable | np.ndarray, errors: str = "raise") -> list[Detections | ImageError]:
-        """Faces in each image, in input order. Images of one size run as one batch.
+        """Faces in each image, in input order. Images of one size run as one batch, except on
+        the CPU backends, where two images are in flight at once instead (`overlap.overlapped`).
 
         errors="raise" (default) stops at the first unreadable input with its
         ImageError; errors="keep" returns one entry per input, the ImageError
@@ -105,6 +120,14 @@ class MTCNN:
             raise TypeError(f"detect_batch takes a list of images or paths, got a single "
                             f"{'image' if isinstance(images, np.ndarray) else 'path'}: "
                             "use detect(x) or detect_batch([x])")
+        if getattr(self.backend, "overlap", False) and not _is_tensor(images):
+            items = list(images)
+            out: list[Detections | ImageError] = []
+            for _, r in overlapped(self._detect_one, items, workers=min(WORKERS, len(items))):
+                if isinstance(r, BaseException) and (errors == "raise" or not isinstance(r, ImageError)):
+                    raise r
+                out.append(r)
+            return out
         if isinstance(images, np.ndarray) and images.ndim == 4:
             if images.dtype != np.uint8 or images.shape[-1] != 3:
                 images = list(images)
@@ -117,7 +140,7 @@ class MTCNN:
         imgs = {}
         for i, im in enumerate(images):
             try:
-                imgs[i] = as_image(im)
+                imgs[i] = as_image(im, exif=self.exif)
             except ImageError as e:
                 if errors == "raise":
                     raise
@@ -129,6 +152,9 @@ class MTCNN:
             for i, det in zip(idx, self._run([imgs[i] for i in idx])):
                 results[i] = det
         return results
+
+    def _detect_one(self, image) -> Detections:
+        return self._run(as_image(image, exif=self.exif)[None])[0]
 
     def _run(self, images) -> list[Detections]:
         frames = self.backend.frames(images)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from .backends import DEFAULT
 from .config import Config, resolve
 from .detector import MTCNN
 
@@ -21,7 +22,7 @@ class DetectorSpec:
     The cascade settings are a preset with changes (None keeps the preset's
     value); `config` is the Config they make. `max_batch` stays None unless
     chosen, so a CUDA detector keeps MTCNN's larger CUDA batches.
-    options: the backend's keyword arguments (providers, threads, device, fp16, graphs).
+    options: the backend's keyword arguments (providers, threads, device, fp16, graphs) and exif.
     """
 
     preset: str = "reference"
@@ -29,8 +30,8 @@ class DetectorSpec:
     factor: float | None = None
     thresholds: tuple[float, float, float] | None = None
     max_batch: int | tuple[int, int] | None = None
-    packed: bool | None = None
-    backend: str = "onnxruntime"
+    packed: bool | str | None = None
+    backend: str = DEFAULT
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

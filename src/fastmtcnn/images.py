@@ -2,6 +2,12 @@
 
 Colour order matters: the nets were trained on RGB. Arrays passed to the API
 are taken as RGB; files are decoded with OpenCV (BGR) and converted here.
+
+EXIF orientation: phones store photos sideways with a tag saying how to turn
+them. The reference (facenet-pytorch, fed a decoded array) ignores that tag,
+so by default we do too and find the reference's faces in the stored pixels.
+`exif=True` applies the tag first (OpenCV's IMREAD_COLOR does; IMREAD_UNCHANGED,
+the faithful default, does not), so boxes are in the upright photo's pixels.
 """
 from __future__ import annotations
 
@@ -51,9 +57,12 @@ def to_rgb(image: np.ndarray, *, bgr: bool = False) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to RGB uint8, or raise ImageError with a one-line reason."""
-    return decode_image(read_bytes(path), str(path))
+def read_image(path: str | os.PathLike, *, exif: bool = False) -> np.ndarray:
+    """Decode an image file to RGB uint8, or raise ImageError with a one-line reason.
+
+    exif: turn the image upright by its EXIF orientation tag first (see the module's note).
+    """
+    return decode_image(read_bytes(path), str(path), exif=exif)
 
 
 def read_bytes(path: str | os.PathLike) -> np.ndarray:
@@ -70,13 +79,17 @@ def read_bytes(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"{p}: cannot read ({e.strerror or e})") from None
 
 
-def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
-    """Encoded image bytes (JPEG, PNG, ...) -> RGB uint8; ImageError names `name` on failure."""
+def decode_image(data: bytes | np.ndarray, name: str = "<bytes>", *, exif: bool = False) -> np.ndarray:
+    """Encoded image bytes (JPEG, PNG, ...) -> RGB uint8; ImageError names `name` on failure.
+
+    exif: apply the EXIF orientation tag (IMREAD_COLOR: 8-bit BGR, alpha dropped,
+    which is what `to_rgb` makes of the other flags' output too).
+    """
     data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if data.size == 0:
         raise ImageError(f"{name}: empty file")
     check_complete(name, data)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR if exif else cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageError(f"{name}: not an image, or a format OpenCV cannot decode")
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
@@ -127,10 +140,10 @@ def _png_complete(buf: bytes) -> bool:
     return False
 
 
-def as_image(image) -> np.ndarray:
-    """A path or an RGB array -> RGB uint8 (H, W, 3)."""
+def as_image(image, *, exif: bool = False) -> np.ndarray:
+    """A path or an RGB array -> RGB uint8 (H, W, 3); exif applies to paths (arrays are taken as they are)."""
     if isinstance(image, (str, os.PathLike)):
-        return read_image(image)
+        return read_image(image, exif=exif)
     return to_rgb(image)
 
 

@@ -62,12 +62,12 @@ def _read(path: str, reader: Callable[[str], np.ndarray] = read_bytes) -> np.nda
         return e
 
 
-def _decode_cpu(item: tuple[str, np.ndarray | ImageError]) -> np.ndarray | ImageError:
+def _decode_cpu(item: tuple[str, np.ndarray | ImageError], exif: bool = False) -> np.ndarray | ImageError:
     path, data = item
     if isinstance(data, ImageError):
         return data
     try:
-        return decode_image(data, path)
+        return decode_image(data, path, exif=exif)
     except ImageError as e:
         return e
 
@@ -134,7 +134,18 @@ def decode_on_gpu(items: list[tuple[str, np.ndarray | ImageError]], device) -> l
 
 
 def detect_grouped(det, images: list) -> list:
-    """Detections of decoded images (ImageError entries pass through), one `detect_batch` per size."""
+    """Detections of decoded images (ImageError entries pass through), one `detect_batch` per size.
+
+    The CPU backends take them all in one call: they keep two photos in flight
+    whatever their sizes (`overlap.overlapped`), so a window of mixed sizes
+    still overlaps one photo's single-threaded stages with another's nets.
+    """
+    if getattr(det.backend, "overlap", False):
+        idx = [i for i, im in enumerate(images) if not isinstance(im, ImageError)]
+        out = list(images)
+        for i, faces in zip(idx, det.detect_batch([images[i] for i in idx]) if idx else []):
+            out[i] = faces
+        return out
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, im in enumerate(images):
         if not isinstance(im, ImageError):
@@ -203,7 +214,8 @@ def detect_photos(det, paths: Iterable[str], *, window: int | None = None, reade
     Results come out in input order either way. reader: path -> file bytes
     (uint8), raising ImageError (default: local files; `batch` reads URIs too).
     """
-    gpu = nvjpeg_available(det)
+    exif = getattr(det, "exif", False)
+    gpu = nvjpeg_available(det) and not exif  # nvJPEG does not turn photos by their EXIF tag
     readers = readers or min(8, os.cpu_count() or 2)
     window = window or (32 if gpu else 2 * readers)
     it = iter(paths)
@@ -219,7 +231,7 @@ def detect_photos(det, paths: Iterable[str], *, window: int | None = None, reade
             if gpu:
                 return chunk, [pool.submit(_read, p, reader) for p in chunk]
             # without nvJPEG, decode on the reader threads too (OpenCV releases the GIL)
-            return chunk, [pool.submit(lambda p: _decode_cpu((p, _read(p, reader))), p) for p in chunk]
+            return chunk, [pool.submit(lambda p: _decode_cpu((p, _read(p, reader)), exif), p) for p in chunk]
 
         base = 0
         nxt = submit()

@@ -20,6 +20,9 @@ def register(sub) -> None:
     p.add_argument("--json", metavar="FILE", help="write JSON Lines: one record per input ('-' for stdout)")
     p.add_argument("--save-dir", metavar="DIR", help="write annotated images (boxes, scores, landmarks) here")
     p.add_argument("-q", "--quiet", action="store_true", help="one line per image, no per-face lines")
+    p.add_argument("--exif", action="store_true",
+                   help="turn photos upright by their EXIF orientation first (off by default, as the reference: "
+                        "boxes are then in the stored pixels)")
     add_detector_args(p)
     p.set_defaults(func=run)
 

@@ -90,9 +90,9 @@ class FrameSource:
 
 def _detectors(args: argparse.Namespace):
     packed_args = copy.copy(args)
-    packed_args.per_scale = False
+    packed_args.per_scale, packed_args.packed = False, True
     loop_args = copy.copy(args)
-    loop_args.per_scale = True
+    loop_args.per_scale, loop_args.packed = True, False
     return detector_from_args(packed_args), detector_from_args(loop_args)
 
 

@@ -1,0 +1,86 @@
+"""Photos in flight at once (`overlap.overlapped`): same results, input order, errors kept with their photo.
+
+Why: `detect` over a folder and `detect_batch` run two photos side by side on
+the CPU backends so the cores never wait on one photo's single-threaded
+stages. That must change nothing a user sees: each photo's faces are the ones
+it gets alone, in the order given, and a bad photo is reported where it is.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import reference_names
+from fastmtcnn import ImageError, MTCNN, read_image
+from fastmtcnn.overlap import overlapped
+
+
+def test_results_come_back_in_input_order_whatever_finishes_first():
+    delays = [0.05, 0.0, 0.03, 0.0, 0.01, 0.02, 0.0]
+    seen = set()
+
+    def slow(i):
+        seen.add(threading.get_ident())
+        time.sleep(delays[i])
+        return i * 10
+
+    out = list(overlapped(slow, range(len(delays)), workers=2))
+    assert out == [(i, i * 10) for i in range(len(delays))]
+    assert len(seen) == 2, "two workers really ran"
+
+
+def test_an_exception_stays_with_its_item_and_the_others_still_run():
+    def f(i):
+        if i == 2:
+            raise ValueError("bad 2")
+        return i
+
+    out = list(overlapped(f, range(5), workers=2))
+    assert [i for i, _ in out] == [0, 1, 2, 3, 4]
+    assert isinstance(out[2][1], ValueError) and str(out[2][1]) == "bad 2"
+    assert [r for i, r in out if i != 2] == [0, 1, 3, 4]
+    assert list(overlapped(f, range(3), workers=1))[1] == (1, 1)
+
+
+def test_at_most_ahead_items_are_started_before_the_oldest_is_handed_back():
+    started = []
+    gate = threading.Event()
+
+    def f(i):
+        started.append(i)
+        if i == 0:
+            gate.wait(5)
+        return i
+
+    it = overlapped(f, range(10), workers=2, ahead=3)
+    time.sleep(0.2)  # nothing runs until the first result is asked for (a generator)
+    assert started == []
+    threading.Timer(0.3, gate.set).start()
+    assert next(it) == (0, 0)
+    assert max(started) <= 3
+    assert [i for i, _ in it] == list(range(1, 10))
+
+
+def test_detect_batch_gives_each_photo_its_own_faces_in_order(shared_data):
+    names = reference_names()[:8]
+    paths = [str(shared_data / n) for n in names]
+    det = MTCNN()
+    alone = [det.detect(p) for p in paths]
+    together = det.detect_batch(paths + paths[::-1])
+    for a, b in zip(alone + alone[::-1], together):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.landmarks, b.landmarks)
+    frames = np.stack([read_image(shared_data / "yolov5_zidane.jpg")] * 3)
+    one = det.detect(frames[0])
+    for r in det.detect_batch(frames):
+        np.testing.assert_array_equal(r.boxes, one.boxes)
+
+
+def test_detect_batch_raises_the_first_bad_input(shared_data, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(ImageError, match="bad.jpg"):
+        MTCNN().detect_batch([str(shared_data / "skimage_astronaut.png"), str(bad)])
