@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
 def _process(args: argparse.Namespace, spec: DetectorSpec, pending, output):
     """Run the pending inputs in Ray or local mode; returns the run's Stats."""
     from .. import batch as job
+    from ..resources import available_memory, worker_count
 
     if args.ray:
         from ..raydata import run_ray
@@ -126,7 +127,7 @@ def _process(args: argparse.Namespace, spec: DetectorSpec, pending, output):
                        batch=args.batch, part_size=args.part_size, num_cpus=args.num_cpus,
                        object_store_mb=args.object_store_mb, progress=not args.quiet)
     cpus = os.cpu_count() or 1
-    workers = args.workers if args.workers is not None else cpus
+    workers = args.workers if args.workers is not None else worker_count(cpus, available_memory())
     if spec.options.get("threads") is None and not spec.uses_gpu and workers > 0:
         spec = spec.with_options(threads=max(1, cpus // workers))  # processes, not threads, keep the cores busy
     return job.run_local(pending, output, spec.build, workers=workers,
