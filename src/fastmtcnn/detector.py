@@ -120,7 +120,7 @@ class MTCNN:
             raise TypeError(f"detect_batch takes a list of images or paths, got a single "
                             f"{'image' if isinstance(images, np.ndarray) else 'path'}: "
                             "use detect(x) or detect_batch([x])")
-        if getattr(self.backend, "overlap", False) and not _is_tensor(images):
+        if self.backend.overlap and not _is_tensor(images):
             items = list(images)
             out: list[Detections | ImageError] = []
             for _, r in overlapped(self._detect_one, items, workers=min(WORKERS, len(items))):

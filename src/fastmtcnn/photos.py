@@ -140,7 +140,7 @@ def detect_grouped(det, images: list) -> list:
     whatever their sizes (`overlap.overlapped`), so a window of mixed sizes
     still overlaps one photo's single-threaded stages with another's nets.
     """
-    if getattr(det.backend, "overlap", False):
+    if det.backend.overlap:
         idx = [i for i, im in enumerate(images) if not isinstance(im, ImageError)]
         out = list(images)
         for i, faces in zip(idx, det.detect_batch([images[i] for i in idx]) if idx else []):
@@ -214,7 +214,7 @@ def detect_photos(det, paths: Iterable[str], *, window: int | None = None, reade
     Results come out in input order either way. reader: path -> file bytes
     (uint8), raising ImageError (default: local files; `batch` reads URIs too).
     """
-    exif = getattr(det, "exif", False)
+    exif = det.exif
     gpu = nvjpeg_available(det) and not exif  # nvJPEG does not turn photos by their EXIF tag
     readers = readers or min(8, os.cpu_count() or 2)
     window = window or (32 if gpu else 2 * readers)

@@ -57,6 +57,9 @@ class Backend(Protocol):
     crops: Callable[..., Any] | None
     #: front(frames, plan, timer) -> what `pnet_front` returns, e.g. replayed as one CUDA graph
     front: Callable[..., Any] | None
+    #: overlap: True when two calls may run at once from two threads (`MTCNN.detect_batch` then keeps
+    #: two images in flight: the engines release the GIL); False for a GPU backend, whose batches do that
+    overlap: bool
     #: detect_frames(frames, config, timer) -> per-frame results as `detect_frames` gives, for a whole
     #: call (e.g. fixed-shape CUDA graphs); None declines the call, a None entry leaves that frame to
     #: the shared cascade

@@ -92,6 +92,7 @@ class TorchBackend:
     """
 
     name = "torch"
+    overlap = False  # one device queue: batches, not threads, keep it busy
 
     def __init__(self, device: str | torch.device = "cpu", threads: int | None = None, *, fp16: bool | None = None,
                  channels_last: bool | None = None, cudnn_benchmark: bool = False, pinned: bool = False,

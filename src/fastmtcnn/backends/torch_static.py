@@ -80,7 +80,7 @@ class StaticCascade:
     def __init__(self, be, cfg: Config, n: int, height: int, width: int,
                  caps: tuple[int, ...] | None = None, iters: int = DEFAULT_ITERS) -> None:
         self.be, self.cfg, self.n, self.hw = be, cfg, n, (height, width)
-        self.plan = make_plan(height, width, cfg.minsize, cfg.factor, cfg.packed)
+        self.plan = make_plan(height, width, cfg.minsize, cfg.factor, cfg.use_packed(be.name, height, width))
         if len(self.plan.canvases) != 1:
             raise ValueError("the fixed-shape cascade needs one packed canvas (packed=True, frame >= minsize)")
         caps = tuple(caps) if caps else default_caps(n)
