@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .detections import Detections
-from .images import ImageError, decode_image, read_bytes
+from .images import MAX_PIXELS, ImageError, check_complete, decode_image, read_bytes
 
 
 @dataclass
@@ -92,10 +92,8 @@ def decode_on_gpu(items: list[tuple[str, np.ndarray | ImageError]], device) -> l
     and what nvJPEG still rejects (CMYK, some progressive files) goes through
     the CPU decoder, then up to the GPU.
     """
-    import torch
+    import torch  # optional (GPU extra): imported when nvJPEG is used
     from torchvision.io import ImageReadMode, decode_jpeg
-
-    from .images import MAX_PIXELS, check_complete
 
     out: list = [None] * len(items)
     jpegs = []
