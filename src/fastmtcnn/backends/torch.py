@@ -145,10 +145,6 @@ class TorchBackend:
         self.graph_stats = {"captures": 0, "replays": 0, "fallbacks": 0, "eager": 0}
 
     @property
-    def graphs(self) -> bool:
-        return self.graph_mode != "off"
-
-    @property
     def fused_nms(self) -> bool:
         return self.kernels
 
@@ -438,8 +434,7 @@ class TorchBackend:
         if cascade is None:
             return None, chunk.shape[0]
         with self._fixed_shapes():
-            out, flags = cascade.run(self._padded(chunk, key[0]), timer)
-        return key, cascade, torch.cat([out.reshape(-1), flags.to(out.dtype)]), chunk.shape[0]
+            return key, cascade, cascade.packed(self._padded(chunk, key[0]), timer), chunk.shape[0]
 
     # ------------------------------------------------------------------ the rest
 

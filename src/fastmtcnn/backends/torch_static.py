@@ -178,9 +178,9 @@ class StaticCascade:
             out = torch.cat([b, lm, keep[..., None].to(b.dtype)], dim=2)
         return out, torch.stack([fit1, fit_r, fit2, fit_o, fit3, c1 & c2 & c3 & c4])
 
-    def packed(self, frames: torch.Tensor) -> torch.Tensor:
+    def packed(self, frames: torch.Tensor, timer=NO_TIMER) -> torch.Tensor:
         """`run` as one flat tensor, the result then the flags: what a CUDA graph captures and copies back."""
-        out, flags = self.run(frames)
+        out, flags = self.run(frames, timer)
         return torch.cat([out.reshape(-1), flags.to(out.dtype)])
 
     def split(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
