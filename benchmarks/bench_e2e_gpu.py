@@ -155,9 +155,11 @@ def facenet_video(clip: Path, minsize: float, frames: int, batch: int = 16) -> t
     return done / (time.perf_counter() - t), first
 
 
-def job_video(data: Path, minsizes, facenet_frames: int, copies: int = 1, clips: str = "") -> list[dict]:
-    """Clips whose name holds `clips` (or 16 copies of the 1080p one): default settings, best flags, facenet-pytorch."""
-    clips = [c for c in sorted((data / "video").glob("*.mp4")) if clips in c.name]
+def job_video(data: Path, minsizes, facenet_frames: int, copies: int = 1, clips: str = "",
+              extra: tuple[Path, ...] = ()) -> list[dict]:
+    """Clips whose name holds `clips` (or 16 copies of the 1080p one), and the `extra` clips: default
+    settings, best flags, facenet-pytorch."""
+    clips = [c for c in sorted((data / "video").glob("*.mp4")) if clips in c.name] + list(extra)
     if copies > 1:
         clips = [c for c in clips if "1080p" in c.name][:1]
     rows = []
@@ -235,6 +237,8 @@ def main() -> int:
     ap.add_argument("--facenet-subset", type=int, default=40, help="photos facenet-pytorch runs in the folder job")
     ap.add_argument("--facenet-frames", type=int, default=150, help="frames facenet-pytorch runs per clip")
     ap.add_argument("--clips", default="", help="only the clips whose name holds this (e.g. 1080p)")
+    ap.add_argument("--extra-clips", type=Path, nargs="*", default=[],
+                    help="more files for the video job, e.g. a longer one made by benchmarks/make_long_clip.py")
     ap.add_argument("--out", type=Path, help="write every row as JSON here")
     args = ap.parse_args()
     import torch
@@ -247,7 +251,8 @@ def main() -> int:
     jobs = {  # "start" first: a fresh machine's Triton cache is cold only once
         "start": lambda: job_start(args.data),
         "decode": lambda: job_decode(args.data),
-        "video": lambda: job_video(args.data, args.minsize, args.facenet_frames, clips=args.clips),
+        "video": lambda: job_video(args.data, args.minsize, args.facenet_frames, clips=args.clips,
+                                   extra=tuple(args.extra_clips)),
         "streams": lambda: job_video(args.data, [40], args.facenet_frames, copies=16),
         "folder": lambda: job_folder(args.data, args.minsize, args.facenet_subset),
     }

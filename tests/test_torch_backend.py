@@ -65,8 +65,10 @@ def photos(shared_data) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def ort_detections(photos, detector) -> dict[str, Detections]:
-    return {name: detector.detect(img) for name, img in photos.items()}
+def ort_detections(photos) -> dict[str, Detections]:
+    """ONNX Runtime's faces (named: the default CPU engine is OpenVINO, equal to it to 1e-3 px)."""
+    ort = MTCNN(backend="onnxruntime")
+    return {name: ort.detect(img) for name, img in photos.items()}
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +245,21 @@ def test_graph_batches_round_up_to_a_bucket_a_graph_already_has():
     assert list(cache.entries) == [(4, "y"), (4, "z")]  # least recently used dropped
 
 
+def test_graph_cache_drops_the_least_recent_graphs_past_its_memory_budget():
+    from fastmtcnn.backends.torch_graphs import ShapeCache
+
+    cache = ShapeCache(size=8, budget=10)
+    cache.put("a", 1, cost=4)
+    cache.put("b", 2, cost=4)
+    cache.get("a")  # used again: "b" is now the least recent
+    cache.put("c", 3, cost=4)
+    assert list(cache.entries) == ["a", "c"] and sum(cache.costs.values()) == 8
+    cache.put("huge", 4, cost=50)  # over the budget alone: kept (the one just made), all others go
+    assert list(cache.entries) == ["huge"]
+    cache.pop("huge")
+    assert not cache.entries and not cache.costs
+
+
 # --------------------------------------------------------------------------- GPU
 
 
@@ -399,3 +416,25 @@ def test_gpu_grouped_nms_equals_numpy_nms_and_torchvision():
         got = grouped_nms(tb, ts, 0.5, tg, max_pairs=1 << 16 if trial % 3 == 0 else 1 << 23)
         np.testing.assert_array_equal(np.sort(got.cpu().numpy()), np.sort(ref))
         np.testing.assert_array_equal(np.sort(tv(tb, ts, tg, 0.5).cpu().numpy()), np.sort(ref))
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_a_dropped_detector_frees_its_graphs_at_once(photos):
+    """No reference cycle keeps a detector's CUDA graphs (gigabytes for large batches) alive until the
+    cyclic garbage collector happens to run: dropping the detector frees them."""
+    import gc
+    import weakref
+
+    img = next(iter(photos.values()))
+    frames = torch.from_numpy(np.stack([img] * 4)).cuda()
+    det = MTCNN(backend="torch", device="cuda", graphs=True)
+    det.detect_batch(frames)
+    assert det.backend.graph_stats["captures"] >= 1
+    alive = weakref.ref(det.backend)
+    gc.disable()
+    try:
+        del det
+        assert alive() is None
+    finally:
+        gc.enable()

@@ -28,6 +28,7 @@ import numpy as np
 
 from .detections import Detections
 from .images import MAX_PIXELS, ImageError, check_complete, decode_image, read_bytes
+from .overlap import overlapped
 
 
 @dataclass
@@ -84,14 +85,34 @@ def nvjpeg_available(det) -> bool:
     return True
 
 
-def decode_on_gpu(items: list[tuple[str, np.ndarray | ImageError]], device) -> list:
+def decode_on_gpu(items: list[tuple[str, np.ndarray | ImageError]], device, consumer=None) -> list:
     """Encoded files -> RGB (H, W, 3) uint8 CUDA tensors or ImageError, in order.
 
     JPEGs (complete ones: the CPU decoder's truncation check runs first) go
     to nvJPEG in one batched call; if the batch fails, each is retried alone,
     and what nvJPEG still rejects (CMYK, some progressive files) goes through
     the CPU decoder, then up to the GPU.
+
+    consumer: the CUDA stream that will use the images, when another thread
+    decodes them (so decoding overlaps detection): the work runs on a side
+    stream, is finished on return, and the images' memory stays reserved
+    until `consumer`'s work on them is done.
     """
+    if consumer is None:
+        return _decode_on_gpu(items, device)
+    import torch
+
+    side = torch.cuda.Stream(device)
+    with torch.cuda.stream(side):
+        out = _decode_on_gpu(items, device)
+    side.synchronize()
+    for t in out:
+        if not isinstance(t, ImageError):
+            t.record_stream(consumer)
+    return out
+
+
+def _decode_on_gpu(items: list[tuple[str, np.ndarray | ImageError]], device) -> list:
     import torch  # optional (GPU extra): imported when nvJPEG is used
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -163,20 +184,34 @@ def _detect_same_size(det, images: list) -> list:
     return det.detect_batch(torch.stack(images))
 
 
+#: pixels per GPU batch of one photo size: 8 photos of 8-12 MP, 16 of 3 MP, 32 of 2 MP, `batch` (64) of
+#: smaller ones (measured, H200, minsize 40: 48 M gave 538 photos/s on the benchmark folder, 12 M 419,
+#: 96 M 323 before large photos kept their batches in graphs, `torch_static.batch_max_candidates`)
+BATCH_PIXELS = 96 << 20
+
+
 class SizeBins:
     """Decoded photos waiting in one bin per size; a bin runs as one batch when it is full.
 
     Why: a GPU detector captures one CUDA graph per (batch, size); bins of a
-    fixed `batch` give each size one shape, captured once, whatever the order
-    of the folder. Pending pixels are bounded by `budget`: past it the
-    fullest bin runs early; at the end every bin runs (a short bin is padded
-    up to a graph the size already has).
+    fixed size per photo size give each size one shape, captured once,
+    whatever the order of the folder. A bin holds `batch` photos, fewer for
+    large photos: at most `pixels` pixels, rounded down to a graph bucket
+    (a batch's memory, and its graph's, grow with its pixels; small photos
+    need many per call to keep the GPU busy). Pending pixels are bounded by
+    `budget`: past it the fullest bin runs early; at the end every bin runs
+    (a short bin is padded up to a graph the size already has).
     """
 
-    def __init__(self, det, batch: int, budget: int) -> None:
-        self.det, self.batch, self.budget = det, batch, budget
+    def __init__(self, det, batch: int, budget: int, pixels: int = BATCH_PIXELS) -> None:
+        self.det, self.batch, self.budget, self.max_pixels = det, batch, budget, pixels
         self.bins: dict[tuple, list[tuple[int, object]]] = defaultdict(list)
         self.pixels = 0
+
+    def size(self, key: tuple) -> int:
+        """Photos per batch for (H, W, ...) photos: a power of two, at most `batch`, within `max_pixels`."""
+        fits = max(1, min(self.batch, self.max_pixels // (key[0] * key[1])))
+        return 1 << (fits.bit_length() - 1)
 
     def add(self, i: int, image) -> list[tuple[int, Detections]]:
         """Put image i in its bin -> the (index, faces) of any bin this made run."""
@@ -184,7 +219,7 @@ class SizeBins:
         self.bins[key].append((i, image))
         self.pixels += key[0] * key[1]
         done = []
-        if len(self.bins[key]) >= self.batch:
+        if len(self.bins[key]) >= self.size(key):
             done += self._run(key)
         while self.pixels > self.budget and self.bins:
             done += self._run(max(self.bins, key=lambda k: len(self.bins[k]) * k[0] * k[1]))
@@ -200,45 +235,52 @@ class SizeBins:
 
 
 def detect_photos(det, paths: Iterable[str], *, window: int | None = None, readers: int | None = None,
-                  batch: int = 16, budget: int = 512 << 20, bins: bool | None = None,
+                  batch: int = 64, budget: int = 512 << 20, bins: bool | None = None,
                   reader: Callable[[str], np.ndarray] = read_bytes) -> Iterator[PhotoResult]:
     """Faces in image files, yielded in input order; every path gets a result or an error.
 
-    window: files read (and decoded) together (default 32 with nvJPEG, else
-    twice the readers); readers: threads reading (and, without nvJPEG,
-    decoding) ahead. bins (default: with nvJPEG): photos wait in size bins of
-    `batch` (at most `budget` pixels pending, 512 M: 1.5 GB of frames), so
-    each size runs as full batches; else each window is grouped by size.
-    Results come out in input order either way. reader: path -> file bytes
-    (uint8), raising ImageError (default: local files; `batch` reads URIs too).
+    window: files read and decoded together (default 32 with nvJPEG, else
+    twice the readers); the next window is read and decoded on other threads
+    while this one is detected. readers: threads reading (and, without
+    nvJPEG, decoding). bins (default: with nvJPEG): photos wait in size bins
+    (`SizeBins`: up to `batch` photos, fewer when large; at most `budget`
+    pixels pending, 512 M: 1.5 GB of frames), so each size runs as full
+    batches; else each window is grouped by size. Results come out in input
+    order either way. reader: path -> file bytes (uint8), raising ImageError
+    (default: local files; `batch` reads URIs too).
     """
     exif = det.exif
     gpu = nvjpeg_available(det) and not exif  # nvJPEG does not turn photos by their EXIF tag
     readers = readers or min(8, os.cpu_count() or 2)
     window = window or (32 if gpu else 2 * readers)
-    it = iter(paths)
     sizebins = SizeBins(det, batch, budget) if (gpu if bins is None else bins) else None
     waiting: dict[int, PhotoResult] = {}  # done, not yet yielded (an earlier photo is still in a bin)
     at = 0  # index of the next result to yield
     with ThreadPoolExecutor(readers, thread_name_prefix="fastmtcnn-read") as pool:
+        if gpu:
+            import torch
 
-        def submit():
-            chunk = list(islice(it, window))
-            if not chunk:
-                return None
-            if gpu:
-                return chunk, [pool.submit(_read, p, reader) for p in chunk]
-            # without nvJPEG, decode on the reader threads too (OpenCV releases the GIL)
-            return chunk, [pool.submit(lambda p: _decode_cpu((p, _read(p, reader)), exif), p) for p in chunk]
+            consumer = torch.cuda.current_stream(det.backend.device)
+
+            def decode(chunk: list[str]) -> list:
+                data = list(pool.map(lambda p: _read(p, reader), chunk))
+                return decode_on_gpu(list(zip(chunk, data)), det.backend.device, consumer)
+        else:
+            def decode(chunk: list[str]) -> list:  # OpenCV releases the GIL: decode on the reader threads
+                return list(pool.map(lambda p: _decode_cpu((p, _read(p, reader)), exif), chunk))
+
+        def ready() -> Iterator[PhotoResult]:
+            nonlocal at
+            while at in waiting and (waiting[at].faces is not None or waiting[at].error is not None):
+                yield waiting.pop(at)
+                at += 1
 
         base = 0
-        nxt = submit()
-        while nxt is not None:
-            chunk, futs = nxt
-            got = [f.result() for f in futs]
-            nxt = submit()  # the next window reads while this one is detected
+        # two windows in flight: one decodes while the one before is detected
+        for chunk, images in overlapped(decode, _windows(paths, window), workers=2, ahead=2):
+            if isinstance(images, BaseException):
+                raise images  # not a bad file (those are ImageError entries): the GPU or the reader pool failed
             if sizebins is not None:
-                images = decode_on_gpu(list(zip(chunk, got)), det.backend.device) if gpu else got
                 done = []
                 for k, (path, im) in enumerate(zip(chunk, images)):
                     if isinstance(im, ImageError):
@@ -246,15 +288,21 @@ def detect_photos(det, paths: Iterable[str], *, window: int | None = None, reade
                     else:
                         waiting[base + k] = PhotoResult(path, image=im)
                         done += sizebins.add(base + k, im)
-                if nxt is None:
-                    done += sizebins.flush()
                 for i, faces in done:
                     waiting[i].faces = faces
             else:
-                for k, (path, im, res) in enumerate(zip(chunk, got, detect_grouped(det, got))):
+                for k, (path, im, res) in enumerate(zip(chunk, images, detect_grouped(det, images))):
                     waiting[base + k] = (PhotoResult(path, error=res) if isinstance(res, ImageError)
                                          else PhotoResult(path, faces=res, image=im))
             base += len(chunk)
-            while at in waiting and (waiting[at].faces is not None or waiting[at].error is not None):
-                yield waiting.pop(at)
-                at += 1
+            yield from ready()
+        if sizebins is not None:
+            for i, faces in sizebins.flush():
+                waiting[i].faces = faces
+            yield from ready()
+
+
+def _windows(paths: Iterable[str], n: int) -> Iterator[list[str]]:
+    it = iter(paths)
+    while chunk := list(islice(it, n)):
+        yield chunk

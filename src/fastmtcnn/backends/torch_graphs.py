@@ -55,11 +55,13 @@ def capture(fn: Callable, static_in: torch.Tensor, device: torch.device, warmup:
 
 
 class ShapeCache:
-    """Captured work per shape key, least recently used dropped past `size`; counts sightings for "auto"."""
+    """Captured work per shape key, least recently used dropped past `size` entries or `budget` bytes
+    (graphs of large batches hold gigabytes each); counts sightings for "auto"."""
 
-    def __init__(self, size: int = 8, after: int = 1) -> None:
-        self.size, self.after = size, after
+    def __init__(self, size: int = 8, after: int = 1, budget: int | None = None) -> None:
+        self.size, self.after, self.budget = size, after, budget
         self.entries: OrderedDict = OrderedDict()
+        self.costs: dict = {}  # bytes an entry holds (a graph's memory pool)
         self.seen: dict = {}
 
     def get(self, key):
@@ -68,14 +70,22 @@ class ShapeCache:
             self.entries.move_to_end(key)
         return hit
 
-    def put(self, key, value) -> None:
+    def put(self, key, value, cost: int = 0) -> None:
+        """Keep value under key; past `size` entries, or `budget` bytes of costs, the least recently used
+        go (never the one just put)."""
         self.entries[key] = value
+        self.costs[key] = cost
         self.entries.move_to_end(key)
-        while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
+        while len(self.entries) > 1 and (len(self.entries) > self.size or self._over()):
+            old, _ = self.entries.popitem(last=False)
+            self.costs.pop(old, None)
+
+    def _over(self) -> bool:
+        return self.budget is not None and sum(self.costs.values()) > self.budget
 
     def pop(self, key) -> None:
         self.entries.pop(key, None)
+        self.costs.pop(key, None)
 
     def wanted(self, key) -> bool:
         """Count a sighting of key; True once it has been seen more than `after` times before."""

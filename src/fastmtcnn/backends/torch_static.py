@@ -23,6 +23,8 @@ flags say so and the caller reruns the shared pipeline: never a silent cut.
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 
@@ -44,6 +46,13 @@ MAX_CAPS = (16384, 4096, 2048, 1024, 1024)
 #: per-frame NMS grows with the square (measured, H200, 1920x1080 minsize 20, 64 frames: 8192 slots
 #: gave 992 frames/s, the shared pipeline 1326)
 BATCH_MAX_CANDIDATES = 4096
+
+
+def batch_max_candidates(height: int, width: int) -> int:
+    """`BATCH_MAX_CANDIDATES` for frames of this size, doubled above 4 MP: a large photo has more
+    candidates per frame and a much slower shared pipeline (measured, H200, 3264x2448 minsize 40, 8 a
+    batch: 8192 slots 708 photos/s, the shared pipeline 195)."""
+    return BATCH_MAX_CANDIDATES * (2 if height * width > 4 << 20 else 1)
 #: fixed-point steps per NMS (real photos need <= 8; see tests)
 DEFAULT_ITERS = 8
 #: columns of the packed result per slot: box (4), score, landmarks (10), kept
@@ -79,7 +88,10 @@ class StaticCascade:
 
     def __init__(self, be, cfg: Config, n: int, height: int, width: int,
                  caps: tuple[int, ...] | None = None, iters: int = DEFAULT_ITERS) -> None:
-        self.be, self.cfg, self.n, self.hw = be, cfg, n, (height, width)
+        # the backend keeps its cascades: a strong reference back would make a cycle, and a dropped
+        # detector's CUDA graphs (gigabytes each for large photos) would live until the cyclic GC ran
+        self._be = weakref.ref(be)
+        self.cfg, self.n, self.hw = cfg, n, (height, width)
         self.plan = make_plan(height, width, cfg.minsize, cfg.factor, cfg.use_packed(be.name, height, width))
         if len(self.plan.canvases) != 1:
             raise ValueError("the fixed-shape cascade needs one packed canvas (packed=True, frame >= minsize)")
@@ -93,6 +105,10 @@ class StaticCascade:
         self.o = n * min(caps[3], self.k2)  # ONet crops of the whole batch
         self.k3 = min(caps[4], self.k2)
         self.iters = iters
+
+    @property
+    def be(self):
+        return self._be()
 
     def _refine(self, ii, b, valid, pool, size, net, threshold, timer, name):
         """Net outputs for the valid slots of (n, k) boxes, run as one pool of `pool` crops.
