@@ -99,3 +99,17 @@ def test_gpu_nvjpeg_photos_give_the_cpu_decoder_detections(folder):
           f"mean {ious.mean():.4f}, {(ious >= 0.99).mean():.1%} at >= 0.99")
     assert len(ious) >= 0.98 * n_cpu and len(ious) >= 0.98 * n_gpu
     assert ious.mean() >= 0.99
+
+
+def test_size_bins_hold_the_most_photos_that_fit_the_pixel_budget_in_a_graph_bucket(detector):
+    """Small photos run many to a batch, large ones few (a batch's memory, and its graph's, grow
+    with its pixels): a power of two (a graph bucket), at most `batch`, within `pixels`."""
+    from fastmtcnn.photos import SizeBins
+
+    bins = SizeBins(detector, batch=64, budget=1 << 30, pixels=48 << 20)
+    for h, w in ((480, 640), (720, 1280), (1080, 1920), (1536, 2048), (2448, 3264), (3000, 4000), (9000, 9000)):
+        n = bins.size((h, w, 3))
+        assert n & (n - 1) == 0 and 1 <= n <= 64
+        assert n == 1 or n * h * w <= 48 << 20
+        assert n == 64 or 2 * n * h * w > 48 << 20  # the next bucket would not fit
+    assert bins.size((480, 640, 3)) == 64 and bins.size((3000, 4000, 3)) == 4

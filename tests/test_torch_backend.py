@@ -245,6 +245,30 @@ def test_graph_batches_round_up_to_a_bucket_a_graph_already_has():
     assert list(cache.entries) == [(4, "y"), (4, "z")]  # least recently used dropped
 
 
+def test_a_dropped_detector_frees_its_fixed_shape_cascades_without_the_cyclic_gc(photos):
+    """The backend keeps its cascades (and on CUDA their graphs, gigabytes for large batches): a
+    cascade must not hold the backend back, or dropping the detector would not free them until
+    the cyclic garbage collector happened to run."""
+    import gc
+    import weakref
+
+    from fastmtcnn.backends.torch_static import StaticCascade
+
+    img = next(iter(photos.values()))
+    det = MTCNN(backend="torch", device="cpu")
+    frames = torch.from_numpy(np.stack([img] * 2))
+    cascade = StaticCascade(det.backend, det.config, 2, img.shape[0], img.shape[1])
+    det.backend._cascades.put((2, *img.shape[:2], det.config), (cascade, None, frames, cascade.packed(frames)))
+    alive = weakref.ref(det.backend)
+    del cascade
+    gc.disable()
+    try:
+        del det
+        assert alive() is None
+    finally:
+        gc.enable()
+
+
 def test_graph_cache_drops_the_least_recent_graphs_past_its_memory_budget():
     from fastmtcnn.backends.torch_graphs import ShapeCache
 

@@ -184,10 +184,11 @@ def _detect_same_size(det, images: list) -> list:
     return det.detect_batch(torch.stack(images))
 
 
-#: pixels per GPU batch of one photo size: 8 photos of 8-12 MP, 16 of 3 MP, 32 of 2 MP, `batch` (64) of
-#: smaller ones (measured, H200, minsize 40: 48 M gave 538 photos/s on the benchmark folder, 12 M 419,
-#: 96 M 323 before large photos kept their batches in graphs, `torch_static.batch_max_candidates`)
-BATCH_PIXELS = 96 << 20
+#: pixels per GPU batch of one photo size: 4 photos of 8-12 MP, 8 of 3 MP, 16 of 2 MP, 32 of 1280x720,
+#: `batch` (64) of 640x480. Measured on the H200 (504-photo folder of 6 sizes, default settings, one
+#: process each): 48 M gave 528-538 photos/s at minsize 40 and 310-322 at minsize 20; 96 M 323-377 and
+#: 223-262; 24 M 355 / 248; 12 M 419 / 262
+BATCH_PIXELS = 48 << 20
 
 
 class SizeBins:
