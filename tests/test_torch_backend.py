@@ -249,22 +249,29 @@ def test_a_dropped_detector_frees_its_fixed_shape_cascades_without_the_cyclic_gc
     """The backend keeps its cascades (and on CUDA their graphs, gigabytes for large batches): a
     cascade must not hold the backend back, or dropping the detector would not free them until
     the cyclic garbage collector happened to run."""
-    import gc
-    import weakref
-
     from fastmtcnn.backends.torch_static import StaticCascade
 
     img = next(iter(photos.values()))
-    det = MTCNN(backend="torch", device="cpu")
+    holder = [MTCNN(backend="torch", device="cpu")]
+    be, cfg = holder[0].backend, holder[0].config
     frames = torch.from_numpy(np.stack([img] * 2))
-    cascade = StaticCascade(det.backend, det.config, 2, img.shape[0], img.shape[1])
-    det.backend._cascades.put((2, *img.shape[:2], det.config), (cascade, None, frames, cascade.packed(frames)))
-    alive = weakref.ref(det.backend)
-    del cascade
+    cascade = StaticCascade(be, cfg, 2, img.shape[0], img.shape[1])
+    be._cascades.put((2, *img.shape[:2], cfg), (cascade, None, frames, cascade.packed(frames)))
+    del be, cascade
+    assert freed_at_once(holder)
+
+
+def freed_at_once(holder: list) -> bool:
+    """Drop the detector in holder (its only reference): True if its backend went with it, the cyclic
+    garbage collector off."""
+    import gc
+    import weakref
+
+    alive = weakref.ref(holder[0].backend)
     gc.disable()
     try:
-        del det
-        assert alive() is None
+        holder.clear()
+        return alive() is None
     finally:
         gc.enable()
 
@@ -447,18 +454,9 @@ def test_gpu_grouped_nms_equals_numpy_nms_and_torchvision():
 def test_gpu_a_dropped_detector_frees_its_graphs_at_once(photos):
     """No reference cycle keeps a detector's CUDA graphs (gigabytes for large batches) alive until the
     cyclic garbage collector happens to run: dropping the detector frees them."""
-    import gc
-    import weakref
-
     img = next(iter(photos.values()))
     frames = torch.from_numpy(np.stack([img] * 4)).cuda()
-    det = MTCNN(backend="torch", device="cuda", graphs=True)
-    det.detect_batch(frames)
-    assert det.backend.graph_stats["captures"] >= 1
-    alive = weakref.ref(det.backend)
-    gc.disable()
-    try:
-        del det
-        assert alive() is None
-    finally:
-        gc.enable()
+    holder = [MTCNN(backend="torch", device="cuda", graphs=True)]
+    holder[0].detect_batch(frames)
+    assert holder[0].backend.graph_stats["captures"] >= 1
+    assert freed_at_once(holder)
