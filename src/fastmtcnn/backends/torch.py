@@ -167,6 +167,10 @@ class TorchBackend:
             self._compiled = prev
             raise
 
+    def _grown(self, before: int) -> int:
+        """Bytes the GPU memory reserved by torch grew since `before`: what a capture keeps, about."""
+        return max(0, torch.cuda.memory_reserved(self.device) - before)
+
     def __repr__(self) -> str:
         return (f"TorchBackend(device={str(self.device)!r}, fp16={self.fp16}, channels_last={self.channels_last}, "
                 f"graphs={self.graph_mode!r}, nms={self.nms_impl!r}, kernels={self.kernels}, "
@@ -335,7 +339,7 @@ class TorchBackend:
             with torch.inference_mode(), self._fixed_shapes():
                 graph, out = capture(lambda x: pnet_front(self, x, plan), static_in, self.device)
             hit = (plan, graph, static_in, out)
-            self._fronts.put(key, hit, torch.cuda.memory_reserved(self.device) - before)
+            self._fronts.put(key, hit, self._grown(before))
         _, graph, static_in, out = hit
         static_in.copy_(frames, non_blocking=True)
         graph.replay()
@@ -369,7 +373,7 @@ class TorchBackend:
                 if entry is None and (self.graph_mode == "always" or self._cascades.wanted(key)):
                     before = torch.cuda.memory_reserved(self.device)
                     entry = self._capture_cascade(key, chunk)
-                    self._cascades.put(key, entry, torch.cuda.memory_reserved(self.device) - before)
+                    self._cascades.put(key, entry, self._grown(before))
                 if not entry:
                     self.graph_stats["eager"] += 1
                     runs.append((None, m))
