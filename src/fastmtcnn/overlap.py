@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -62,3 +63,10 @@ def _call(fn, item):
         return fn(item)
     except Exception as e:  # noqa: BLE001 - handed back with its item, in order; the caller decides
         return e
+
+
+def chunks(items: Iterable[T], n: int) -> Iterator[list[T]]:
+    """Lists of n items (the last may be shorter), read from items as they are needed."""
+    it = iter(items)
+    while chunk := list(islice(it, n)):
+        yield chunk

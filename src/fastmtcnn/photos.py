@@ -21,14 +21,13 @@ import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from .detections import Detections
 from .images import MAX_PIXELS, ImageError, check_complete, decode_image, read_bytes
-from .overlap import overlapped
+from .overlap import chunks, overlapped
 
 
 @dataclass
@@ -278,7 +277,7 @@ def detect_photos(det, paths: Iterable[str], *, window: int | None = None, reade
 
         base = 0
         # two windows in flight: one decodes while the one before is detected
-        for chunk, images in overlapped(decode, _windows(paths, window), workers=2, ahead=2):
+        for chunk, images in overlapped(decode, chunks(paths, window), workers=2, ahead=2):
             if isinstance(images, BaseException):
                 raise images  # not a bad file (those are ImageError entries): the GPU or the reader pool failed
             if sizebins is not None:
@@ -301,9 +300,3 @@ def detect_photos(det, paths: Iterable[str], *, window: int | None = None, reade
             for i, faces in sizebins.flush():
                 waiting[i].faces = faces
             yield from ready()
-
-
-def _windows(paths: Iterable[str], n: int) -> Iterator[list[str]]:
-    it = iter(paths)
-    while chunk := list(islice(it, n)):
-        yield chunk

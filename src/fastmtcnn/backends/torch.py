@@ -167,9 +167,13 @@ class TorchBackend:
             self._compiled = prev
             raise
 
-    def _grown(self, before: int) -> int:
-        """Bytes the GPU memory reserved by torch grew since `before`: what a capture keeps, about."""
-        return max(0, torch.cuda.memory_reserved(self.device) - before)
+    def _keep_captured(self, cache: ShapeCache, key, make):
+        """make() (a capture), kept in cache at the cost of the GPU memory torch reserved meanwhile:
+        about what the graph keeps."""
+        before = torch.cuda.memory_reserved(self.device)
+        value = make()
+        cache.put(key, value, max(0, torch.cuda.memory_reserved(self.device) - before))
+        return value
 
     def __repr__(self) -> str:
         return (f"TorchBackend(device={str(self.device)!r}, fp16={self.fp16}, channels_last={self.channels_last}, "
@@ -334,12 +338,7 @@ class TorchBackend:
         if hit is None or hit[0] is not plan:
             if self.graph_mode == "auto" and not self._fronts.wanted(key):
                 return pnet_front(self, frames, plan, timer)
-            static_in = frames.clone()
-            before = torch.cuda.memory_reserved(self.device)
-            with torch.inference_mode(), self._fixed_shapes():
-                graph, out = capture(lambda x: pnet_front(self, x, plan), static_in, self.device)
-            hit = (plan, graph, static_in, out)
-            self._fronts.put(key, hit, self._grown(before))
+            hit = self._keep_captured(self._fronts, key, lambda: self._capture_front(frames, plan))
         _, graph, static_in, out = hit
         static_in.copy_(frames, non_blocking=True)
         graph.replay()
@@ -371,9 +370,7 @@ class TorchBackend:
                     continue
                 entry = self._cascades.get(key)
                 if entry is None and (self.graph_mode == "always" or self._cascades.wanted(key)):
-                    before = torch.cuda.memory_reserved(self.device)
-                    entry = self._capture_cascade(key, chunk)
-                    self._cascades.put(key, entry, self._grown(before))
+                    entry = self._keep_captured(self._cascades, key, lambda: self._capture_cascade(key, chunk))
                 if not entry:
                     self.graph_stats["eager"] += 1
                     runs.append((None, m))
@@ -428,6 +425,12 @@ class TorchBackend:
         out = chunk.new_zeros((size, *chunk.shape[1:]))
         out[:chunk.shape[0]] = chunk
         return out
+
+    def _capture_front(self, frames: torch.Tensor, plan: Plan):
+        static_in = frames.clone()
+        with torch.inference_mode(), self._fixed_shapes():
+            graph, out = capture(lambda x: pnet_front(self, x, plan), static_in, self.device)
+        return plan, graph, static_in, out
 
     def _capture_cascade(self, key, chunk: torch.Tensor):
         cascade = self._static_cascade(key)

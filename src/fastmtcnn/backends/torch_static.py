@@ -46,6 +46,10 @@ MAX_CAPS = (16384, 4096, 2048, 1024, 1024)
 #: per-frame NMS grows with the square (measured, H200, 1920x1080 minsize 20, 64 frames: 8192 slots
 #: gave 992 frames/s, the shared pipeline 1326)
 BATCH_MAX_CANDIDATES = 4096
+#: fixed-point steps per NMS (real photos need <= 8; see tests)
+DEFAULT_ITERS = 8
+#: columns of the packed result per slot: box (4), score, landmarks (10), kept
+COLS = 16
 
 
 def batch_max_candidates(height: int, width: int) -> int:
@@ -53,10 +57,6 @@ def batch_max_candidates(height: int, width: int) -> int:
     candidates per frame and a much slower shared pipeline (measured, H200, 3264x2448 minsize 40, 8 a
     batch: 8192 slots 708 photos/s, the shared pipeline 195)."""
     return BATCH_MAX_CANDIDATES * (2 if height * width > 4 << 20 else 1)
-#: fixed-point steps per NMS (real photos need <= 8; see tests)
-DEFAULT_ITERS = 8
-#: columns of the packed result per slot: box (4), score, landmarks (10), kept
-COLS = 16
 
 
 def first(mask: torch.Tensor, k: int) -> torch.Tensor:

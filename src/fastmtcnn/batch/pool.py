@@ -13,21 +13,15 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from itertools import islice
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 from tqdm import tqdm
 
+from ..overlap import chunks
 from ..photos import nvjpeg_available
 from .parquet import Output, PartBuffer, Stats
 from .resume import Pending
 from .work import Result, decode_many, detect_decoded, detect_gpu
-
-
-def chunks(it: Iterable, n: int) -> Iterator[list]:
-    it = iter(it)
-    while chunk := list(islice(it, n)):
-        yield chunk
 
 
 def run_local(pending: Pending, output: Output, make_detector: Callable, *, workers: int = 2,
