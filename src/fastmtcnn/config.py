@@ -21,7 +21,7 @@ class Config:
         number for both, or a pair (rnet, onet).
     packed: run PNet once on a packed canvas of all levels (True) or once
         per level (False); both give the same detections. "auto" (default):
-        whichever is faster for the backend and frame size (`use_packed`).
+        packed, faster on every backend and frame size measured (`use_packed`).
     """
 
     minsize: float = 20.0
@@ -46,30 +46,25 @@ class Config:
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
         object.__setattr__(self, "max_batch", (int(pair[0]), int(pair[1])))
 
-    def use_packed(self, backend: str, height: int, width: int) -> bool:
-        """Whether frames of this size run PNet on one packed canvas (else level by level) on `backend`."""
-        if self.packed != "auto":
-            return bool(self.packed)
-        return packed_is_faster(backend, height, width, self.minsize)
+    @property
+    def use_packed(self) -> bool:
+        """Whether PNet runs on one packed canvas (else level by level).
+
+        "auto" is packed, from side-by-side timings (docs/cpu.md, "Packed or
+        per-scale"; per-scale time / packed time, 1.0 = equal, noise about
+        +-5%): with PNet run in bands the packed canvas is as fast or faster on
+        both CPU engines from 160x120 to 12 MP, minsize 20 and 40 (OpenVINO
+        0.93-1.59, ONNX Runtime 0.93-1.15); OpenVINO also compiles one band
+        shape packed against one per level per-scale. On the GPU one launch
+        per level costs more than the canvas's padding.
+        """
+        return self.packed == "auto" or bool(self.packed)
 
     def replace(self, **changes) -> "Config":
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def packed_is_faster(backend: str, height: int, width: int, minsize: float) -> bool:
-    """The rule behind packed="auto", from side-by-side timings (docs/cpu.md, "Packed or per-scale").
-
-    Measured, per-scale time / packed time (1.0 = equal, noise about +-5%): with
-    PNet run in bands the packed canvas is as fast or faster on both CPU engines
-    from 160x120 to 12 MP, minsize 20 and 40 (OpenVINO 0.93-1.59, ONNX Runtime
-    0.93-1.15); OpenVINO also compiles one band shape packed against one per
-    level per-scale. On the GPU one launch per level costs more than the
-    canvas's padding. So: packed, on every backend and frame size measured.
-    """
-    return True
 
 
 #: Named settings. "reference": facenet-pytorch's defaults (what the faithfulness

@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from . import backends
-from .config import Config, preset as get_preset
+from .config import Config, resolve
 from .detections import Detections
 from .images import ImageError, as_image
 from .overlap import WORKERS, overlapped
@@ -58,11 +58,8 @@ class MTCNN:
                  exif: bool = False,
                  fp16: bool | None = None, graphs: bool | str = "auto", graph_batch: int = 64, pinned: bool = False,
                  **backend_options) -> None:
-        changes = {k: v for k, v in dict(minsize=minsize, factor=factor, thresholds=thresholds,
-                                         max_batch=max_batch, packed=packed).items() if v is not None}
-        if "thresholds" in changes:
-            changes["thresholds"] = tuple(changes["thresholds"])
-        self.config: Config = get_preset(preset).replace(**changes)
+        self.config: Config = resolve(preset, minsize=minsize, factor=factor, thresholds=thresholds,
+                                      max_batch=max_batch, packed=packed)
         if threads is not None and int(threads) < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         backend = backend or ("onnxruntime" if providers is not None else backends.DEFAULT)
@@ -97,7 +94,7 @@ class MTCNN:
     def plan(self, height: int, width: int) -> Plan:
         """The pyramid / canvas plan used for frames of this size (cached)."""
         c = self.config
-        return make_plan(int(height), int(width), c.minsize, c.factor, c.use_packed(self.backend.name, height, width))
+        return make_plan(int(height), int(width), c.minsize, c.factor, c.use_packed)
 
     def detect(self, image) -> Detections:
         """Faces in one image (RGB array, path, or an (H, W, 3) uint8 tensor on the backend's device)."""

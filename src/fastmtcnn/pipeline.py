@@ -233,7 +233,7 @@ def detect_frames(be: Backend, frames, cfg: Config, timer: StageTimer = NO_TIMER
 
 def _cascade(be: Backend, frames, cfg: Config, timer: StageTimer = NO_TIMER):
     n, H, W = frames.shape[0], frames.shape[1], frames.shape[2]
-    plan = make_plan(H, W, cfg.minsize, cfg.factor, cfg.use_packed(be.name, H, W))
+    plan = make_plan(H, W, cfg.minsize, cfg.factor, cfg.use_packed)
     ii, maps = pnet_front(be, frames, plan, timer) if be.front is None else be.front(frames, plan, timer)
     xp = array_namespace(ii)
     if plan.canvases:

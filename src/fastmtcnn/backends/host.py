@@ -87,29 +87,25 @@ class HostBackend:
         return crops_host(ii, frame, windows, size)
 
     def front(self, frames: np.ndarray, plan: Plan, timer=NO_TIMER):
-        """Integral images and PNet's (reg, prob) on each canvas, made and run band by band."""
+        """Integral images and PNet's (reg, prob) on each canvas of each frame, made and run band by band."""
         with timer("integral"):
             ii = self.integral(frames)
-        return ii, [self._pnet_canvas(ii, c, timer) for c in plan.canvases]
-
-    def _pnet_canvas(self, ii: np.ndarray, canvas: Canvas, timer):
-        """PNet's (reg, prob) on one canvas of each frame, band by band."""
         n = ii.shape[0]
-        oh, ow = canvas.out_shape
-        reg = np.empty((n, 4, oh, ow), np.float32)
-        prob = np.empty((n, 1, oh, ow), np.float32)
+        maps = [(np.empty((n, 4, *c.out_shape), np.float32), np.empty((n, 1, *c.out_shape), np.float32))
+                for c in plan.canvases]
         for f in range(n):
             with timer("integral"):
-                ii16 = ii[f].astype(np.uint16)  # the integral modulo 2**16: see crop.level_rows
-            for y0, y1 in pnet_bands(canvas.h, canvas.w, self.band_pixels):
-                with timer("pyramid"):
-                    x, mask = self._band_input(ii[f], canvas, y0, y1, ii16)
-                with timer("pnet"):
-                    r, p = self.pnet(x, mask)
-                a = y0 // 2
-                reg[f, :, a:a + r.shape[2]] = r[0]
-                prob[f, :, a:a + p.shape[2]] = p[0]
-        return reg, prob
+                ii16 = ii[f].astype(np.uint16)  # the integral modulo 2**16 (crop.level_rows): once per frame
+            for canvas, (reg, prob) in zip(plan.canvases, maps):
+                for y0, y1 in pnet_bands(canvas.h, canvas.w, self.band_pixels):
+                    with timer("pyramid"):
+                        x, mask = self._band_input(ii[f], canvas, y0, y1, ii16)
+                    with timer("pnet"):
+                        r, p = self.pnet(x, mask)
+                    a = y0 // 2
+                    reg[f, :, a:a + r.shape[2]] = r[0]
+                    prob[f, :, a:a + p.shape[2]] = p[0]
+        return ii, maps
 
     def _buffer(self, shape: tuple[int, ...]) -> np.ndarray:
         """This thread's PNet band buffer of that shape (the last shape asked for is kept).

@@ -92,7 +92,7 @@ class StaticCascade:
         # detector's CUDA graphs (gigabytes each for large photos) would live until the cyclic GC ran
         self._be = weakref.ref(be)
         self.cfg, self.n, self.hw = cfg, n, (height, width)
-        self.plan = make_plan(height, width, cfg.minsize, cfg.factor, cfg.use_packed(be.name, height, width))
+        self.plan = make_plan(height, width, cfg.minsize, cfg.factor, cfg.use_packed)
         if len(self.plan.canvases) != 1:
             raise ValueError("the fixed-shape cascade needs one packed canvas (packed=True, frame >= minsize)")
         caps = tuple(caps) if caps else default_caps(n)
