@@ -86,8 +86,8 @@ def job_folder(data: Path, minsizes, subset: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_folder(data, Path(tmp))
-        sizes = {Image.open(p).size for p in paths}
-        print(f"\n== folder: {len(paths)} JPEGs, {len(sizes)} sizes (640x480 .. 4000x3000) ==", flush=True)
+        dims = [Image.open(p).size for p in paths]
+        print(f"\n== folder: {len(paths)} JPEGs, {len(set(dims))} sizes (640x480 .. 4000x3000) ==", flush=True)
         import torch
 
         from fastmtcnn.photos import _read, decode_on_gpu
@@ -99,7 +99,7 @@ def job_folder(data: Path, minsizes, subset: int) -> list[dict]:
                 decode_on_gpu([(p, _read(p)) for p in chunk], torch.device("cuda"))
             sync()
             dec = len(paths) / (time.perf_counter() - t)
-        mp = sum(w * h for w, h in (Image.open(p).size for p in paths)) / 1e6
+        mp = sum(w * h for w, h in dims) / 1e6
         print(f"read + nvJPEG decode alone (one thread): {dec:.1f} img/s, {mp * dec / len(paths):.0f} MP/s", flush=True)
         rows.append(dict(job="folder-decode", rate=dec, megapixels=mp))
         print(f"{'minsize':>7} {'settings':>9} {'img/s':>8} {'first s':>8} {'faces':>6} "

@@ -43,7 +43,6 @@ class VideoJob:
     wall_s: float
     first_result_s: float | None
     decoders: dict[str, str] = field(default_factory=dict)  # source name -> "nvdec" / "opencv"
-    per_source_fps: dict[str, float] = field(default_factory=dict)
 
     @property
     def fps(self) -> float:
@@ -90,8 +89,7 @@ def run_video_job(paths, detector, decoder: str = "auto", chunk: int | None = No
     for st in streams.stats.values():
         if st.error:
             raise RuntimeError(st.error)
-    return VideoJob(frames, faces, wall, first, {n: s.decoder for n, s in streams.stats.items()},
-                    {n: round(s.fps, 1) for n, s in streams.stats.items()})
+    return VideoJob(frames, faces, wall, first, {n: s.decoder for n, s in streams.stats.items()})
 
 
 def main(argv=None) -> int:

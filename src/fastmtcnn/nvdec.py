@@ -131,19 +131,16 @@ def ordered_segments(segments: Sequence[tuple[int, int]], sessions: int,
     stop = stop or threading.Event()
     queues = [queue.Queue(maxsize=max(1, depth)) for _ in range(k)]
 
-    def put(q: queue.Queue, item) -> bool:
-        return put_until(q, item, stop)
-
     def work(j: int) -> None:
         try:
             for start, end in segments[j::k]:
                 for piece in decode(j, start, end):
-                    if not put(queues[j], piece):
+                    if not put_until(queues[j], piece, stop):
                         return
-                if not put(queues[j], _DONE):
+                if not put_until(queues[j], _DONE, stop):
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the reader, in stream order
-            put(queues[j], e)
+            put_until(queues[j], e, stop)
 
     threads = [threading.Thread(target=work, args=(j,), name=f"fastmtcnn-nvdec-{j}", daemon=True)
                for j in range(k)]
@@ -221,7 +218,6 @@ class NvdecFile:
             raise SourceError(f"{path}: NVDEC cannot decode it: no frame count in the container", retry=False)
         self.frame_count = min(n, max_frames) if max_frames else n
         self.fps = float(getattr(meta, "average_fps", 0.0) or 0.0)
-        self.width, self.height = int(getattr(meta, "width", 0)), int(getattr(meta, "height", 0))
         self.segments = plan_segments(self.frame_count, keys, max(segment, self.piece)) if sessions > 1 \
             else [(0, self.frame_count)]
         if sessions > 1 and depth is None:

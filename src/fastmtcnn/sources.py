@@ -190,7 +190,7 @@ def put_until(q: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
-def _stderr(msg: str) -> None:
+def to_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -217,7 +217,7 @@ class FrameReader:
     def __init__(self, source: str | SourceSpec, *, width: int | None = None, height: int | None = None,
                  queue_size: int = 4, drop_stale: bool | None = None, retries: int = 5,
                  retry_delay: float = 0.5, max_delay: float = 8.0, timeout_s: float = 5.0,
-                 max_frames: int | None = None, on_event: Callable[[str], None] = _stderr,
+                 max_frames: int | None = None, on_event: Callable[[str], None] = to_stderr,
                  opener: Opener = open_capture, wakeup: threading.Event | None = None) -> None:
         self.spec = source if isinstance(source, SourceSpec) else parse_source(source)
         self.opener = opener

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import queue
 import re
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -33,7 +32,8 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from .detections import Detections
-from .sources import Frame, FrameReader, SourceError, SourceSpec, open_capture, parse_source, put_until
+from .sources import (Frame, FrameReader, SourceError, SourceSpec, to_stderr, open_capture, parse_source,
+                      put_until)
 
 DECODERS = ("auto", "opencv", "nvdec")
 
@@ -62,6 +62,7 @@ class SourceStats:
     reconnects: int = 0
     expected_frames: int | None = None  # frame count in a file's header
     end: str = ""  # "end of file", "max frames", "stopped", or what went wrong
+    truncated: bool = False  # a file that ended before its header's frame count (`FrameReader.truncated`)
     error: str | None = None
     first_result_s: float | None = None  # seconds from the start to this source's first result
     wall_s: float = 0.0  # seconds from the start to this source's last result (or its end)
@@ -69,12 +70,6 @@ class SourceStats:
     @property
     def fps(self) -> float:
         return self.frames / self.wall_s if self.wall_s > 0 else 0.0
-
-    @property
-    def truncated(self) -> bool:
-        """A file that ended before the frame count in its header (a cut or corrupt file)."""
-        return (self.spec.kind == "file" and self.end == "end of file" and self.expected_frames is not None
-                and self.frames < self.expected_frames)
 
 
 def source_names(specs: Sequence[SourceSpec]) -> list[str]:
@@ -128,10 +123,6 @@ def choose_decoder(choice: str, detector, spec: SourceSpec, resized: bool = Fals
     return "nvdec"
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 class _DeviceStage:
     """Frames for a CUDA detector, made on a side stream of their own: host frames are uploaded through one
     reused pinned buffer (the copy of the next chunk overlaps detection of this one), GPU frames (NVDEC)
@@ -179,6 +170,12 @@ class _Batch:
     faces: list[Detections] = field(default_factory=list)
 
 
+def _ended(st: SourceStats, r: FrameReader, default: str) -> None:
+    """A source's end, as its reader saw it, into its stats."""
+    st.dropped, st.reconnects, st.truncated = r.stats.dropped, r.stats.reconnects, r.truncated
+    st.end = r.stats.end or default
+
+
 class StreamDetector:
     """Detect faces in several video sources (files, camera indices, URLs, GStreamer pipelines) at once.
 
@@ -203,7 +200,7 @@ class StreamDetector:
                  names: Sequence[str] | None = None, max_frames: int | None = None, width: int | None = None,
                  height: int | None = None, drop_stale: bool | None = None, retries: int = 5,
                  retry_delay: float = 0.5, timeout_s: float = 5.0, nvdec_sessions: int | None = None,
-                 skip_failed: bool = False, on_event: Callable[[str], None] = _stderr,
+                 skip_failed: bool = False, on_event: Callable[[str], None] = to_stderr,
                  on_end: Callable[[SourceStats], None] | None = None) -> None:
         if not sources:
             raise ValueError("no sources given")
@@ -408,8 +405,7 @@ class StreamDetector:
 
     def _finish(self, i: int) -> None:
         r, st = self.readers[i], self.stats[self.names[i]]
-        st.dropped, st.reconnects = r.stats.dropped, r.stats.reconnects
-        st.end = r.stats.end or "end"
+        _ended(st, r, "end")
         if r.error is not None:
             st.error = str(r.error)
         if not st.frames:
@@ -434,7 +430,7 @@ class StreamDetector:
             r.close()
             st = self.stats[self.names[i]]
             if not st.end:
-                st.dropped, st.reconnects, st.end = r.stats.dropped, r.stats.reconnects, r.stats.end or "stopped"
+                _ended(st, r, "stopped")
         for t in self._threads:
             t.join(timeout=5)
 

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from ..cli import add_detector_args, detector_from_args
+from . import plural
 
 #: FourCC per output extension (what pip's OpenCV FFmpeg build can write)
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
@@ -219,33 +220,27 @@ def _check(args: argparse.Namespace) -> None:
         if args.out and Path(args.out).suffix.lower() in FOURCC:
             raise ValueError(f"with several sources --out is a folder (it gets NAME.mp4 per source), "
                              f"not a {Path(args.out).suffix} file")
-        for name in ("out", "json"):
-            path = getattr(args, name)
-            if path and path != "-":
-                if Path(path).exists() and not Path(path).is_dir():
-                    raise OSError(f"cannot write into {path}: with several sources --{name} is a folder")
-                if not Path(path).resolve().parent.is_dir():
-                    raise OSError(f"cannot write {path}: folder {Path(path).parent} does not exist")
-        return
     for name in ("out", "json"):
         path = getattr(args, name)
-        if path and path != "-" and not Path(path).resolve().parent.is_dir():
-            raise OSError(f"cannot write {path}: folder {Path(path).parent} does not exist")
+        if path and path != "-":
+            if several and Path(path).exists() and not Path(path).is_dir():
+                raise OSError(f"cannot write into {path}: with several sources --{name} is a folder")
+            if not Path(path).resolve().parent.is_dir():
+                raise OSError(f"cannot write {path}: folder {Path(path).parent} does not exist")
 
 
 class SourceOutput:
     """Where one source's results go: its JSON Lines records, its annotated video, its lines of text."""
 
-    def __init__(self, name: str, spec, args: argparse.Namespace, *, several: bool, text, lines: bool,
-                 shared_json=None) -> None:
-        self.name, self.spec, self.args, self.text, self.lines = name, spec, args, text, lines
+    def __init__(self, name: str, spec, args: argparse.Namespace, *, several: bool, text, lines: bool) -> None:
+        self.spec, self.args, self.text, self.lines = spec, args, text, lines
         self.tag = {"source": name} if several else {}
         self.video = (str(Path(args.out) / f"{name}.mp4") if several else args.out) if args.out else None
         self.sink: VideoSink | None = None
         self.meter = FpsMeter()
         self.prefix = f"{name} " if several else ""
         self.own_json = None
-        self.jf = shared_json
+        self.jf = sys.stdout if args.json == "-" else None
         if args.json and args.json != "-":
             self.jf = self.own_json = open(Path(args.json) / f"{name}.jsonl" if several else args.json, "w",
                                            encoding="utf-8")
@@ -268,7 +263,7 @@ class SourceOutput:
             rec["faces"] = faces.to_list()
             self.jf.write(json.dumps(rec) + "\n")
         if self.lines:
-            print(f"{self.prefix}frame {index} ({t:.2f}s): {len(faces)} face{'s' if len(faces) != 1 else ''}"
+            print(f"{self.prefix}frame {index} ({t:.2f}s): {plural(len(faces), 'face')}"
                   + (f" [{mode}]" if mode else ""), file=self.text, flush=True)
         return shown
 
@@ -301,6 +296,18 @@ class SourceOutput:
             self.sink.close()
         if self.own_json:
             self.own_json.close()
+
+
+def _frame_lines(args: argparse.Namespace) -> bool:
+    """A text line per frame: only when nothing else (a video, a window, JSON) shows the results."""
+    return not args.quiet and not (args.out or args.show or args.json)
+
+
+def _truncated(spec, frames: int, expected: int | None) -> str:
+    """The end of a file that stopped short of its header's frame count, also warned about on stderr."""
+    end = f"file ended after {frames} of {expected} frames (truncated or corrupt)"
+    print(f"warning: {spec}: {end}", file=sys.stderr)
+    return end
 
 
 def _announce_live(specs, args, text) -> None:
@@ -339,12 +346,10 @@ def _run_tracking(args, det, spec, text, window) -> int:
     tracker = Tracker(det, every=args.track_every)
     reader = FrameReader(spec, width=args.width, height=args.height, drop_stale=None if not args.no_drop else False,
                          retries=args.retries if spec.live else 0, retry_delay=args.retry_delay,
-                         timeout_s=args.timeout, max_frames=args.max_frames,
-                         on_event=lambda m: print(m, file=sys.stderr, flush=True))
+                         timeout_s=args.timeout, max_frames=args.max_frames)
     _announce_live([spec], args, text)
-    lines = not args.quiet and not (args.out or args.show or args.json)
-    output = SourceOutput(spec.text, spec, args, several=False, text=text, lines=lines,
-                          shared_json=sys.stdout if args.json == "-" else None)
+    lines = _frame_lines(args)
+    output = SourceOutput(spec.text, spec, args, several=False, text=text, lines=lines)
     frames = faces_total = 0
     error, status = None, 0
     bar = tqdm(total=reader.expected_frames, unit="frame", file=sys.stderr, leave=False,
@@ -372,8 +377,7 @@ def _run_tracking(args, det, spec, text, window) -> int:
     dt = time.perf_counter() - t0
     end = error or reader.stats.end or "end"
     if reader.truncated:
-        end = f"file ended after {reader.stats.frames} of {reader.expected_frames} frames (truncated or corrupt)"
-        print(f"warning: {spec}: {end}", file=sys.stderr)
+        end = _truncated(spec, reader.stats.frames, reader.expected_frames)
     if error and status == 1:
         print(f"error: {error}", file=sys.stderr)
     s = tracker.stats
@@ -388,16 +392,14 @@ def _run_streams(args, det, specs, text, window) -> int:
     from tqdm import tqdm
 
     from ..sources import SourceError
-    from ..streams import StreamDetector, source_names
+    from ..streams import StreamDetector
 
     several = len(specs) > 1
-    names = source_names(specs)
     for name in ("out", "json"):
         path = getattr(args, name)
         if several and path and path != "-":
             Path(path).mkdir(exist_ok=True)
-    lines = not args.quiet and not (args.out or args.show or args.json)
-    shared = sys.stdout if args.json == "-" else None
+    lines = _frame_lines(args)
     outputs = {}
     status = 0
     ended = set()
@@ -411,29 +413,25 @@ def _run_streams(args, det, specs, text, window) -> int:
             return  # nothing came through: raised below as the one-line error of a source that cannot open
         out = outputs.get(st.name)
         if out is None:  # could not be opened: no outputs were made for it
-            out = outputs[st.name] = SourceOutput(st.name, st.spec, args, several=several, text=text, lines=False,
-                                                  shared_json=shared)
+            out = outputs[st.name] = SourceOutput(st.name, st.spec, args, several=several, text=text, lines=False)
         end = st.error or st.end or "end"
         if st.truncated:
-            end = f"file ended after {st.frames} of {st.expected_frames} frames (truncated or corrupt)"
-            print(f"warning: {st.spec}: {end}", file=sys.stderr)
+            end = _truncated(st.spec, st.frames, st.expected_frames)
         if st.error:
             status = max(status, 1)
             print(f"error: {st.error}", file=sys.stderr)
         out.end(end=end, frames=st.frames, faces=st.faces, fps=st.fps, wall_s=st.wall_s, dropped=st.dropped,
                 reconnects=st.reconnects, error=st.error, decoder=st.decoder)
 
-    streams = StreamDetector(det, specs, names=names, chunk=args.chunk, decoder=args.decoder,
+    streams = StreamDetector(det, specs, chunk=args.chunk, decoder=args.decoder,
                              max_frames=args.max_frames, width=args.width, height=args.height,
                              drop_stale=False if args.no_drop else None, retries=args.retries,
                              retry_delay=args.retry_delay, timeout_s=args.timeout,
-                             nvdec_sessions=args.nvdec_sessions, skip_failed=several,
-                             on_event=lambda m: print(m, file=sys.stderr, flush=True), on_end=finish)
+                             nvdec_sessions=args.nvdec_sessions, skip_failed=several, on_end=finish)
     _announce_live([r.spec for r in streams.readers.values()], args, text)
     for name, st in streams.stats.items():
         if not st.error:
-            outputs[name] = SourceOutput(name, st.spec, args, several=several, text=text, lines=lines,
-                                         shared_json=shared)
+            outputs[name] = SourceOutput(name, st.spec, args, several=several, text=text, lines=lines)
     fps_of = {streams.names[i]: r.fps for i, r in streams.readers.items()}
     known = [st.expected_frames for st in streams.stats.values()]
     total = None if any(k is None for k in known) else sum(min(k, args.max_frames or k) for k in known)
