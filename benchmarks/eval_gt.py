@@ -37,7 +37,7 @@ def main() -> None:
     for label, det in [("default (reference)", MTCNN()), ("jetson preset", MTCNN(preset="jetson")),
                        ("default, thresholds 0.5/0.5/0.05", MTCNN(thresholds=(0.5, 0.5, 0.05)))]:
         for rule in (MatchRule("iou", 0.3), MatchRule("centre"), MatchRule("iou", 0.5)):
-            ev, _ = run_detector(det.detect, ann, args.data, rule=rule)
+            ev, _ = run_detector(det, ann, args.data, rule=rule)
             print(f"{label:<34} {rule.describe():<26} found {ev.hits}/{ev.faces}, false positives "
                   f"{ev.false_positives} ({ev.fp_per_image:.2f}/image), AP {ev.average_precision:.3f}")
             if rule == MatchRule("iou", 0.3):

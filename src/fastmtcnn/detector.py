@@ -10,7 +10,7 @@ import numpy as np
 from . import backends
 from .config import Config, resolve
 from .detections import Detections
-from .images import ImageError, as_image
+from .images import ImageError, as_image, is_tensor
 from .overlap import WORKERS, overlapped
 from .pipeline import StageTimer, detect_frames
 from .pyramid import Plan, make_plan
@@ -98,7 +98,7 @@ class MTCNN:
 
     def detect(self, image) -> Detections:
         """Faces in one image (RGB array, path, or an (H, W, 3) uint8 tensor on the backend's device)."""
-        if _is_tensor(image) and image.ndim == 3:
+        if is_tensor(image) and image.ndim == 3:
             return self._run(image[None])[0]
         return self.detect_batch([image])[0]
 
@@ -117,7 +117,7 @@ class MTCNN:
             raise TypeError(f"detect_batch takes a list of images or paths, got a single "
                             f"{'image' if isinstance(images, np.ndarray) else 'path'}: "
                             "use detect(x) or detect_batch([x])")
-        if self.backend.overlap and not _is_tensor(images):
+        if self.backend.overlap and not is_tensor(images):
             items = list(images)
             out: list[Detections | ImageError] = []
             for _, r in overlapped(self._detect_one, items, workers=min(WORKERS, len(items))):
@@ -130,7 +130,7 @@ class MTCNN:
                 images = list(images)
             else:
                 return self._run(images)
-        elif _is_tensor(images):
+        elif is_tensor(images):
             return self._run(images)
         results: list[Detections | ImageError] = []
         groups: dict[tuple, list[int]] = defaultdict(list)
@@ -157,7 +157,3 @@ class MTCNN:
         frames = self.backend.frames(images)
         out = detect_frames(self.backend, frames, self.config, self.timer)
         return [Detections(b[:, :4], b[:, 4], lm) for b, lm in out]
-
-
-def _is_tensor(x) -> bool:
-    return type(x).__module__.startswith("torch")

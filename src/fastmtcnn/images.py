@@ -22,6 +22,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".p
 MAX_PIXELS = 200_000_000  # refuse absurd sizes with a clear error instead of running out of memory
 
 
+def is_tensor(x) -> bool:
+    """A torch tensor, told by its module so that torch need not be imported."""
+    return type(x).__module__.startswith("torch")
+
+
 class ImageError(ValueError):
     """An input that cannot be used as an image; the message says why, in one line."""
 

@@ -32,6 +32,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from .detections import Detections
+from .images import is_tensor
 from .sources import (Frame, FrameReader, SourceError, SourceSpec, to_stderr, open_capture, parse_source,
                       put_until)
 
@@ -348,7 +349,7 @@ class StreamDetector:
                     return
                 faces: list[Detections | None] = [None] * len(batch.items)
                 for pos, frames in batch.groups:
-                    if type(frames).__module__.startswith("torch") and frames.is_cuda:
+                    if is_tensor(frames) and frames.is_cuda:
                         # the frames were made on another stream: keep their memory until this one is done
                         import torch
 

@@ -46,9 +46,7 @@ def read_input(path: str, cwd: str | None = None) -> np.ndarray:
             with open_input(path) as f:
                 return np.frombuffer(f.read(), np.uint8)
         return read_bytes(local)
-    except ImageError as e:
-        raise ImageError(_error_text(path, e, local)) from None
-    except (OSError, ValueError, pa.ArrowException) as e:
+    except (OSError, ValueError, pa.ArrowException) as e:  # ImageError is a ValueError
         raise ImageError(_error_text(path, e, local)) from None
 
 

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..backends import BACKENDS
 from ..cli import in_flag_terms
 from . import open_output, plural
 from .evaluate import add_matching_args, load_ground_truth
@@ -45,7 +46,7 @@ def register(sub) -> None:
                         "(default: 0.6 0.7 0.7; two settings: 0.6 0.7 0.7 0.7 0.6 0.7)")
     g.add_argument("--pyramid", choices=["packed", "per-scale"], nargs="+", default=["packed"],
                    help="one PNet call on a packed canvas, or one per pyramid level (default: packed)")
-    g.add_argument("--backend", choices=["openvino", "onnxruntime", "torch"], nargs="+", default=["onnxruntime"],
+    g.add_argument("--backend", choices=list(BACKENDS), nargs="+", default=["onnxruntime"],
                    help="backends to try (default: onnxruntime)")
     r = p.add_argument_group("run")
     r.add_argument("--repeat", type=int, metavar="N",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..images import ImageError
+from ..images import ImageError, is_tensor
 
 __all__ = ["engine", "rgb_array", "is_tensor", "is_pil"]
 
@@ -22,11 +22,6 @@ def engine(cuda_device: str | None = None):
     from ..detector import MTCNN
 
     return MTCNN(backend="torch", device=cuda_device) if cuda_device else MTCNN()
-
-
-def is_tensor(x) -> bool:
-    """A torch tensor, told by its module so that torch need not be imported."""
-    return type(x).__module__.startswith("torch")
 
 
 def is_pil(x) -> bool:
