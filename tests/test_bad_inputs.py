@@ -171,7 +171,7 @@ def test_minsize_larger_than_the_image_gives_zero_faces(expected_rgb, photo_face
     assert len(MTCNN(minsize=1000).detect(rgb)) == 0
     assert MTCNN(minsize=1000).plan(*rgb.shape[:2]).canvases == ()
     # minsize equal to the short side still looks at the whole image (one level)
-    assert len(MTCNN(minsize=512).plan(600, 512).scales) == 1
+    assert len(MTCNN(minsize=512).plan(600, 512).scales[0]) == 1
 
 
 def test_jpeg_damaged_inside_decodes_with_the_rows_before_the_damage_intact(inputs, shared_data):
@@ -219,14 +219,16 @@ def test_huge_image_finds_the_face(huge, photo_faces):
     assert len(greedy_match(want, d.boxes, 0.7)) == 1
 
 
-def test_huge_image_plan_at_default_minsize_is_one_packed_canvas():
-    plan = MTCNN().plan(4800, 4096)
+def test_huge_image_plan_at_default_minsize_is_tiles_of_one_shape():
+    det = MTCNN()
+    plan = det.plan(4800, 4096)
     # README's rule: levels s_k = (12 / minsize) * factor^k while min(H, W) * s_k >= 12
     levels = 0
     while 4096 * (12 / 20) * 0.709 ** levels >= 12:
         levels += 1
-    assert len(plan.scales) == levels
-    assert len(plan.canvases) == 1 and plan.efficiency >= 0.85
+    assert len(plan.scales[0]) == levels
+    assert len({(c.h, c.w) for c in plan.canvases}) == 1 and plan.tile in det.backend.tiles
+    assert plan.efficiency >= 0.85
 
 
 def test_image_over_the_pixel_limit_is_refused_with_one_line(huge, monkeypatch):

@@ -1,9 +1,10 @@
-"""The folder job (`photos.detect_photos`): photos of mixed sizes, detected in size groups, equal one by one.
+"""The folder job (`photos.detect_photos`): photos of mixed sizes, detected a window at a time, equal one by one.
 
-Why: grouping photos by size into batches must change nothing but speed: every
-input gets its own faces (or its error) in input order, including duplicates of
-one size and bad files among good ones. The GPU test also checks nvJPEG
-decoding against the CPU decoder.
+Why: a window of photos of any sizes is one `detect_batch` call (their
+pyramids share PNet tiles); that must change nothing but speed: every input
+gets its own faces (or its error) in input order, including duplicates of one
+size and bad files among good ones. The GPU test also checks nvJPEG decoding
+against the CPU decoder.
 """
 from __future__ import annotations
 
@@ -39,11 +40,19 @@ def folder(shared_data, tmp_path_factory):
     return paths
 
 
-@pytest.mark.parametrize("grouping", [dict(bins=False, window=7), dict(bins=True, window=5, batch=3),
-                                      dict(bins=True, window=4, batch=8, budget=1_000_000)])
-def test_mixed_size_folder_gives_the_one_by_one_results_in_input_order(folder, detector, grouping):
-    """Windows grouped by size, size bins run when full, and bins run early by the pixel budget: all exact."""
-    got = list(detect_photos(detector, folder, **grouping))
+@pytest.mark.parametrize("engine, window", [("openvino", 7), ("openvino", 5), ("openvino", 1), ("torch-cpu", 7)])
+def test_mixed_size_folder_gives_the_one_by_one_results_in_input_order(folder, detector, engine, window,
+                                                                         monkeypatch):
+    """Windows of photos of many sizes, each one call: every photo gets what it gets alone. The CPU
+    default keeps two photos in flight; the torch backend batches the window (mixed sizes in one call)."""
+    if engine == "torch-cpu":
+        pytest.importorskip("torch")
+        detector = MTCNN(minsize=40, backend="torch", device="cpu")
+    calls = []
+    run = detector._run
+    monkeypatch.setattr(detector, "_run", lambda images: calls.append(len(images)) or run(images))
+    got = list(detect_photos(detector, folder, window=window))
+    monkeypatch.undo()
     assert [r.path for r in got] == folder
     sizes = {}
     for r in got:
@@ -56,11 +65,18 @@ def test_mixed_size_folder_gives_the_one_by_one_results_in_input_order(folder, d
         sizes[img.shape] = sizes.get(img.shape, 0) + 1
         np.testing.assert_array_equal(r.rgb(), img)
         want = detector.detect(img)
-        np.testing.assert_array_equal(r.faces.boxes, want.boxes)
-        np.testing.assert_array_equal(r.faces.landmarks, want.landmarks)
+        # a photo's numbers do not depend on what else was in flight; a batched engine's kernels may round
+        # one float32 step differently with the batch's size (torch's CPU convolutions: 2e-5 px)
+        tol = 0 if detector.backend.overlap else 1e-3
+        np.testing.assert_allclose(r.faces.boxes, want.boxes, atol=tol, rtol=0)
+        np.testing.assert_allclose(r.faces.landmarks, want.landmarks, atol=tol, rtol=0)
     assert sum(not r.ok for r in got) == 3
-    assert max(sizes.values()) >= 3  # some windows did hold groups of one size
-    assert sum(len(r.faces) for r in got if r.ok) >= 50
+    assert len(sizes) >= 10 and max(sizes.values()) >= 3  # many sizes, and some repeated
+    assert sum(len(r.faces) for r in got if r.ok) >= (50 if detector.config.minsize == 20 else 30)
+    if not detector.backend.overlap:  # a batching backend: one call per window, whatever the sizes
+        windows = [got[i:i + window] for i in range(0, len(got), window)]
+        assert calls == [sum(r.ok for r in w) for w in windows if any(r.ok for r in w)]
+        assert max(calls) > 1
 
 
 @pytest.mark.gpu
@@ -99,17 +115,3 @@ def test_gpu_nvjpeg_photos_give_the_cpu_decoder_detections(folder):
           f"mean {ious.mean():.4f}, {(ious >= 0.99).mean():.1%} at >= 0.99")
     assert len(ious) >= 0.98 * n_cpu and len(ious) >= 0.98 * n_gpu
     assert ious.mean() >= 0.99
-
-
-def test_size_bins_hold_the_most_photos_that_fit_the_pixel_budget_in_a_graph_bucket(detector):
-    """Small photos run many to a batch, large ones few (a batch's memory, and its graph's, grow
-    with its pixels): a power of two (a graph bucket), at most `batch`, within `pixels`."""
-    from fastmtcnn.photos import SizeBins
-
-    bins = SizeBins(detector, batch=64, budget=1 << 30, pixels=48 << 20)
-    for h, w in ((480, 640), (720, 1280), (1080, 1920), (1536, 2048), (2448, 3264), (3000, 4000), (9000, 9000)):
-        n = bins.size((h, w, 3))
-        assert n & (n - 1) == 0 and 1 <= n <= 64
-        assert n == 1 or n * h * w <= 48 << 20
-        assert n == 64 or 2 * n * h * w > 48 << 20  # the next bucket would not fit
-    assert bins.size((480, 640, 3)) == 64 and bins.size((3000, 4000, 3)) == 4

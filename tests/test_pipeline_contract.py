@@ -1,7 +1,7 @@
-"""The backend hook contract of `pipeline.detect_frames`: a backend may answer some frames and leave the rest.
+"""The backend hook contract of `pipeline.detect_images`: a backend may answer some images and leave the rest.
 
-Why: the torch backend's fixed-shape mode answers a chunk of frames only when
-its capacities were enough; a frame it leaves (None) must still get the exact
+Why: the torch backend's fixed-shape mode answers a chunk of images only when
+its capacities were enough; an image it leaves (None) must still get the exact
 shared cascade's result, never a gap or a shifted order.
 """
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from fastmtcnn import MTCNN, read_image
-from fastmtcnn.pipeline import detect_frames
+from fastmtcnn.pipeline import detect_images
 
 
 class PartialBackend:
-    """The ONNX Runtime backend plus a `detect_frames` hook that answers odd frames with a marker."""
+    """The ONNX Runtime backend plus a `detect_images` hook that answers odd images with a marker."""
 
     MARK = (np.full((1, 5), -7.0, np.float32), np.zeros((1, 5, 2), np.float32))
 
@@ -24,20 +24,20 @@ class PartialBackend:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def detect_frames(self, frames, cfg, timer=None):
-        self.seen.append(len(frames))
-        return [self.MARK if i % 2 else None for i in range(len(frames))]
+    def detect_images(self, images, cfg, timer=None):
+        self.seen.append(len(images))
+        return [self.MARK if i % 2 else None for i in range(len(images))]
 
 
-def test_frames_a_backend_leaves_get_the_shared_cascade_in_order(shared_data):
+def test_images_a_backend_leaves_get_the_shared_cascade_in_order(shared_data):
     det = MTCNN()
     names = ["bob_multiple-faces.jpg", "yolov5_zidane.jpg", "insightface_t1.jpg", "dlib_2007_007763.jpg"]
     import cv2
 
-    frames = np.stack([cv2.resize(read_image(shared_data / n), (480, 360)) for n in names])
-    want = detect_frames(det.backend, frames, det.config)
+    images = [cv2.resize(read_image(shared_data / n), (480 + 40 * i, 360)) for i, n in enumerate(names)]
+    want = detect_images(det.backend, images, det.config)
     be = PartialBackend(det.backend)
-    got = detect_frames(be, frames, det.config)
+    got = detect_images(be, images, det.config)
     assert be.seen == [4]
     for i, ((wb, wl), (gb, gl)) in enumerate(zip(want, got)):
         if i % 2:

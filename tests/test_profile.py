@@ -41,7 +41,8 @@ def test_profile_image_prints_every_stage_for_packed_and_per_scale(shared_data, 
     packed_line = next(x for x in out.splitlines() if x.startswith("packed PNet:"))
     loop_line = next(x for x in out.splitlines() if x.startswith("per-scale PNet:"))
     levels = int(loop_line.split(": ")[2].split()[0])
-    assert "packed [" in packed_line and f"{levels} canvas(es)" in loop_line
+    assert " tiles of " in packed_line or " tile of " in packed_line
+    assert f"{levels} levels in {levels} pieces, per scale [" in loop_line
     rec = json.loads(js.read_text())
     assert rec["frames"] == 2 and (rec["width"], rec["height"]) == (512, 512)
     assert set(rec["ms_per_frame"]) == {"packed", "per-scale"}

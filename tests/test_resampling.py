@@ -1,12 +1,12 @@
-"""The CPU backends' resampling gives the reference's numbers, and their banded PNet its cells.
+"""The CPU backends' resampling gives the reference's numbers, and their tile-by-tile PNet its cells.
 
 Why: the reference resizes every pyramid level and every RNet/ONet crop with
 torch's interpolate(mode="area") (adaptive average pooling). The CPU backends
-make them with their own gathers (`crop.level_rows`, `crop.crops_host`, a band
-of rows at a time) and run PNet band by band. Each is checked against torch in
-float64 (atol 1e-5), bit for bit against the array-API definitions it must
-equal (`resize_frames`, `area_resize`, `integral_image`), and PNet's cells in
-bands against PNet on the whole canvas.
+make them with their own gathers (`crop.level_rows`, `crop.crops_host`, a
+piece of a level at a time) and run PNet tile by tile. Each is checked
+against torch in float64 (atol 1e-5), bit for bit against the array-API
+definitions it must equal (`resize_region`, `area_resize`, `integral_image`),
+and the host tiles against the array-API tiles.
 """
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ import pytest
 
 from fastmtcnn import read_image
 from fastmtcnn.backends.onnxruntime import OrtBackend
-from fastmtcnn.backends.openvino import OpenVinoBackend
-from fastmtcnn.crop import (area_bins, area_resize, crops_host, integral_host, integral_image, level_rows,
-                            resize_frames)
+from fastmtcnn.crop import (area_bins, area_resize, crops_host, integral_image, integrals, integrals_host,
+                            level_rows, resize_region)
 from fastmtcnn.pipeline import pnet_front
-from fastmtcnn.pyramid import level_size, make_plan, pnet_bands, pnet_out, pyramid_scales
+from fastmtcnn.pyramid import level_size, make_plan, pyramid_scales
 
 torch = pytest.importorskip("torch", reason="the reference values come from torch's area interpolation")
 F = torch.nn.functional
@@ -48,27 +47,36 @@ def test_area_bins_are_torchs_adaptive_pooling_bins():
         np.testing.assert_allclose(w, want, atol=1e-12, err_msg=f"{n} -> {m}")
 
 
-def test_integral_host_is_integral_image(photo):
-    frames = np.stack([photo, photo[::-1].copy()])
-    np.testing.assert_array_equal(integral_host(frames), integral_image(frames))
+def test_integrals_host_is_integral_image_for_images_of_any_sizes(photo):
+    images = [photo, np.ascontiguousarray(photo[::-1, :700]), np.ascontiguousarray(photo[:13, :9])]
+    ii = integrals_host(images)
+    assert ii.flat.dtype == np.int32 and ii.sizes == tuple(im.shape[:2] for im in images)
+    np.testing.assert_array_equal(ii.flat, integrals(images).flat)
+    for i, im in enumerate(images):
+        np.testing.assert_array_equal(ii.image(i), integral_image(im[None])[0])
+    assert ii.offset.tolist() == [0, 1281 * 887, 1281 * 887 + 701 * 887]
 
 
-def test_pyramid_levels_made_in_bands_are_torchs_area_interpolation(photo):
+def test_pyramid_level_pieces_are_torchs_area_interpolation(photo):
     h, w = photo.shape[:2]
-    ii = integral_host(photo[None])
-    ii16 = ii[0].astype(np.uint16)  # the integral modulo 2**16: exact for small bins, which it is used for
+    ii = integrals_host([photo]).image(0)
+    ii16 = ii.astype(np.uint16)  # the integral modulo 2**16: exact for small bins, which it is used for
     sizes = [level_size(h, w, s) for ms in (12, 20, 40) for s in pyramid_scales(h, w, ms, 0.709)]
     sizes += [(h, w), (2 * h + 1, w + 3), (7, 300), (h + 1, w + 1)]
     rng = np.random.default_rng(1)
     for oh, ow in sizes:
         want = _torch_levels(photo, (oh, ow))
-        whole = resize_frames(integral_image(photo[None]), oh, ow)[0]
+        whole = resize_region(ii, oh, ow, (0, oh), (0, ow))
         got = np.full((3, oh, ow), np.nan, np.float32)
         got16 = got.copy()
-        edges = np.unique(np.r_[0, np.sort(rng.integers(1, oh, min(oh - 1, 4))), oh])  # a few bands of rows
-        for r0, r1 in zip(edges[:-1], edges[1:]):
-            level_rows(ii[0], oh, ow, (int(r0), int(r1)), got[:, r0:r1])
-            level_rows(ii[0], oh, ow, (int(r0), int(r1)), got16[:, r0:r1], ii16)
+        rows = np.unique(np.r_[0, np.sort(rng.integers(1, oh, min(oh - 1, 3))), oh])  # pieces of the level
+        cols = np.unique(np.r_[0, np.sort(rng.integers(1, ow, min(ow - 1, 2))), ow])
+        for r0, r1 in zip(rows[:-1], rows[1:]):
+            for c0, c1 in zip(cols[:-1], cols[1:]):
+                piece = (int(r0), int(r1)), (int(c0), int(c1))
+                level_rows(ii, oh, ow, piece[0], got[:, r0:r1, c0:c1], cols=piece[1])
+                level_rows(ii, oh, ow, piece[0], got16[:, r0:r1, c0:c1], ii16, piece[1])
+                np.testing.assert_array_equal(resize_region(ii, oh, ow, *piece), whole[:, r0:r1, c0:c1])
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"{oh}x{ow}")
         np.testing.assert_array_equal(got, whole, err_msg=f"{oh}x{ow}: same sums, same float32 steps")
         np.testing.assert_array_equal(got16, got, err_msg=f"{oh}x{ow}: uint16 sums")
@@ -83,8 +91,8 @@ def _windows(rng, h: int, w: int, k: int) -> np.ndarray:
 
 
 def test_crops_are_torchs_area_interpolation_of_each_window(photo):
-    frames = np.stack([photo, np.ascontiguousarray(photo[:, ::-1])])
-    ii = integral_host(frames)
+    frames = [photo, np.ascontiguousarray(photo[:, ::-1])]
+    ii = integrals_host(frames)
     wins = _windows(np.random.default_rng(2), *photo.shape[:2], 40)
     frame = np.arange(len(wins)) % 2
     for size in (24, 48):
@@ -92,7 +100,7 @@ def test_crops_are_torchs_area_interpolation_of_each_window(photo):
         assert got.shape == (len(wins), 3, size, size) and got.dtype == np.float32
         np.testing.assert_array_equal(got, area_resize(ii, frame, wins, size, size))
         for k, (y0, y1, x0, x1) in enumerate(wins):
-            want = _torch_levels(np.ascontiguousarray(frames[frame[k], y0:y1, x0:x1]), (size, size))
+            want = _torch_levels(np.ascontiguousarray(frames[frame[k]][y0:y1, x0:x1]), (size, size))
             np.testing.assert_allclose(got[k], want, atol=1e-5, rtol=0, err_msg=f"window {wins[k]} -> {size}")
     assert crops_host(ii, frame[:0], wins[:0], 24).shape == (0, 3, 24, 24)
 
@@ -100,7 +108,7 @@ def test_crops_are_torchs_area_interpolation_of_each_window(photo):
 def test_frames_too_large_for_int16_coordinates_take_the_array_api_crops(photo, monkeypatch):
     import fastmtcnn.crop as crop
 
-    ii = integral_host(photo[None])
+    ii = integrals_host([photo])
     wins = _windows(np.random.default_rng(4), *photo.shape[:2], 10)
     frame = np.zeros(len(wins), np.int64)
     want = crops_host(ii, frame, wins, 24)
@@ -112,8 +120,8 @@ def test_sums_past_2_to_the_31_wrap_and_stay_exact():
     """A bright 9.6 MP frame: its int32 integral wraps (> 2**31 per channel); bin sums must not."""
     rng = np.random.default_rng(3)
     img = rng.integers(200, 256, (3100, 3100, 3), dtype=np.uint8)
-    ii = integral_host(img[None])
-    assert int(img[..., 0].sum(dtype=np.int64)) > 2**31 and ii[0, -1, -1, 0] < 0  # it did wrap
+    ii = integrals_host([img])
+    assert int(img[..., 0].sum(dtype=np.int64)) > 2**31 and ii.image(0)[-1, -1, 0] < 0  # it did wrap
     ii64 = np.zeros((3101, 3101, 3), np.int64)
     ii64[1:, 1:] = img.astype(np.int64).cumsum(0).cumsum(1)
 
@@ -123,7 +131,7 @@ def test_sums_past_2_to_the_31_wrap_and_stay_exact():
 
     oh, ow = 1551, 1551
     got = np.empty((3, 6, ow), np.float32)
-    level_rows(ii[0], oh, ow, (oh - 6, oh), got, ii[0].astype(np.uint16))  # the last rows: where it wrapped
+    level_rows(ii.image(0), oh, ow, (oh - 6, oh), got, ii.image(0).astype(np.uint16))  # the last rows: it wrapped
     (ys, ye), (xs, xe) = (b[0] for b in area_bins(np, np.zeros(1, np.int64), np.array([3100]), oh)), \
         (b[0] for b in area_bins(np, np.zeros(1, np.int64), np.array([3100]), ow))
     for r in range(6):
@@ -139,39 +147,29 @@ def test_sums_past_2_to_the_31_wrap_and_stay_exact():
         np.testing.assert_allclose(crops[k], want.transpose(2, 0, 1), atol=1e-5, rtol=0)
 
 
-# --------------------------------------------------------------------------- PNet in bands
+# --------------------------------------------------------------------------- PNet tile by tile
 
 
-@pytest.mark.parametrize("h, w, pixels", [(2464, 4136, 1 << 20), (394, 660, 1 << 20), (1815, 2420, 1 << 20),
-                                          (395, 661, 50_000), (30, 5000, 1_000), (13, 13, 10)])
-def test_bands_cover_every_output_row_with_one_shape(h, w, pixels):
-    bands = pnet_bands(h, w, pixels)
-    cells = np.zeros(pnet_out(h), int)
-    for y0, y1 in bands:
-        assert y0 % 2 == 0, "odd offsets would misalign PNet's 2x2 pooling"
-        assert y1 <= h + (h % 2)
-        cells[y0 // 2:y0 // 2 + pnet_out(y1 - y0)] += 1
-    assert cells.min() >= 1, "every output row is made by some band"
-    assert len({y1 - y0 for y0, y1 in bands}) == 1, "one band height: the engine sees one shape"
-    if len(bands) > 1:
-        assert all((y1 - y0) * w <= max(pixels, 12 * w) for y0, y1 in bands)
-
-
-@pytest.mark.parametrize("backend", [OrtBackend, OpenVinoBackend], ids=["onnxruntime", "openvino"])
-@pytest.mark.parametrize("packed", [True, False], ids=["packed", "per-scale"])
-@pytest.mark.parametrize("name", ["insightface_t1.jpg", "bob_multiple-faces.jpg"])
-def test_pnet_in_bands_equals_pnet_on_the_whole_canvas(shared_data, backend, packed, name):
-    img = read_image(shared_data / name)
-    be = backend()
-    be.band_pixels = 40_000  # many bands, odd heights (per-scale levels) included
-    frames = be.frames([img])
-    plan = make_plan(*img.shape[:2], 20, 0.709, packed)
-    assert any(len(pnet_bands(c.h, c.w, be.band_pixels)) > 1 for c in plan.canvases)
-    ii, banded = be.front(frames, plan)
-    np.testing.assert_array_equal(ii, integral_image(frames))
-    _, whole = pnet_front(be, frames, plan)  # the array-API canvas, PNet on all of it at once
-    for c, (reg, prob), (reg_w, prob_w) in zip(plan.canvases, banded, whole):
-        valid = c.cell_level >= 0
-        assert prob.shape == prob_w.shape
-        np.testing.assert_allclose(prob[0, :, valid], prob_w[0, :, valid], atol=1e-5, rtol=0)
-        np.testing.assert_allclose(reg[0, :, valid], reg_w[0, :, valid], atol=1e-5, rtol=0)
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("packed", [True, False], ids=["tiles", "per-scale"])
+def test_host_tiles_equal_the_array_api_tiles(shared_data, engine, packed):
+    """The CPU engines' `front` (pieces resampled into a reused tile buffer) gives the array-API canvases'
+    PNet outputs (`pipeline.pnet_front`), on a batch of two photos of different sizes."""
+    if engine == "openvino":
+        pytest.importorskip("openvino")
+        from fastmtcnn.backends.openvino import OpenVinoBackend as Engine
+    else:
+        Engine = OrtBackend
+    be = Engine()
+    images = [read_image(shared_data / n) for n in ("insightface_t1.jpg", "bob_multiple-faces.jpg")]
+    plan = make_plan([im.shape[:2] for im in images], 20, 0.709, 256 if packed else None)
+    ii, tiled = be.front(images, plan)
+    np.testing.assert_array_equal(ii.flat, integrals(images).flat)
+    _, whole = pnet_front(be, images, plan)  # the array-API canvases
+    assert len(tiled) == len(plan.canvases) == sum(len(ids) for ids, *_ in whole)
+    for (ids, _, reg, prob), (ids_w, _, reg_w, prob_w) in zip(tiled, (m for m in whole for _ in m[0])):
+        k = ids[0]
+        j = ids_w.index(k)
+        valid = plan.canvases[k].cell_piece() >= 0
+        np.testing.assert_allclose(prob[0][:, valid], prob_w[j][:, valid], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(reg[0][:, valid], reg_w[j][:, valid], atol=1e-5, rtol=0)

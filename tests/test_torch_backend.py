@@ -101,26 +101,32 @@ def test_torch_detect_batch_takes_a_list_an_nhwc_array_and_a_tensor(photos, torc
     assert len(greedy_match(from_list[0].boxes, mirrored, 0.8)) == len(from_list[0])
 
 
-def test_one_gather_canvas_equals_the_shared_per_level_resize(photos, torch_cpu):
-    """The backend builds the packed canvas with one gather; inside every level it must equal crop.resize_frames."""
+def test_tile_kernel_fallback_equals_the_shared_tiles(photos, torch_cpu):
+    """The backend fills a batch's tiles from a table of pieces; every piece must equal the array-API
+    resampling (`pipeline.canvas_input`), and the masks and cells the plan's own."""
+    from fastmtcnn.pipeline import batch_plan, canvas_cells, canvas_mask
+
     be = torch_cpu.backend
-    img = photos["bob_multiple-faces.jpg"]
-    plan = torch_cpu.plan(*img.shape[:2])
-    frames = be.frames([img])
-    ii = be.integral(frames)
-    for canvas in plan.canvases:
-        ours = be.canvas(ii, canvas, plan)
-        shared = canvas_input(ii, canvas, 1)
-        assert ours.shape == shared.shape
-        for lv in canvas.levels:
-            sl = (slice(None), slice(None), slice(lv.y, lv.y + lv.h), slice(lv.x, lv.x + lv.w))
-            assert torch.equal(ours[sl], shared[sl]), f"level {lv}"
-        assert float(ours.min()) >= -1.0 and float(ours.max()) <= 1.0  # padding stays in PNet's input range
+    imgs = [photos["bob_multiple-faces.jpg"], photos["yolov5_zidane.jpg"]]
+    images = be.images(imgs)
+    plan = batch_plan(be, [im.shape[:2] for im in imgs], torch_cpu.config)
+    ii = be.integrals(images)
+    ids = list(range(len(plan.canvases)))
+    ours, mask, cells = be.canvas(ii, plan, ids)
+    shared = canvas_input(ii, plan, ids)
+    assert ours.shape == shared.shape
+    for n, c in enumerate(plan.canvases):
+        for p in c.pieces:
+            sl = (n, slice(None), slice(p.y, p.y + p.h), slice(p.x, p.x + p.w))
+            assert torch.equal(ours[sl], shared[sl]), f"piece {p}"
+    np.testing.assert_array_equal(mask.numpy(), canvas_mask(plan, ids))
+    np.testing.assert_array_equal(cells.numpy(), canvas_cells(plan, ids))
+    assert float(ours.min()) >= -1.0 and float(ours.max()) <= 1.0  # padding stays in PNet's input range
 
 
 def test_integral_image_matches_numpy_cumsum(photos, torch_cpu):
     img = photos["skimage_astronaut.png"]
-    ii = torch_cpu.backend.integral(torch_cpu.backend.frames([img])).numpy()[0]
+    ii = torch_cpu.backend.integrals(torch_cpu.backend.images([img])).image(0).numpy()
     ref = np.zeros((img.shape[0] + 1, img.shape[1] + 1, 3), np.int64)
     ref[1:, 1:] = img.astype(np.int64).cumsum(0).cumsum(1)
     assert ii.dtype == np.int32
@@ -178,31 +184,56 @@ def test_torch_backend_rejects_bad_options():
         MTCNN(backend="torch", device="cpu").detect_batch(torch.zeros(1, 32, 32, 3))
 
 
-def test_static_cascade_gives_the_shared_pipeline_results_and_flags_overflow(photos):
-    """The fixed-shape cascade (run here without a graph) equals the shared pipeline, or says it cannot."""
+def test_tiled_cascade_gives_the_shared_pipeline_results_and_flags_overflow(photos):
+    """The fixed-shape cascade (run here without a graph) equals the shared pipeline on a batch of photos
+    of different sizes, or says it cannot."""
     import cv2
 
-    from fastmtcnn.backends.torch_static import StaticCascade
-    from fastmtcnn.pipeline import detect_frames
+    from fastmtcnn.backends.torch_static import Inputs, TiledCascade
+    from fastmtcnn.pipeline import batch_plan, detect_images
 
     det = MTCNN(minsize=24, backend="torch", device="cpu")
     names = ["bob_multiple-faces.jpg", "dlib_2007_007763.jpg", "insightface_t1.jpg"]
-    imgs = [cv2.resize(photos[k], (640, 360), interpolation=cv2.INTER_AREA) for k in names]
+    imgs = [cv2.resize(photos[k], (640 - 90 * i, 360 + 50 * i), interpolation=cv2.INTER_AREA)
+            for i, k in enumerate(names)]
     be = det.backend
-    frames = be.frames(imgs)
-    want = detect_frames(be, frames, det.config)
+    images = be.images(imgs)
+    want = detect_images(be, images, det.config)
     assert sum(len(b) for b, _ in want) >= 20
-    caps = (1024, 512, 128, 64, 64)  # per frame; crops pooled over the 3 frames
+    plan = batch_plan(be, [im.shape[:2] for im in imgs], det.config)
+    shape = be._shape(plan, sum((h + 1) * (w + 1) for h, w in plan.sizes), graphed=False)
+
+    def run(caps):
+        inp = Inputs(shape, be.device)
+        be._load(inp, images, plan)
+        return TiledCascade(be, det.config, shape, caps=caps).run(inp)
+
+    caps = (1024, 512, 128, 64, 64)  # per image; crops pooled over the 3 images
     with torch.inference_mode():
-        out, ok = StaticCascade(be, det.config, 3, 360, 640, caps=caps).run(frames)
-        few_survivors = StaticCascade(be, det.config, 3, 360, 640, caps=caps[:4] + (4,)).run(frames)[1]
-        few_crops = StaticCascade(be, det.config, 3, 360, 640, caps=(1024, 8, 128, 64, 64)).run(frames)[1]
+        out, ok = run(caps)
+        few_candidates = run((64,) + caps[1:])[1]
+        few_survivors = run(caps[:4] + (4,))[1]
+        few_crops = run((1024, 8, 128, 64, 64))[1]
     assert bool(ok.all())
+    assert few_candidates.tolist()[0] is False
     assert few_survivors.tolist() == [True, True, True, True, False, True]
     assert few_crops.tolist()[:2] == [True, False]
-    for (wb, wl), (gb, gl) in zip(want, StaticCascade.unpack(out.numpy())):
+    for (wb, wl), (gb, gl) in zip(want, TiledCascade.unpack(out.numpy())):
         np.testing.assert_allclose(gb, wb, atol=1e-4)
         np.testing.assert_allclose(gl, wl, atol=1e-4)
+
+
+def test_fixed_shape_calls_redo_overflowing_images_exactly_and_grow_the_capacity(photos):
+    """A capacity too small for an image: its chunk goes to the shared pipeline (same faces), the short
+    capacity is doubled for later calls."""
+    imgs = [photos["bob_multiple-faces.jpg"], photos["yolov5_zidane.jpg"]]
+    want = MTCNN(minsize=40, backend="torch", device="cpu").detect_batch(imgs)
+    det = MTCNN(minsize=40, backend="torch", device="cpu", fixed_shapes=True, caps=(64, 512, 128, 64, 64))
+    got = det.detect_batch(imgs)
+    assert det.backend.graph_stats["fallbacks"] == 1
+    assert det.backend._caps[det.config][0][0] == 128
+    for a, b in zip(want, got):
+        assert_same_detections(a, b, "redone")
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA")
@@ -222,7 +253,7 @@ def test_a_triton_kernel_that_fails_on_a_machine_falls_back_to_torch_with_a_warn
     def broken(*args, **kwargs):
         raise RuntimeError("no kernel image is available for execution on the device")
 
-    for name in ("integral", "canvas", "crops"):
+    for name in ("integral", "tiles", "crops"):
         monkeypatch.setattr(torch_kernels, name, broken)
     det.backend.kernels = det.backend._compiled = True  # as on a CUDA machine whose Triton cannot run
     with pytest.warns(RuntimeWarning, match="Triton kernels off"):
@@ -249,14 +280,13 @@ def test_a_dropped_detector_frees_its_fixed_shape_cascades_without_the_cyclic_gc
     """The backend keeps its cascades (and on CUDA their graphs, gigabytes for large batches): a
     cascade must not hold the backend back, or dropping the detector would not free them until
     the cyclic garbage collector happened to run."""
-    from fastmtcnn.backends.torch_static import StaticCascade
+    from fastmtcnn.backends.torch_static import Shape, TiledCascade
 
-    img = next(iter(photos.values()))
     holder = [MTCNN(backend="torch", device="cpu")]
     be, cfg = holder[0].backend, holder[0].config
-    frames = torch.from_numpy(np.stack([img] * 2))
-    cascade = StaticCascade(be, cfg, 2, img.shape[0], img.shape[1])
-    be._cascades.put((2, *img.shape[:2], cfg), (cascade, None, frames, cascade.packed(frames)))
+    shape = Shape(2, 4, 16, 1 << 16, be.tiles)
+    cascade = TiledCascade(be, cfg, shape)
+    be._graphs.put((shape, cfg), (cascade, None, None, None))
     del be, cascade
     assert freed_at_once(holder)
 

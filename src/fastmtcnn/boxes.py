@@ -62,19 +62,21 @@ def square(b):
     return xp.stack([x1, y1, x1 + side, y1 + side, b[:, 4]], axis=1)
 
 
-def crop_windows(b, height: int, width: int):
-    """Integer crop windows [y0, y1) x [x0, x1) of boxes, clipped to the image.
+def crop_windows(b, height, width):
+    """Integer crop windows [y0, y1) x [x0, x1) of boxes, clipped to their image.
 
     The reference truncates the box, clips to [1, W] (1-based), and slices
     [y-1 : ey]; boxes whose window is empty are dropped by the caller.
+    height, width: the image size, as numbers or per box ((n,) int64 arrays).
     Returns int64 (n, 4) [y0, y1, x0, x1] and a boolean mask of non-empty windows.
     """
     xp = array_namespace(b)
+    dev = getattr(b, "device", None)
     t = xp.astype(xp.trunc(b[:, :4]), xp.int64)
     x0 = xp.clip(t[:, 0], 1, None) - 1
     y0 = xp.clip(t[:, 1], 1, None) - 1
-    x1 = xp.clip(t[:, 2], None, width)
-    y1 = xp.clip(t[:, 3], None, height)
+    x1 = xp.minimum(t[:, 2], xp.asarray(width, dtype=xp.int64, device=dev))
+    y1 = xp.minimum(t[:, 3], xp.asarray(height, dtype=xp.int64, device=dev))
     win = xp.stack([y0, y1, x0, x1], axis=1)
     return win, (y1 > y0) & (x1 > x0)
 

@@ -18,21 +18,26 @@ float32 (one correctly rounded division, as the reference's mean), then
 bit for bit the reference's input for bins below 2**24, and within a float32
 rounding of it above.
 
+Images of any sizes share one batch: their integral images sit in one flat
+buffer (`Integrals`), rows of C sums, each image from its own offset.
+
 Two implementations of those numbers:
 
-* `area_resize` and `resize_frames`: array-API code, one gather of all
+* `area_resize` and `resize_region`: array-API code, one gather of all
   corners, for numpy and torch alike (the torch backend's reference path).
 * `level_rows` and `crops_host`: the CPU backends' path, numpy + OpenCV on
   the host (`cv2.integral` for the integral image). Every gather is a
   contiguous row copy or a flat int32 `np.take(..., mode="clip")` (numpy's
   unbuffered fast path), channels are written straight into the planar
-  network input, and pyramid levels are made a band of rows at a time, so
-  the working set is one band. Same integer sums, same float32 steps: the
-  tests check them against `area_resize`/`resize_frames` and torch.
+  network input, and pyramid levels are made a piece at a time, so the
+  working set is one tile. Same integer sums, same float32 steps: the
+  tests check them against `area_resize`/`resize_region` and torch.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -49,6 +54,55 @@ def integral_image(images):
     out = xp.zeros((n, h + 1, w + 1, c), dtype=xp.int32, device=getattr(images, "device", None))
     out[:, 1:, 1:, :] = s
     return out
+
+
+@dataclass(frozen=True)
+class Integrals:
+    """Integral images of a batch of images of any sizes, in one buffer.
+
+    flat: (rows, C) int32; image i's (H+1) x (W+1) integral, row-major, from
+    row offset[i]. offset, height, width: (n,) int64 arrays where flat lives
+    (per-candidate lookups stay on the device); sizes: the (H, W) on the host.
+    """
+
+    flat: Any
+    offset: Any
+    height: Any
+    width: Any
+    sizes: tuple[tuple[int, int], ...]
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def image(self, i: int):
+        """Image i's integral as an (H+1, W+1, C) view."""
+        h, w = self.sizes[i]
+        start = _host_offsets(self.sizes)[i]
+        return self.flat[start:start + (h + 1) * (w + 1)].reshape(h + 1, w + 1, self.flat.shape[1])
+
+    @classmethod
+    def of(cls, flat, sizes, xp=None, device=None) -> "Integrals":
+        """Wrap a filled buffer: the per-image tables are made from `sizes` where `flat` lives."""
+        xp = xp or array_namespace(flat)
+        sizes = tuple((int(h), int(w)) for h, w in sizes)
+        off = _host_offsets(sizes)[:-1]
+        hw = np.array(sizes, np.int64).reshape(-1, 2)
+        kw = {} if device is None else {"device": device}
+        return cls(flat, xp.asarray(off, **kw), xp.asarray(hw[:, 0].copy(), **kw),
+                   xp.asarray(hw[:, 1].copy(), **kw), sizes)
+
+
+def _host_offsets(sizes: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """Row offset of each image's integral in the flat buffer, and the total, (n + 1,) int64."""
+    return np.concatenate([[0], np.cumsum([(h + 1) * (w + 1) for h, w in sizes], dtype=np.int64)])
+
+
+def integrals(images) -> Integrals:
+    """`Integrals` of RGB images (a list of (H, W, 3) arrays, or one (N, H, W, 3) array), via `integral_image`."""
+    xp = array_namespace(images[0] if isinstance(images, (list, tuple)) else images)
+    parts = [xp.reshape(integral_image(im[None, ...]), (-1, im.shape[-1])) for im in images]
+    return Integrals.of(xp.concat(parts, axis=0), [tuple(im.shape[:2]) for im in images], xp,
+                        getattr(parts[0], "device", None))
 
 
 def area_bins(xp, start, length, m: int):
@@ -75,63 +129,67 @@ def _normalize(xp, total, area):
     return out
 
 
-def area_resize(ii, frame, windows, out_h: int, out_w: int):
-    """Resize windows of frames to out_h x out_w by area averaging, normalized for the nets.
+def area_resize(ii: Integrals, frame, windows, out_h: int, out_w: int):
+    """Resize windows of images to out_h x out_w by area averaging, normalized for the nets.
 
-    ii: integral images (N, H+1, W+1, C); frame: (n,) frame index of each window;
-    windows: (n, 4) int [y0, y1, x0, x1], non-empty and inside the frame.
+    ii: the images' `Integrals`; frame: (n,) image index of each window;
+    windows: (n, 4) int [y0, y1, x0, x1], non-empty and inside the image.
     Returns (n, C, out_h, out_w) float32, already (x - 127.5) / 128.
     """
-    xp = array_namespace(ii)
-    N, H1, W1, C = ii.shape
+    xp = array_namespace(ii.flat)
+    C = ii.flat.shape[1]
     ys, ye = area_bins(xp, windows[:, 0], windows[:, 1] - windows[:, 0], out_h)
     xs, xe = area_bins(xp, windows[:, 2], windows[:, 3] - windows[:, 2], out_w)
-    # one flat gather of the four corners: rows of C sums at (frame, y, x)
-    base = frame[:, None, None] * (H1 * W1)
-    rows = [base + (y * W1)[:, :, None] for y in (ys, ye)]
+    # one flat gather of the four corners: rows of C sums at (image, y, x)
+    base = xp.take(ii.offset, frame, axis=0)[:, None, None]
+    w1 = (xp.take(ii.width, frame, axis=0) + 1)[:, None]
+    rows = [base + (y * w1)[:, :, None] for y in (ys, ye)]
     corners = [r + x[:, None, :] for r in rows for x in (xs, xe)]  # ss, se, es, ee
-    flat = xp.reshape(ii, (N * H1 * W1, C))
-    g = xp.take(flat, xp.reshape(xp.stack(corners, axis=0), (-1,)), axis=0)
+    g = xp.take(ii.flat, xp.reshape(xp.stack(corners, axis=0), (-1,)), axis=0)
     g = xp.reshape(g, (4, windows.shape[0], out_h, out_w, C))
     total = g[3] - g[2] - g[1] + g[0]
     area = ((ye - ys)[:, :, None] * (xe - xs)[:, None, :])[..., None]
     return xp.permute_dims(_normalize(xp, total, area), (0, 3, 1, 2))
 
 
-def resize_frames(ii, out_h: int, out_w: int):
-    """Whole frames to out_h x out_w by area averaging (a pyramid level), normalized for PNet.
+def resize_region(ii, level_h: int, level_w: int, rows: tuple[int, int], cols: tuple[int, int]):
+    """Rows [r0, r1) x cols [c0, c1) of an image resized to level_h x level_w by area averaging, normalized.
 
-    Every frame shares the same bins, so the sums separate: two row gathers,
-    then two column gathers, (N, C, out_h, out_w) float32.
+    ii: one image's (H+1, W+1, C) integral. The bins are the whole level's
+    (a piece of a pyramid level), so the sums separate: two row gathers, then
+    two column gathers. Returns (C, r1 - r0, c1 - c0) float32.
     """
     xp = array_namespace(ii)
-    N, H1, W1, C = ii.shape
+    H1, W1, C = ii.shape
     dev = getattr(ii, "device", None)
     zero = xp.zeros(1, dtype=xp.int64, device=dev)
-    ys, ye = area_bins(xp, zero, xp.asarray([H1 - 1], dtype=xp.int64, device=dev), out_h)
-    xs, xe = area_bins(xp, zero, xp.asarray([W1 - 1], dtype=xp.int64, device=dev), out_w)
-    rows = xp.take(ii, ye[0], axis=1) - xp.take(ii, ys[0], axis=1)  # (N, out_h, W+1, C)
-    total = xp.take(rows, xe[0], axis=2) - xp.take(rows, xs[0], axis=2)  # (N, out_h, out_w, C)
-    area = ((ye - ys)[0][:, None] * (xe - xs)[0][None, :])[None, :, :, None]
-    return xp.permute_dims(_normalize(xp, total, area), (0, 3, 1, 2))
+    ys, ye = area_bins(xp, zero, xp.asarray([H1 - 1], dtype=xp.int64, device=dev), level_h)
+    xs, xe = area_bins(xp, zero, xp.asarray([W1 - 1], dtype=xp.int64, device=dev), level_w)
+    (r0, r1), (c0, c1) = rows, cols
+    ys, ye, xs, xe = ys[0, r0:r1], ye[0, r0:r1], xs[0, c0:c1], xe[0, c0:c1]
+    band = xp.take(ii, ye, axis=0) - xp.take(ii, ys, axis=0)  # (rows, W+1, C)
+    total = xp.take(band, xe, axis=1) - xp.take(band, xs, axis=1)  # (rows, cols, C)
+    area = ((ye - ys)[:, None] * (xe - xs)[None, :])[:, :, None]
+    return xp.permute_dims(_normalize(xp, total, area), (2, 0, 1))
 
 
 # --------------------------------------------------------------------------- host (numpy + OpenCV)
 
 
-def integral_host(frames: np.ndarray) -> np.ndarray:
-    """`integral_image` of (N, H, W, 3) uint8 frames by OpenCV: one SIMD pass per frame.
+def integrals_host(images) -> Integrals:
+    """`integrals` of (H, W, 3) uint8 numpy images by OpenCV: one SIMD pass per image into one buffer.
 
     cv2.integral's CV_32S sums are the same integers (wrapping past 2**31 as
     int32 does); checked equal to `integral_image` by the tests.
     """
     import cv2
 
-    n, h, w, c = frames.shape
-    out = np.empty((n, h + 1, w + 1, c), np.int32)
-    for i in range(n):
-        cv2.integral(frames[i], out[i], sdepth=cv2.CV_32S)
-    return out
+    sizes = [tuple(im.shape[:2]) for im in images]
+    off = _host_offsets(tuple(sizes))
+    flat = np.empty((int(off[-1]), 3), np.int32)
+    for im, a, (h, w) in zip(images, off, sizes):
+        cv2.integral(im, flat[a:a + (h + 1) * (w + 1)].reshape(h + 1, w + 1, 3), sdepth=cv2.CV_32S)
+    return Integrals.of(flat, sizes, np)
 
 
 @lru_cache(maxsize=512)
@@ -149,11 +207,12 @@ def _bins_1d(n: int, m: int, channels: int) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def level_rows(ii: np.ndarray, level_h: int, level_w: int, rows: tuple[int, int], out: np.ndarray,
-               ii16: np.ndarray | None = None) -> None:
-    """Rows [r0, r1) of a frame's pyramid level (level_h x level_w), normalized, into `out` (3, r1-r0, level_w).
+               ii16: np.ndarray | None = None, cols: tuple[int, int] | None = None) -> None:
+    """Rows [r0, r1) x cols [c0, c1) of an image's pyramid level (level_h x level_w), normalized, into
+    `out` (3, r1-r0, c1-c0) (default: every column).
 
-    ii: one frame's integral image (H+1, W+1, 3) int32 (`integral_host`); out
-    may be a strided view (a band of the PNet input). The vertical bin sums
+    ii: one image's integral image (H+1, W+1, 3) int32 (`integrals_host`); out
+    may be a strided view (a piece of a PNet tile). The vertical bin sums
     are contiguous row copies of the integral, the horizontal ones flat
     gathers per channel; then `area_resize`'s float32 steps, in place on `out`.
 
@@ -163,14 +222,16 @@ def level_rows(ii: np.ndarray, level_h: int, level_w: int, rows: tuple[int, int]
     """
     H1, W1, C = ii.shape
     r0, r1 = rows
+    c0, c1 = cols or (0, level_w)
     ys, ye, ny = _bins_1d(H1 - 1, level_h, 1)
     xs, xe, nx = _bins_1d(W1 - 1, level_w, C)
     if ii16 is not None and int(ny.max()) * int(nx.max()) * 255 < 1 << 16:
         ii = ii16
+    xs, xe, nx = xs[c0:c1], xe[c0:c1], nx[c0:c1]
     flat = ii.reshape(H1, W1 * C)
     rsum = np.take(flat, ye[r0:r1], axis=0, mode="clip")
     rsum -= np.take(flat, ys[r0:r1], axis=0, mode="clip")  # (k, (W+1)*C): column prefix sums of each bin row
-    total = np.empty((C, r1 - r0, level_w), ii.dtype)
+    total = np.empty((C, r1 - r0, c1 - c0), ii.dtype)
     for c in range(C):
         np.take(rsum, xe + c, axis=1, out=total[c], mode="clip")
         total[c] -= np.take(rsum, xs + c, axis=1, mode="clip")
@@ -183,21 +244,21 @@ def level_rows(ii: np.ndarray, level_h: int, level_w: int, rows: tuple[int, int]
 REMAP_LIMIT = 32767
 
 
-def crops_host(ii: np.ndarray, frame: np.ndarray, windows: np.ndarray, size: int) -> np.ndarray:
+def crops_host(ii: Integrals, frame: np.ndarray, windows: np.ndarray, size: int) -> np.ndarray:
     """`area_resize(ii, frame, windows, size, size)` with OpenCV gathers: (n, 3, size, size) float32.
 
     The four corners of every output pixel's bin are read by cv2.remap with
     nearest-neighbour sampling at integer coordinates, which copies the
     integral's int32 sums as they are (exact by construction: no weights),
     three channels at a time and multi-threaded; then `area_resize`'s integer
-    and float32 steps. Frames of REMAP_LIMIT pixels or more on a side (past
+    and float32 steps. Images of REMAP_LIMIT pixels or more on a side (past
     int16 coordinates) take `area_resize` itself.
     """
     import cv2
 
-    N, H1, W1, C = ii.shape
+    C = ii.flat.shape[1]
     n = windows.shape[0]
-    if n == 0 or max(H1, W1) >= REMAP_LIMIT:
+    if n == 0 or max(max(hw) for hw in ii.sizes) + 1 >= REMAP_LIMIT:
         return area_resize(ii, frame, windows, size, size) if n else np.empty((0, C, size, size), np.float32)
     windows = windows.astype(np.int64, copy=False)
     ys, ye = area_bins(np, windows[:, 0], windows[:, 1] - windows[:, 0], size)
@@ -211,11 +272,12 @@ def crops_host(ii: np.ndarray, frame: np.ndarray, windows: np.ndarray, size: int
     per_call = max(1, (REMAP_LIMIT - 1) // size)  # crops per remap: its output has < 32767 rows
     for f in np.unique(frame):
         idx = np.flatnonzero(frame == f)
+        img = ii.image(int(f))
         for i in range(0, len(idx), per_call):
             sel = idx[i:i + per_call]
             for k in range(4):
                 m = maps[k, sel].reshape(len(sel) * size, size, 2)
-                g[k, sel] = cv2.remap(ii[f], m, None, cv2.INTER_NEAREST).reshape(len(sel), size, size, C)
+                g[k, sel] = cv2.remap(img, m, None, cv2.INTER_NEAREST).reshape(len(sel), size, size, C)
     total = g[0] - g[1]
     total -= g[2]
     total += g[3]  # int32 with wrap-around, as `area_resize`

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -12,8 +11,8 @@ from .config import Config, resolve
 from .detections import Detections
 from .images import ImageError, as_image, is_tensor
 from .overlap import WORKERS, overlapped
-from .pipeline import StageTimer, detect_frames
-from .pyramid import Plan, make_plan
+from .pipeline import StageTimer, batch_plan, detect_images
+from .pyramid import Plan
 
 
 class MTCNN:
@@ -47,7 +46,7 @@ class MTCNN:
     graphs: "auto" (default): a batch shape is run eagerly the first time and
         replayed as one CUDA graph from its second time on; True: at once;
         False: never (CUDA only).
-    graph_batch: frames per CUDA graph replay (batches run in chunks of it).
+    graph_batch: most images per fixed-shape GPU call (larger batches run in chunks of it).
     pinned: upload host frames through a page-locked buffer.
     """
 
@@ -92,19 +91,19 @@ class MTCNN:
                 f"max_batch={c.max_batch}, packed={c.packed}, backend={self.backend.name!r})")
 
     def plan(self, height: int, width: int) -> Plan:
-        """The pyramid / canvas plan used for frames of this size (cached)."""
-        c = self.config
-        return make_plan(int(height), int(width), c.minsize, c.factor, c.use_packed)
+        """The PNet plan (pyramid levels in tiles, or per-scale canvases) of one image of this size (cached)."""
+        return batch_plan(self.backend, [(int(height), int(width))], self.config)
 
     def detect(self, image) -> Detections:
         """Faces in one image (RGB array, path, or an (H, W, 3) uint8 tensor on the backend's device)."""
         if is_tensor(image) and image.ndim == 3:
-            return self._run(image[None])[0]
+            return self._run([image])[0]
         return self.detect_batch([image])[0]
 
     def detect_batch(self, images: Iterable | np.ndarray, errors: str = "raise") -> list[Detections | ImageError]:
-        """Faces in each image, in input order. Images of one size run as one batch, except on
-        the CPU backends, where two images are in flight at once instead (`overlap.overlapped`).
+        """Faces in each image, in input order. Images may have any sizes: they run as one batch
+        (PNet tiles of one shape, `pyramid`), except on the CPU backends, where two images are in
+        flight at once instead (`overlap.overlapped`).
 
         errors="raise" (default) stops at the first unreadable input with its
         ImageError; errors="keep" returns one entry per input, the ImageError
@@ -125,35 +124,29 @@ class MTCNN:
                     raise r
                 out.append(r)
             return out
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            if images.dtype != np.uint8 or images.shape[-1] != 3:
-                images = list(images)
-            else:
-                return self._run(images)
-        elif is_tensor(images):
+        if is_tensor(images) or (isinstance(images, np.ndarray) and images.ndim == 4
+                                 and images.dtype == np.uint8 and images.shape[-1] == 3):
             return self._run(images)
         results: list[Detections | ImageError] = []
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        imgs = {}
+        good: list[int] = []
+        imgs = []
         for i, im in enumerate(images):
             try:
-                imgs[i] = as_image(im, exif=self.exif)
+                imgs.append(im if is_tensor(im) else as_image(im, exif=self.exif))
             except ImageError as e:
                 if errors == "raise":
                     raise
                 results.append(e)
                 continue
             results.append(None)  # type: ignore[arg-type]
-            groups[imgs[i].shape].append(i)
-        for idx in groups.values():
-            for i, det in zip(idx, self._run([imgs[i] for i in idx])):
-                results[i] = det
+            good.append(i)
+        for i, det in zip(good, self._run(imgs) if imgs else []):
+            results[i] = det
         return results
 
     def _detect_one(self, image) -> Detections:
-        return self._run(as_image(image, exif=self.exif)[None])[0]
+        return self._run([as_image(image, exif=self.exif)])[0]
 
     def _run(self, images) -> list[Detections]:
-        frames = self.backend.frames(images)
-        out = detect_frames(self.backend, frames, self.config, self.timer)
+        out = detect_images(self.backend, self.backend.images(images), self.config, self.timer)
         return [Detections(b[:, :4], b[:, 4], lm) for b, lm in out]

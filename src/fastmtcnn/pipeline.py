@@ -1,39 +1,52 @@
-"""The MTCNN cascade, written once for every backend.
+"""The MTCNN cascade, written once for every backend, for a batch of images of any sizes.
 
 A backend owns where arrays live and how the three nets run; everything here
-is array maths through the array API, so numpy (ONNX Runtime) and torch
-(CPU or CUDA) share it. Stages are separate functions so that the profiler
-can time them and tests can call them.
+is array maths through the array API, so numpy (OpenVINO, ONNX Runtime) and
+torch (CPU or CUDA) share it. Stages are separate functions so that the
+profiler can time them and tests can call them.
+
+The batch's pyramid levels go into PNet tiles of one fixed size
+(`pyramid.make_plan`), its candidates are decoded back to each image's
+levels, and RNet/ONet crop every image's candidates from one buffer of
+integral images (`crop.Integrals`): no stage's shape depends on an image's size.
 """
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from functools import lru_cache
+from typing import Any, Callable, Protocol, Sequence
 
+import numpy as np
 from array_api_compat import array_namespace
 
 from . import boxes as bx
 from .config import Config
-from .crop import area_resize, resize_frames
-from .pyramid import Canvas, Plan, make_plan
+from .crop import Integrals, area_resize, resize_region
+from .pyramid import Plan, make_plan
+
+#: RNet/ONet batches are padded up to one of these sizes (8, 12, 16, 24, 32, 48, ...: at most a third
+#: more work), so the engines see few shapes: cuDNN and OpenVINO pick or compile kernels per shape
+BATCH_BUCKETS = tuple(sorted({b for k in range(3, 20) for b in (1 << k, 3 << (k - 1))}))
 
 
 class Backend(Protocol):
     """What the pipeline needs from a backend: arrays, three nets and NMS.
 
-    The last four members are optional fast paths: a backend that has none
-    sets them to None, and the pipeline then does the work itself.
+    The members typed Callable | None are optional fast paths: a backend that
+    has none sets them to None, and the pipeline then does the work itself.
     """
 
     name: str
+    #: tile side(s) PNet runs on (`pyramid.make_plan`'s `tiles`)
+    tiles: int | tuple[int, ...]
 
-    def frames(self, images) -> object:
-        """Stack RGB uint8 images of one size into an (N, H, W, 3) array where the nets run."""
+    def images(self, images) -> Sequence:
+        """RGB uint8 images (a list of (H, W, 3) of any sizes, or an (N, H, W, 3) array) where the nets run."""
 
-    def integral(self, frames) -> object:
-        """`crop.integral_image` of the frames: (N, H+1, W+1, 3) int32."""
+    def integrals(self, images) -> Integrals:
+        """`crop.integrals` of the images."""
 
     def pnet(self, x, mask) -> tuple: ...
 
@@ -51,19 +64,20 @@ class Backend(Protocol):
 
     def synchronize(self) -> None: ...
 
-    #: canvas(ii, canvas, plan) -> `canvas_input`'s (N, 3, h, w) PNet input, e.g. in one gather
+    #: canvas(ii, plan, ids) -> `canvas_input`'s (len(ids), 3, h, w) PNet input, its mask, and
+    #: `canvas_cells`' piece index of each PNet cell (or None: the pipeline makes them)
     canvas: Callable[..., Any] | None
     #: crops(ii, frame, windows, size) -> `crop.area_resize`'s numbers, e.g. in one kernel
     crops: Callable[..., Any] | None
-    #: front(frames, plan, timer) -> what `pnet_front` returns, e.g. replayed as one CUDA graph
+    #: front(images, plan, timer) -> what `pnet_front` returns, e.g. made and run tile by tile
     front: Callable[..., Any] | None
     #: overlap: True when two calls may run at once from two threads (`MTCNN.detect_batch` then keeps
     #: two images in flight: the engines release the GIL); False for a GPU backend, whose batches do that
     overlap: bool
-    #: detect_frames(frames, config, timer) -> per-frame results as `detect_frames` gives, for a whole
-    #: call (e.g. fixed-shape CUDA graphs); None declines the call, a None entry leaves that frame to
+    #: detect_images(images, config, timer) -> per-image results as `detect_images` gives, for a whole
+    #: call (e.g. a fixed-shape cascade); None declines the call, a None entry leaves that image to
     #: the shared cascade
-    detect_frames: Callable[..., Any] | None
+    detect_images: Callable[..., Any] | None
 
 
 @dataclass
@@ -94,60 +108,95 @@ class StageTimer:
 NO_TIMER = StageTimer()
 
 
-def canvas_input(ii, canvas: Canvas, n: int):
-    """Resize every level of the canvas into one (N, 3, h, w) PNet input."""
-    xp = array_namespace(ii)
-    x = xp.zeros((n, 3, canvas.h, canvas.w), dtype=xp.float32, device=getattr(ii, "device", None))
-    for lv in canvas.levels:
-        x[:, :, lv.y:lv.y + lv.h, lv.x:lv.x + lv.w] = resize_frames(ii, lv.h, lv.w)
+@lru_cache(maxsize=64)
+def plan_for(sizes: tuple[tuple[int, int], ...], minsize: float, factor: float,
+             tiles: int | tuple[int, ...] | None) -> Plan:
+    """`pyramid.make_plan`, cached per batch of sizes (a video's chunks, a folder of one camera)."""
+    return make_plan(sizes, minsize, factor, tiles)
+
+
+def batch_plan(be: Backend, sizes: Sequence[tuple[int, int]], cfg: Config) -> Plan:
+    """The plan a backend runs a batch of these (H, W) image sizes with (tiles, or per-scale)."""
+    return plan_for(tuple((int(h), int(w)) for h, w in sizes), cfg.minsize, cfg.factor,
+                    be.tiles if cfg.use_packed else None)
+
+
+def canvas_input(ii: Integrals, plan: Plan, ids: Sequence[int]):
+    """PNet input of canvases `ids` (all of one shape): (len(ids), 3, h, w) float32, every piece resampled."""
+    xp = array_namespace(ii.flat)
+    c0 = plan.canvases[ids[0]]
+    x = xp.zeros((len(ids), 3, c0.h, c0.w), dtype=xp.float32, device=getattr(ii.flat, "device", None))
+    for n, k in enumerate(ids):
+        for p in plan.canvases[k].pieces:
+            x[n, :, p.y:p.y + p.h, p.x:p.x + p.w] = resize_region(
+                ii.image(p.image), p.level_h, p.level_w, (p.src_y, p.src_y + p.h), (p.src_x, p.src_x + p.w))
     return x
 
 
-def pnet_front(be: Backend, frames, plan: Plan, timer: StageTimer = NO_TIMER):
-    """Integral image of the frames and PNet's (reg, prob) on each canvas of the plan."""
-    n = frames.shape[0]
+def canvas_mask(plan: Plan, ids: Sequence[int]) -> np.ndarray:
+    """The masks of canvases `ids` (all of one shape): (len(ids), 1, h-2, w-2) float32 (`pyramid.Canvas.mask`)."""
+    return np.concatenate([plan.canvases[k].mask() for k in ids])
+
+
+def canvas_cells(plan: Plan, ids: Sequence[int]) -> np.ndarray:
+    """(len(ids), h', w') int32: the plan's piece index of every PNet cell of canvases `ids`, -1 where none."""
+    return np.stack([plan.canvases[k].cell_piece() for k in ids])
+
+
+def pnet_front(be: Backend, images, plan: Plan, timer: StageTimer = NO_TIMER):
+    """Integral images of the batch and PNet's outputs: (ii, [(canvas ids, cells or None, reg, prob), ...]),
+    one entry per PNet call."""
     with timer("integral"):
-        ii = be.integral(frames)
+        ii = be.integrals(images)
     maps = []
-    for canvas in plan.canvases:
+    for ids in plan.groups():
         with timer("pyramid"):
-            x = canvas_input(ii, canvas, n) if be.canvas is None else be.canvas(ii, canvas, plan)
-            mask = be.asarray(canvas.mask)
+            if be.canvas is None:
+                x, mask, cells = canvas_input(ii, plan, ids), be.asarray(canvas_mask(plan, ids)), None
+            else:
+                x, mask, cells = be.canvas(ii, plan, ids)
         with timer("pnet"):
-            maps.append(be.pnet(x, mask))
+            maps.append((ids, cells, *be.pnet(x, mask)))
     return ii, maps
 
 
-def pnet_candidates(be: Backend, reg, prob, canvas: Canvas, plan: Plan, threshold: float):
-    """PNet cells over threshold -> boxes (n, 9), frame index, pyramid level."""
+#: bits of each level coordinate in the candidates' sort key
+_KEY_BITS = 21
+
+
+def pnet_candidates(be: Backend, ids: Sequence[int], cells, reg, prob, plan: Plan, threshold: float):
+    """PNet cells over threshold -> boxes (n, 9), image index, level group (image * levels + level), sort key.
+
+    The key orders candidates as a per-scale run lists them (image, level,
+    row, column), wherever the tiles put them: NMS breaks ties between equal
+    scores by that order.
+    """
     xp = array_namespace(prob)
-    cell_level = be.asarray(canvas.cell_level)
+    cells = be.asarray(canvas_cells(plan, ids)) if cells is None else cells
     face = prob[:, -1, :, :]  # PNet gives P(face) as its last (only) channel
-    hit = (face >= threshold) & (cell_level >= 0)[None, :, :]
-    f, cy, cx = xp.nonzero(hit)
-    level = cell_level[cy, cx]
-    # each level's origin (in cells) and scale, looked up by pyramid level id
-    origins, scales = canvas.level_table
-    origins = be.asarray(origins)
-    oy, ox = origins[0, :][level], origins[1, :][level]
-    scale = be.asarray(scales)[level]
-    r = reg[f, :, cy, cx]  # advanced indices around a slice: (k, 4)
-    b = bx.cells_to_boxes(cy - oy, cx - ox, scale, face[f, cy, cx], r)
-    return b, f, level
+    t, cy, cx = xp.nonzero((face >= threshold) & (cells >= 0))
+    p = cells[t, cy, cx]
+    tab = {k: be.asarray(v) for k, v in plan.tables.items() if k != "rect"}
+    ly = cy - xp.take(tab["oy"], p, axis=0)
+    lx = cx - xp.take(tab["ox"], p, axis=0)
+    r = reg[t, :, cy, cx]  # advanced indices around a slice: (k, 4)
+    b = bx.cells_to_boxes(ly, lx, xp.take(tab["scale"], p, axis=0), face[t, cy, cx], r)
+    group = xp.take(tab["group"], p, axis=0)
+    key = (group * (1 << _KEY_BITS) + xp.astype(ly, xp.int64)) * (1 << _KEY_BITS) + xp.astype(lx, xp.int64)
+    return b, xp.take(tab["image"], p, axis=0), group, key
 
 
 def stage1(be: Backend, maps, plan: Plan, cfg: Config, timer: StageTimer = NO_TIMER):
-    """PNet outputs of all canvases -> squared candidate boxes (m, 5) and their frame index."""
+    """PNet outputs of all canvases -> squared candidate boxes (m, 5) and their image index."""
     with timer("candidates"):
-        parts = [pnet_candidates(be, reg, prob, canvas, plan, cfg.thresholds[0])
-                 for canvas, (reg, prob) in zip(plan.canvases, maps)]
+        parts = [pnet_candidates(be, *m, plan, cfg.thresholds[0]) for m in maps]
         xp = array_namespace(parts[0][0])
-        b = xp.concat([p[0] for p in parts], axis=0)
-        f = xp.concat([p[1] for p in parts], axis=0)
-        lv = xp.concat([p[2] for p in parts], axis=0)
+        b, f, g, key = (xp.concat([p[k] for p in parts], axis=0) for k in range(4))
         if b.shape[0] == 0:
             return b[:, :5], f
-        keep = be.nms(b[:, :4], b[:, 4], 0.5, groups=f * len(plan.scales) + lv)
+        order = xp.argsort(key, stable=True)
+        b, f, g = (xp.take(a, order, axis=0) for a in (b, f, g))
+        keep = be.nms(b[:, :4], b[:, 4], 0.5, groups=g)
         b, f = xp.take(b, keep, axis=0), xp.take(f, keep, axis=0)
         keep = be.nms(b[:, :4], b[:, 4], 0.7, groups=f)
         b, f = xp.take(b, keep, axis=0), xp.take(f, keep, axis=0)
@@ -160,26 +209,40 @@ def _select(xp, mask, *arrays):
     return tuple(xp.take(a, i, axis=0) for a in arrays)
 
 
-def crops(be: Backend, ii, f, win, size: int):
+def crops(be: Backend, ii: Integrals, f, win, size: int):
     """Area crops of windows for RNet/ONet: the backend's own kernel if it has one, else `crop.area_resize`."""
     return area_resize(ii, f, win, size, size) if be.crops is None else be.crops(ii, f, win, size)
 
 
+def padded_batch(n: int, limit: int | None = None) -> int:
+    """The batch n crops run as: the smallest of `BATCH_BUCKETS` that holds them, at most `limit` (max_batch)."""
+    b = next((b for b in BATCH_BUCKETS if b >= n), n)
+    return b if limit is None else max(n, min(b, limit))
+
+
 def _run_chunks(net, x, max_batch: int):
-    """Run a net over x in chunks of at most max_batch; concatenate each output."""
+    """Run a net over x in chunks of at most max_batch, each padded to `padded_batch`; concatenate each output."""
     xp = array_namespace(x)
-    outs = [net(x[i:i + max_batch]) for i in range(0, x.shape[0], max_batch)]
+    outs = []
+    for i in range(0, x.shape[0], max_batch):
+        part = x[i:i + max_batch]
+        n = part.shape[0]
+        pad = padded_batch(n, max_batch) - n
+        if pad:
+            part = xp.concat([part, xp.zeros((pad, *part.shape[1:]), dtype=part.dtype,
+                                             device=getattr(part, "device", None))], axis=0)
+        outs.append(tuple(o[:n] for o in net(part)))
     return tuple(xp.concat([o[k] for o in outs], axis=0) for k in range(len(outs[0])))
 
 
-def refine(be: Backend, ii, b, f, size: int, net, max_batch: int, threshold: float,
-           hw: tuple[int, int], timer: StageTimer, name: str):
+def refine(be: Backend, ii: Integrals, b, f, size: int, net, max_batch: int, threshold: float,
+           timer: StageTimer, name: str):
     """Crop boxes, run RNet/ONet, keep the ones over threshold. Returns (boxes with new scores, f, outputs)."""
     with timer("crops"):
         xp = array_namespace(b)
-        win, ok = bx.crop_windows(b, *hw)
+        win, ok = bx.crop_windows(b, xp.take(ii.height, f, axis=0), xp.take(ii.width, f, axis=0))
         b, f, win = _select(xp, ok, b, f, win)
-        # frame by frame, so that a batch's gathers stay within one frame's integral image
+        # image by image, so that a batch's gathers stay within one image's integral
         order = xp.argsort(f, stable=True)
         b, f, win = (xp.take(a, order, axis=0) for a in (b, f, win))
         x = crops(be, ii, f, win, size)
@@ -191,8 +254,8 @@ def refine(be: Backend, ii, b, f, size: int, net, max_batch: int, threshold: flo
     return b, f, tuple(out)
 
 
-def rnet_onet(be: Backend, ii, b, f, cfg: Config, hw: tuple[int, int], timer: StageTimer = NO_TIMER):
-    """The cascade from RNet on: candidates (m, 5) of frames f -> faces (k, 5), their frames, landmarks (k, 5, 2).
+def rnet_onet(be: Backend, ii: Integrals, b, f, cfg: Config, timer: StageTimer = NO_TIMER):
+    """The cascade from RNet on: candidates (m, 5) of images f -> faces (k, 5), their images, landmarks (k, 5, 2).
 
     Also the whole detector of tracking mode, which feeds it boxes around the
     previous frame's faces instead of PNet's.
@@ -200,13 +263,13 @@ def rnet_onet(be: Backend, ii, b, f, cfg: Config, hw: tuple[int, int], timer: St
     xp = array_namespace(b)
     lm = xp.zeros((0, 5, 2), dtype=xp.float32, device=getattr(b, "device", None))
     if b.shape[0]:
-        b, f, (reg,) = refine(be, ii, b, f, 24, be.rnet, cfg.max_batch[0], cfg.thresholds[1], hw, timer, "rnet")
+        b, f, (reg,) = refine(be, ii, b, f, 24, be.rnet, cfg.max_batch[0], cfg.thresholds[1], timer, "rnet")
         with timer("nms"):
             keep = be.nms(b[:, :4], b[:, 4], 0.7, groups=f)
             b = bx.square(bx.apply_regression(b[keep], reg[keep]))
             f = f[keep]
     if b.shape[0]:
-        b, f, (reg, lmk) = refine(be, ii, b, f, 48, be.onet, cfg.max_batch[1], cfg.thresholds[2], hw, timer, "onet")
+        b, f, (reg, lmk) = refine(be, ii, b, f, 48, be.onet, cfg.max_batch[1], cfg.thresholds[2], timer, "onet")
         with timer("nms"):
             lm = bx.landmarks_from_onet(b, lmk)
             b = bx.apply_regression(b, reg)
@@ -215,33 +278,32 @@ def rnet_onet(be: Backend, ii, b, f, cfg: Config, hw: tuple[int, int], timer: St
     return b, f, lm
 
 
-def detect_frames(be: Backend, frames, cfg: Config, timer: StageTimer = NO_TIMER):
-    """Run the cascade on (N, H, W, 3) frames -> per-frame (boxes (k,5), landmarks (k,5,2)) on host.
+def detect_images(be: Backend, images, cfg: Config, timer: StageTimer = NO_TIMER):
+    """Run the cascade on a batch of images (the backend's `images`) -> per image (boxes (k,5), landmarks (k,5,2)).
 
-    A backend's `detect_frames` may answer the whole call, or some frames of
+    A backend's `detect_images` may answer the whole call, or some images of
     it; the rest run through the shared cascade here.
     """
-    out = None if be.detect_frames is None else be.detect_frames(frames, cfg, timer)
+    out = None if be.detect_images is None else be.detect_images(images, cfg, timer)
     if out is None:
-        return _cascade(be, frames, cfg, timer)
+        return _cascade(be, images, cfg, timer)
     redo = [i for i, r in enumerate(out) if r is None]
     if redo:
-        for i, r in zip(redo, _cascade(be, frames[redo] if len(redo) < len(out) else frames, cfg, timer)):
+        for i, r in zip(redo, _cascade(be, [images[i] for i in redo], cfg, timer)):
             out[i] = r
     return out
 
 
-def _cascade(be: Backend, frames, cfg: Config, timer: StageTimer = NO_TIMER):
-    n, H, W = frames.shape[0], frames.shape[1], frames.shape[2]
-    plan = make_plan(H, W, cfg.minsize, cfg.factor, cfg.use_packed)
-    ii, maps = pnet_front(be, frames, plan, timer) if be.front is None else be.front(frames, plan, timer)
-    xp = array_namespace(ii)
+def _cascade(be: Backend, images, cfg: Config, timer: StageTimer = NO_TIMER):
+    plan = batch_plan(be, [im.shape[:2] for im in images], cfg)
+    ii, maps = pnet_front(be, images, plan, timer) if be.front is None else be.front(images, plan, timer)
+    xp = array_namespace(ii.flat)
     if plan.canvases:
         b, f = stage1(be, maps, plan, cfg, timer)
-    else:  # image smaller than minsize allows: nothing to look at
-        b = xp.zeros((0, 5), dtype=xp.float32, device=getattr(ii, "device", None))
-        f = xp.zeros(0, dtype=xp.int64, device=getattr(ii, "device", None))
-    b, f, lm = rnet_onet(be, ii, b, f, cfg, (H, W), timer)
+    else:  # images smaller than minsize allows: nothing to look at
+        b = xp.zeros((0, 5), dtype=xp.float32, device=getattr(ii.flat, "device", None))
+        f = xp.zeros(0, dtype=xp.int64, device=getattr(ii.flat, "device", None))
+    b, f, lm = rnet_onet(be, ii, b, f, cfg, timer)
     with timer("to_host"):
         b, f, lm = be.to_numpy(b), be.to_numpy(f), be.to_numpy(lm)
-    return [(b[f == i], lm[f == i]) for i in range(n)]
+    return [(b[f == i], lm[f == i]) for i in range(len(images))]

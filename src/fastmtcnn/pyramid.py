@@ -1,21 +1,32 @@
-"""Pyramid scales and the packed PNet canvas.
+"""Pyramid scales, and the fixed-size PNet tiles that hold the levels of any images.
 
-PNet is fully convolutional, so every pyramid level can share one input: the
-planner packs the levels into one canvas (2D skyline packing, not the
-vertical stack of the original post) and PNet runs once per frame.
+PNet is fully convolutional, so pyramid levels can share an input. Instead of
+one canvas per frame size (a new network shape for every new size: a cuDNN
+choice, a CUDA graph, an OpenVINO compile), every level of every image is
+placed into **tiles** of one fixed size: levels smaller than a tile are packed
+together (levels of several images may share a tile), a level larger than a
+tile is cut into pieces that overlap by PNet's receptive field. PNet then
+only ever sees ``(n, 3, tile, tile)``, whatever the images.
 
-Why the packed run is *exact*: levels sit at even offsets (so 2x2 pooling
-windows line up with each level's own), and PNet gets a mask that is added
-after its first PReLU: outside each level's valid conv1 area the mask holds
-a value below any real activation, so a ceil-mode pooling window that hangs
-over a level's odd edge takes the max of the level's own values only, exactly
-as a per-scale run does. Every output cell whose receptive field lies inside
-a level is then identical to the per-scale output; no gaps are needed.
+Why a piece is exact, wherever it sits: output cell ``c`` of a PNet input
+sees input rows ``[2c, 2c + 12)``. A piece holds the level's rows
+``[src_y, src_y + h)`` at an even offset of its tile, so its 2x2 pooling
+windows are the level's own; its valid cells are the level's cells
+``[src_y/2, src_y/2 + pnet_out(h))``, each of which sees only rows of the
+piece. PNet gets a mask added after its first PReLU: outside each piece's
+valid conv1 area it holds a value below any real activation, so a ceil-mode
+pooling window that hangs over a level's odd edge takes the level's own
+values only, exactly as a per-scale run does. A level of ``n`` cells is cut
+into pieces of at most ``pnet_out(tile)`` cells, each ``2k + 10`` rows (the
+last one ends with the level): pieces overlap by 10 input pixels and their
+valid cells tile the level exactly once. So every valid cell equals the
+per-scale cell (tests/test_tiles.py checks this cell by cell).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from typing import Sequence
 
 import numpy as np
 
@@ -23,6 +34,13 @@ from .nets import PNET_MASK_VALUE
 
 CELL = 12  # PNet window side (input pixels)
 STRIDE = 2  # PNet output stride
+#: default tile side (input pixels, even). The engines' time per pixel is flat from a quarter
+#: megapixel up, and smaller tiles waste less at the end of a photo (docs/tiles.md)
+TILE = 512
+#: open shelves the packer looks back at for room before opening a new one
+_LOOKBACK = 8
+#: levels up to which the skyline packer is tried too
+_SKYLINE_MAX = 48
 
 
 def pyramid_scales(height: int, width: int, minsize: float, factor: float) -> list[float]:
@@ -48,13 +66,25 @@ def pnet_out(n: int) -> int:
     return (n - 1) // 2 - 4
 
 
+def _even(n: int) -> int:
+    return n + (n & 1)
+
+
 @dataclass(frozen=True)
-class Level:
+class Piece:
+    """Rows [src_y, src_y+h) x cols [src_x, src_x+w) of level `level` of image `image`, at (y, x) in its canvas."""
+
+    image: int
+    level: int
     scale: float
-    h: int  # level size in pixels
+    level_h: int  # the whole level's size: the resampling bins are the level's
+    level_w: int
+    src_y: int  # even
+    src_x: int
+    h: int
     w: int
-    y: int  # offset of the level in its canvas (even)
-    x: int
+    y: int = 0  # even
+    x: int = 0
 
     @property
     def out_h(self) -> int:
@@ -67,95 +97,86 @@ class Level:
 
 @dataclass(frozen=True)
 class Canvas:
-    """One PNet input: some levels placed at even offsets, plus what PNet needs to stay exact."""
+    """One PNet input (a tile, or one level in per-scale mode) and the pieces placed in it."""
 
     h: int
     w: int
-    levels: tuple[Level, ...]
-    level_ids: tuple[int, ...]  # index of each level in the plan's pyramid
-    mask: np.ndarray = field(repr=False)  # (1, 1, h-2, w-2) float32, added after PReLU1
-    cell_level: np.ndarray = field(repr=False)  # (out_h, out_w) int32: pyramid level of each valid cell, -1 elsewhere
+    pieces: tuple[Piece, ...]
+    first: int = 0  # index of its first piece in the plan's piece list
 
     @property
     def out_shape(self) -> tuple[int, int]:
         return pnet_out(self.h), pnet_out(self.w)
 
-    @cached_property
-    def level_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per pyramid level id: origin (y, x) in cells (2, L) int64 and scale (L,) float32.
+    def mask(self, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """(1, 1, h-2, w-2) float32 added after PReLU1: 0 on each piece's valid conv1 area, PNET_MASK_VALUE
+        elsewhere; only conv1 rows [r0, r1) when asked (a band of the canvas)."""
+        r0, r1 = rows or (0, self.h - 2)
+        m = np.full((1, 1, r1 - r0, self.w - 2), PNET_MASK_VALUE, np.float32)
+        for p in self.pieces:
+            a, b = max(p.y, r0), min(p.y + p.h - 2, r1)
+            if a < b:
+                m[..., a - r0:b - r0, p.x:p.x + p.w - 2] = 0.0
+        return m
 
-        Read-only, made once per (cached) plan; levels on other canvases get 0 and 1.
-        """
-        n = max(self.level_ids) + 1
-        origins = np.zeros((2, n), np.int64)
-        scales = np.ones(n, np.float32)
-        for k, lv in zip(self.level_ids, self.levels):
-            origins[:, k] = lv.y // 2, lv.x // 2
-            scales[k] = lv.scale
-        origins.setflags(write=False)
-        scales.setflags(write=False)
-        return origins, scales
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything about a frame size that does not depend on pixels; cached per (size, minsize, factor, packed)."""
-
-    height: int
-    width: int
-    scales: tuple[float, ...]
-    canvases: tuple[Canvas, ...]
-
-    @property
-    def efficiency(self) -> float:
-        """Sum of level areas over the canvas area PNet runs on (1.0 = no padding)."""
-        used = sum(lv.h * lv.w for c in self.canvases for lv in c.levels)
-        total = sum(c.h * c.w for c in self.canvases)
-        return used / total if total else 1.0
-
-    @property
-    def pnet_pixels(self) -> int:
-        return sum(c.h * c.w for c in self.canvases)
-
-    def describe(self) -> str:
-        c = self.canvases
-        kind = "packed" if len(c) == 1 and len(self.scales) > 1 else f"{len(c)} canvas(es)"
-        shapes = ", ".join(f"{cv.w}x{cv.h}" for cv in c[:3]) + (" ..." if len(c) > 3 else "")
-        return (f"{self.width}x{self.height}: {len(self.scales)} levels, {kind} [{shapes}], "
-                f"packing efficiency {self.efficiency:.3f}")
+    def cell_piece(self) -> np.ndarray:
+        """(out_h, out_w) int32: the plan's index of the piece each valid output cell belongs to, -1 elsewhere."""
+        cells = np.full(self.out_shape, -1, np.int32)
+        for k, p in enumerate(self.pieces):
+            cells[p.y // 2:p.y // 2 + p.out_h, p.x // 2:p.x // 2 + p.out_w] = self.first + k
+        return cells
 
 
-def _even(n: int) -> int:
-    return n + (n & 1)
+def _shelves(sizes: Sequence[tuple[int, int]], width: int) -> tuple[list[tuple[int, int]], int]:
+    """(y, x) of each (h, w) rectangle on shelves of a strip `width` wide, tallest first; and the strip's height.
 
-
-def _skyline_pack(sizes: list[tuple[int, int]], width: int) -> tuple[list[tuple[int, int]], int]:
-    """Bottom-left skyline packing of (h, w) rectangles into a strip of given width.
-
-    Returns the (y, x) of each rectangle and the strip height. Rectangles must
-    have even sizes so that every offset stays even.
+    Why shelves: planning runs for every new batch of photos (hundreds of
+    levels), so it must be linear; with the tallest levels first, a shelf holds
+    levels of about its own height and wastes little.
     """
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i][0], -sizes[i][1], i))
+    places: list[tuple[int, int]] = [(0, 0)] * len(sizes)
+    shelves: list[list[int]] = []  # [y, x filled]
+    height = 0
+    for i in order:
+        h, w = sizes[i]
+        shelf = next((s for s in shelves[-_LOOKBACK:] if s[1] + w <= width), None)
+        if shelf is None:
+            shelf = [height, 0]
+            height += h
+            shelves.append(shelf)
+        places[i] = (shelf[0], shelf[1])
+        shelf[1] += w
+    return places, height
+
+
+def _skyline(sizes: Sequence[tuple[int, int]], width: int) -> tuple[list[tuple[int, int]], int]:
+    """(y, x) of each (h, w) rectangle by bottom-left skyline packing in a strip `width` wide, tallest first.
+
+    Tighter than shelves (a short level may sit on a tall one's neighbour) but
+    quadratic-ish: used for a photo's own dozen levels, not for big batches.
+    """
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i][0], -sizes[i][1], i))
     sky = [(0, width, 0)]  # segments (x, w, top)
-    places = []
-    for h, w in sizes:
+    places: list[tuple[int, int]] = [(0, 0)] * len(sizes)
+    for i in order:
+        h, w = sizes[i]
         best = None
-        for i, (x0, _, _) in enumerate(sky):
+        for j, (x0, _, _) in enumerate(sky):
             if x0 + w > width:
                 break
-            top, span, j = 0, 0, i
+            top, span, k = 0, 0, j
             while span < w:
-                sx, sw, st = sky[j]
+                sx, sw, st = sky[k]
                 top = max(top, st)
-                span += sw - (x0 - sx if j == i else 0)
-                j += 1
+                span += sw - (x0 - sx if k == j else 0)
+                k += 1
             if best is None or top < best[0]:
                 best = (top, x0)
-        assert best is not None, "rectangle wider than strip"
         y, x = best
-        places.append((y, x))
-        # rebuild the skyline with [x, x+w) raised to y+h
+        places[i] = (y, x)
         new = []
-        for sx, sw, st in sky:
+        for sx, sw, st in sky:  # raise [x, x + w) to y + h
             ex = sx + sw
             if ex <= x or sx >= x + w:
                 new.append((sx, sw, st))
@@ -166,98 +187,172 @@ def _skyline_pack(sizes: list[tuple[int, int]], width: int) -> tuple[list[tuple[
                 new.append((x + w, ex - (x + w), st))
         new.append((x, w, y + h))
         new.sort()
-        merged = []
+        sky = []
         for seg in new:
-            if merged and merged[-1][2] == seg[2] and merged[-1][0] + merged[-1][1] == seg[0]:
-                merged[-1] = (merged[-1][0], merged[-1][1] + seg[1], seg[2])
+            if sky and sky[-1][2] == seg[2] and sky[-1][0] + sky[-1][1] == seg[0]:
+                sky[-1] = (sky[-1][0], sky[-1][1] + seg[1], seg[2])
             else:
-                merged.append(seg)
-        sky = merged
-    height = max(y + h for (y, _), (h, _) in zip(places, sizes))
-    return places, height
+                sky.append(seg)
+    return places, max((y + h for (y, _), (h, _) in zip(places, sizes)), default=0)
 
 
-def pack_levels(sizes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], int, int]:
-    """Place level rectangles (h, w) at even offsets in the smallest canvas found.
+def _windows(places, sizes, tile: int, cols: int) -> set[tuple[int, int]]:
+    """(row, col) of the tile windows of a strip that the rectangles touch."""
+    step = tile - 10
+    used = set()
+    for (y, x), (h, w) in zip(places, sizes):
+        for r in range(y // step, (y + h - 11) // step + 1):
+            for c in range(x // step, min(cols, (x + w - 11) // step + 1)):
+                used.add((r, c))
+    return used
 
-    Tries strip widths from the widest level up to twice it (the levels after
-    the first fit beside it) and keeps the one with the least canvas area.
+
+def _layout(sizes: list[tuple[int, int]], tile: int) -> tuple[int, list[tuple[int, int]], set]:
+    """The strip width (in tile columns) that needs the fewest tiles, the levels' places and the tiles used.
+
+    The strip is cut into tiles that overlap by 10 pixels; a few widths are
+    tried (narrowest possible, and about as wide as tall, half and twice that):
+    wide strips pack small levels better, narrow ones waste less in the last row.
+    A photo's own levels are also tried with the skyline packer.
     """
-    even = [(_even(h), _even(w)) for h, w in sizes]
-    w0 = max(w for _, w in even)
-    candidates = {w0}
-    acc = w0
-    for _, w in even[1:]:
-        acc += w
-        candidates.add(acc)
-    candidates |= {w0 + 2 * k for k in range(0, w0 // 2 + 1, max(1, w0 // 64))}
+    step = tile - 10
+    area = sum(h * w for h, w in sizes)
+    narrowest = max(1, -(-(max(w for _, w in sizes) - 10) // step))
+    side = area ** 0.5 / step
+    packers = (_shelves, _skyline) if len(sizes) <= _SKYLINE_MAX else (_shelves,)
     best = None
-    for width in sorted(candidates):
-        if width > 2 * w0 + 2:
-            continue
-        places, height = _skyline_pack(even, width)
-        used_w = max(x + w for (_, x), (_, w) in zip(places, even))
-        area = height * used_w
-        if best is None or area < best[0]:
-            best = (area, places, height, used_w)
-    _, places, height, width = best
-    return places, height, width
+    for cols in sorted({narrowest, narrowest + 1, *(max(narrowest, round(side * f)) for f in (0.5, 1, 2))}):
+        for packer in packers:
+            places, _ = packer(sizes, cols * step + 10)
+            used = _windows(places, sizes, tile, cols)
+            if best is None or len(used) < len(best[2]):
+                best = (cols, places, used)
+    return best
 
 
-def _canvas(levels: list[Level], level_ids: list[int], h: int, w: int) -> Canvas:
-    mask = np.full((1, 1, h - 2, w - 2), PNET_MASK_VALUE, np.float32)
-    oh, ow = pnet_out(h), pnet_out(w)
-    cell_level = np.full((oh, ow), -1, np.int32)
-    for lv, k in zip(levels, level_ids):
-        mask[..., lv.y:lv.y + lv.h - 2, lv.x:lv.x + lv.w - 2] = 0.0
-        cy, cx = lv.y // 2, lv.x // 2
-        cell_level[cy:cy + lv.out_h, cx:cx + lv.out_w] = k
-    mask.setflags(write=False)
-    cell_level.setflags(write=False)
-    return Canvas(h, w, tuple(levels), tuple(level_ids), mask, cell_level)
+@dataclass(frozen=True)
+class Plan:
+    """Where every pyramid level of a batch of images goes: canvases of pieces. Pixel-free."""
+
+    sizes: tuple[tuple[int, int], ...]  # (H, W) of each image
+    scales: tuple[tuple[float, ...], ...]  # each image's pyramid
+    canvases: tuple[Canvas, ...]
+    tile: int | None  # tile side, or None: one canvas per level (per-scale)
+
+    @property
+    def pieces(self) -> tuple[Piece, ...]:
+        return tuple(p for c in self.canvases for p in c.pieces)
+
+    @property
+    def levels(self) -> int:
+        """Most levels of any image: level ids are image * levels + level."""
+        return max((len(s) for s in self.scales), default=0)
+
+    @property
+    def efficiency(self) -> float:
+        """Sum of level areas over the canvas area PNet runs on (1.0 = no padding)."""
+        used = sum(lh * lw for (h, w), sc in zip(self.sizes, self.scales) for lh, lw in
+                   (level_size(h, w, s) for s in sc))
+        total = self.pnet_pixels
+        return used / total if total else 1.0
+
+    @property
+    def pnet_pixels(self) -> int:
+        return sum(c.h * c.w for c in self.canvases)
+
+    def groups(self) -> list[list[int]]:
+        """Canvas indices in runs of one shape: each run is one PNet call (tiles: all of them)."""
+        runs: list[list[int]] = []
+        for i, c in enumerate(self.canvases):
+            if runs and (self.canvases[runs[-1][0]].h, self.canvases[runs[-1][0]].w) == (c.h, c.w):
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        return runs
+
+    @cached_property
+    def tables(self) -> dict[str, np.ndarray]:
+        """Per piece, read-only: `canvas`, cell origin `oy`/`ox` (canvas cell of the level's cell 0),
+        `image`, `group` (image * levels + level), `scale`; the pieces' rectangles as `rect`
+        (canvas, y, x, h, w, src_y, src_x, level_h, level_w) int32, for kernels that build canvases."""
+        pieces = self.pieces
+        rect = np.array([(k, p.y, p.x, p.h, p.w, p.src_y, p.src_x, p.level_h, p.level_w)
+                         for k, c in enumerate(self.canvases) for p in c.pieces], np.int32).reshape(-1, 9)
+        t = {
+            "rect": rect,
+            "canvas": rect[:, 0].astype(np.int64),
+            "oy": ((rect[:, 1] - rect[:, 5]) // 2).astype(np.int64),
+            "ox": ((rect[:, 2] - rect[:, 6]) // 2).astype(np.int64),
+            "image": np.array([p.image for p in pieces], np.int64),
+            "group": np.array([p.image * self.levels + p.level for p in pieces], np.int64),
+            "scale": np.array([p.scale for p in pieces], np.float32),
+        }
+        for a in t.values():
+            a.setflags(write=False)
+        return t
+
+    def describe(self) -> str:
+        c = self.canvases
+        if self.tile:
+            kind = f"{len(c)} tile{'s' if len(c) != 1 else ''} of {self.tile}x{self.tile}"
+        else:
+            kind = "per scale [" + ", ".join(f"{cv.w}x{cv.h}" for cv in c[:3]) + (" ..." if len(c) > 3 else "") + "]"
+        sizes = ", ".join(f"{w}x{h}" for h, w in self.sizes[:3]) + (" ..." if len(self.sizes) > 3 else "")
+        return (f"{sizes}: {sum(len(s) for s in self.scales)} levels in {len(self.pieces)} pieces, {kind}, "
+                f"packing efficiency {self.efficiency:.3f}")
 
 
-@lru_cache(maxsize=64)
-def make_plan(height: int, width: int, minsize: float, factor: float, packed: bool = True) -> Plan:
-    """Plan the pyramid of a frame size: scales, level sizes and their canvas(es)."""
-    scales = pyramid_scales(height, width, minsize, factor)
-    sizes = [level_size(height, width, s) for s in scales]
-    canvases: list[Canvas] = []
-    if packed and sizes:
-        places, ch, cw = pack_levels(sizes)
-        levels = [Level(s, h, w, y, x) for s, (h, w), (y, x) in zip(scales, sizes, places)]
-        canvases.append(_canvas(levels, list(range(len(levels))), ch, cw))
-    else:
-        for k, (s, (h, w)) in enumerate(zip(scales, sizes)):
-            canvases.append(_canvas([Level(s, h, w, 0, 0)], [k], h, w))
-    return Plan(height, width, tuple(scales), tuple(canvases))
+def make_plan(sizes: Sequence[tuple[int, int]], minsize: float, factor: float,
+              tiles: int | Sequence[int] | None = TILE) -> Plan:
+    """Plan the pyramids of images of these (H, W) sizes: their levels in tiles, or one canvas per level.
 
-
-def pnet_bands(height: int, width: int, max_pixels: int) -> list[tuple[int, int]]:
-    """Input rows [y0, y1) that cut a PNet input of height x width into bands of about max_pixels or fewer.
-
-    Why bands: PNet's activations on a whole 12 MP canvas take hundreds of MB
-    and spill every cache; bands of a fixed height bound that memory (the
-    rule: one band's activations, whatever the photo's size) and keep the
-    engine's time per pixel at its small-input rate.
-
-    Why they are exact: band (y0, y1) gives output cells [y0//2, y0//2 + pnet_out(y1 - y0))
-    and needs nothing above or below it: cell y sees input rows [2y, 2y+12),
-    y0 is even (2x2 pooling windows stay those of the whole input), and every
-    band but a lone one has 2k+10 rows, so its pooling windows are all
-    whole. All bands have one height (the engine sees one shape): the last
-    one starts earlier and repeats a few cells. When height is odd the last
-    band ends one row past the input; that row is zero with a masked mask row,
-    which is what ceil-mode pooling sees at an odd edge anyway.
+    tiles: the tile side, or several to choose from (the one needing the
+    fewest pixels wins); None: per-scale, each level its own canvas.
+    Tiles: every level is placed on a strip (`_layout`), the strip is cut
+    into tiles overlapping by 10 pixels, and each (level, tile) overlap that
+    holds a valid cell becomes a piece.
     """
-    out_h = pnet_out(height)
-    rows = max(1, (max_pixels // max(width, 1) - 10) // 2)  # output rows per band
-    if out_h <= rows:
-        return [(0, height)]
-    n = -(-out_h // rows)
-    rows = -(-out_h // n)  # spread evenly: n bands of the fewest rows that cover out_h
-    starts = [min(i * rows, out_h - rows) for i in range(n)]
-    return [(2 * a, 2 * a + 2 * rows + 10) for a in starts]
+    sizes = tuple((int(h), int(w)) for h, w in sizes)
+    scales = tuple(tuple(pyramid_scales(h, w, minsize, factor)) for h, w in sizes)
+    levels = [(i, k, s, *level_size(h, w, s)) for i, ((h, w), sc) in enumerate(zip(sizes, scales))
+              for k, s in enumerate(sc)]
+    if tiles is None:
+        canvases = tuple(Canvas(lh, lw, (Piece(i, k, s, lh, lw, 0, 0, lh, lw),), n)
+                         for n, (i, k, s, lh, lw) in enumerate(levels))
+        return Plan(sizes, scales, canvases, None)
+    if not levels:
+        return Plan(sizes, scales, (), int(tiles) if isinstance(tiles, int) else int(tiles[0]))
+    rects = [(_even(lh), _even(lw)) for *_, lh, lw in levels]
+    best = None
+    for tile in ([tiles] if isinstance(tiles, int) else tiles):
+        cols, places, used = _layout(rects, int(tile))
+        if best is None or len(used) * tile * tile < len(best[3]) * best[0] ** 2:
+            best = (int(tile), cols, places, used)
+    tile, cols, places, used = best
+    step = tile - 10
+    index = {rc: n for n, rc in enumerate(sorted(used))}
+    per_tile: list[list[Piece]] = [[] for _ in index]
+    for (y, x), (i, k, s, lh, lw) in zip(places, levels):
+        for r in range(y // step, (y + lh - 11) // step + 1):
+            for c in range(x // step, min(cols, (x + lw - 11) // step + 1)):
+                wy, wx = r * step, c * step  # the tile's window on the strip
+                y0, x0 = max(y, wy), max(x, wx)
+                ph, pw = min(y + lh, wy + tile) - y0, min(x + lw, wx + tile) - x0
+                if pnet_out(ph) > 0 and pnet_out(pw) > 0:
+                    per_tile[index[r, c]].append(Piece(i, k, s, lh, lw, y0 - y, x0 - x, ph, pw, y0 - wy, x0 - wx))
+    canvases, first = [], 0
+    for pieces in per_tile:
+        if pieces:
+            canvases.append(Canvas(tile, tile, tuple(pieces), first))
+            first += len(pieces)
+    return Plan(sizes, scales, tuple(canvases), tile)
+
+
+@lru_cache(maxsize=256)
+def image_plan(height: int, width: int, minsize: float, factor: float,
+               tiles: int | tuple[int, ...] | None = TILE) -> Plan:
+    """`make_plan` of one image, cached per size (the CPU backends plan photo by photo)."""
+    return make_plan([(height, width)], minsize, factor, tiles)
 
 
 def stacked_efficiency(height: int, width: int, minsize: float, factor: float) -> float:

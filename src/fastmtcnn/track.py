@@ -51,13 +51,11 @@ def refine_candidates(detector, image: np.ndarray, candidates: np.ndarray) -> De
     under the same stage names.
     """
     be, cfg, timer = detector.backend, detector.config, detector.timer
-    frames = be.frames([image])
-    H, W = int(frames.shape[1]), int(frames.shape[2])
     with timer("integral"):
-        ii = be.integral(frames)
+        ii = be.integrals(be.images([image]))
     b = be.asarray(np.ascontiguousarray(candidates, np.float32))
     f = be.asarray(np.zeros(len(candidates), np.int64))
-    b, _, lm = rnet_onet(be, ii, b, f, cfg, (H, W), timer)
+    b, _, lm = rnet_onet(be, ii, b, f, cfg, timer)
     with timer("to_host"):
         b, lm = be.to_numpy(b), be.to_numpy(lm)
     return Detections(b[:, :4], b[:, 4], lm)

@@ -4,9 +4,9 @@ Same graphs, same host pipeline as the ONNX Runtime backend (`host.HostBackend`)
 only the engine differs. OpenVINO runs a convolution net fastest with static
 shapes (measured on a 2-core AMD EPYC, AVX2: PNet 53 ns per input pixel
 static, 85-95 with dynamic shapes, ONNX Runtime's 95), so every net is
-compiled per input shape, and the shapes are kept few:
+compiled per input shape, and the shapes are kept few, whatever the photos:
 
-* PNet runs on bands of one height per frame size (`pyramid.pnet_bands`);
+* PNet runs on tiles of a few fixed sides (`host.HOST_TILES`);
 * RNet/ONet batches are split into parts of 64, 32, 16 and 8 crops (the last
   padded with zeros): four shapes per net (`BATCH_PARTS`);
 * compiled nets are shared by every detector of the process (same settings)
@@ -16,14 +16,21 @@ compiled per input shape, and the shapes are kept few:
 Precision is pinned to float32: on CPUs with bf16 or AMX units OpenVINO would
 otherwise pick bf16, which is not the reference's arithmetic. Threads: one
 stream over the physical cores (OpenVINO's latency hint), or `threads`.
-`cache_dir` keeps compiled nets on disk, so that later processes compile
-less (about 3x faster there); off by default (it writes files).
+
+Compiled nets are kept on disk (OpenVINO's model cache), so a new process
+loads them instead of compiling: in the user's cache folder
+(``$XDG_CACHE_HOME/fastmtcnn/openvino``, else ``~/.cache/fastmtcnn/openvino``),
+or ``$FASTMTCNN_CACHE_DIR/openvino``; ``FASTMTCNN_CACHE_DIR=off`` (or an
+unwritable folder) turns it off, quietly. `cache_dir` overrides both.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 from collections import OrderedDict
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import openvino as ov
@@ -60,6 +67,29 @@ def batch_parts(n: int) -> list[int]:
 # other's static initialization, which waits for the GIL). Do it once here: module
 # imports run one at a time.
 ov.Tensor(np.zeros(1, np.float32)).data
+
+
+OFF = ("", "0", "off", "none", "false")
+
+
+@lru_cache(maxsize=None)
+def default_cache_dir() -> str | None:
+    """Where compiled nets are kept between processes, or None when that folder cannot be written."""
+    env = os.environ.get("FASTMTCNN_CACHE_DIR")
+    if env is not None and env.strip().lower() in OFF:
+        return None
+    if env:
+        root = Path(env)
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastmtcnn"
+    folder = root / "openvino"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError:
+        return None
+    return str(folder)
 
 
 @lru_cache(maxsize=None)
@@ -111,12 +141,15 @@ def _entry(net: str, shapes: tuple, config: tuple, cache_dir: str | None) -> _Co
 class OpenVinoBackend(HostBackend):
     name = "openvino"
 
-    def __init__(self, threads: int | None = None, cache_dir: str | None = None) -> None:
+    def __init__(self, threads: int | None = None, cache_dir: str | bool | None = None) -> None:
+        """cache_dir: a folder for compiled nets, False for none, None for `default_cache_dir`."""
         super().__init__()
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.config = tuple(sorted(config.items()))
+        if cache_dir is None:
+            cache_dir = default_cache_dir()
         self.cache_dir = str(cache_dir) if cache_dir else None
         self._inputs = {k: [p.get_any_name() for p in _model(k).inputs] for k in ("pnet", "rnet", "onet")}
 

@@ -1,15 +1,19 @@
 """PyTorch backend: the whole cascade on one device (CUDA, or CPU for tests).
 
-Everything after the upload of the frames stays on the device: integral
-images, the packed PNet canvas (one gather for all pyramid levels), PNet, the
-candidates, NMS (`torch_nms`), the exact area crops, RNet and ONet; the
-pipeline copies the final boxes to the host once. The cascade itself is
-`pipeline.py`'s, shared with the other backends; this file only says where
-arrays live and how each step runs. Options are documented on `TorchBackend`.
+Everything after the upload of the images stays on the device: integral
+images of the whole batch in one buffer, the PNet tiles (one kernel from a
+table of pieces), PNet, the candidates, NMS (`torch_nms`), the exact area
+crops, RNet and ONet; the results are copied to the host once. On CUDA a call
+runs the fixed-shape cascade (`torch_static.TiledCascade`): no host sync
+until the result, shapes that depend on the batch's capacities, never on the
+images' sizes. The shared cascade (`pipeline.py`) answers what that cannot
+(an image whose candidates overflow the capacities, the CPU). Options are
+documented on `TorchBackend`.
 """
 from __future__ import annotations
 
 import importlib.util
+import threading
 import warnings
 from contextlib import contextmanager
 
@@ -17,42 +21,26 @@ import numpy as np
 import torch
 
 from .. import boxes as bx
-from ..crop import MEAN, SCALE, area_bins, area_resize, integral_image
-from ..nets import torch_nets
-from ..pipeline import NO_TIMER, StageTimer, pnet_front
-from ..pyramid import Canvas, Plan
+from ..config import Config
+from ..crop import MEAN, SCALE, Integrals, area_resize, integral_image, resize_region
+from ..nets import PNET_MASK_VALUE, torch_nets
+from ..pipeline import NO_TIMER, StageTimer, batch_plan
+from ..pyramid import Plan, pnet_out
 from . import torch_kernels
 from .torch_graphs import ShapeCache, bucket, capture
 from .torch_nms import grouped_nms
-from .torch_static import DEFAULT_ITERS, MAX_CAPS, StaticCascade, batch_max_candidates, default_caps
+from .torch_static import DEFAULT_ITERS, MAX_CAPS, Inputs, Shape, TiledCascade, default_caps
 
 GRAPH_MODES = {False: "off", True: "always", "auto": "auto", "off": "off", "always": "always"}
+#: PNet tile side on the GPU
+GPU_TILE = 512
+#: most images and pixels in one fixed-shape call (bounds its memory: tiles, activations, integrals)
+MAX_IMAGES = 64
+MAX_PIXELS = 128 << 20
 
 
-def _canvas_gather(canvas: Canvas, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flat integral-image offsets (4, h*w) of each canvas pixel's area bin, and the bin areas (h*w,).
-
-    Pixel (i, j) of a level averages the frame rows and columns of
-    `crop.area_bins` (as `crop.resize_frames`); canvas pixels outside every
-    level read an empty sum with area 1 (value -0.996, inside PNet's input
-    range: the mask keeps them out of every valid cell).
-    """
-    W1 = width + 1
-    ys = np.zeros((canvas.h, canvas.w), np.int64)
-    ye = np.zeros_like(ys)
-    xs = np.zeros_like(ys)
-    xe = np.zeros_like(ys)
-    zero = np.zeros(1, np.int64)
-    for lv in canvas.levels:
-        r0, r1 = area_bins(np, zero, np.array([height]), lv.h)
-        c0, c1 = area_bins(np, zero, np.array([width]), lv.w)
-        sl = (slice(lv.y, lv.y + lv.h), slice(lv.x, lv.x + lv.w))
-        ys[sl], ye[sl] = r0[0][:, None], r1[0][:, None]
-        xs[sl], xe[sl] = c0[0][None, :], c1[0][None, :]
-    area = (ye - ys) * (xe - xs)
-    area[area == 0] = 1
-    corners = np.stack([ys * W1 + xs, ys * W1 + xe, ye * W1 + xs, ye * W1 + xe]).reshape(4, -1)
-    return corners, area.reshape(-1).astype(np.float32)
+def _pow2(n: int, least: int = 1) -> int:
+    return max(least, 1 << max(0, int(n) - 1).bit_length())
 
 
 class TorchBackend:
@@ -64,45 +52,42 @@ class TorchBackend:
         DESIGN.md's matching rule (98%, IoU >= 0.7), not to 1e-2 px: ask for
         fp16=False for that (fp32 runs without TF32, so CUDA fp32 gives the
         CPU backends' numbers).
-    channels_last: NHWC convolutions (default on CUDA; the canvas is gathered NHWC).
+    channels_last: NHWC convolutions (default on CUDA; tiles are made NHWC).
     cudnn_benchmark: let cuDNN time its algorithms for every new shape of an
-        eager call (process-wide flag). Off by default: eager shapes change
-        with every frame's face count, and each new one would be timed anew;
-        RNet/ONet batches are padded to powers of two when it is on. Graph
-        captures always autotune (their shapes are fixed).
-    pinned: host frames go through a reused page-locked buffer and an async
-        copy (off: the extra host copy cost more than the faster DMA saved).
-    graphs: "auto" (default on CUDA): a batch shape (bucketed frame count,
-        frame size) runs eagerly the first time and as one CUDA graph replay
-        of the fixed-shape cascade (`torch_static.StaticCascade`) from the
-        second time on; True captures at once; False never. Graphs hold
-        chunks of up to ``graph_batch`` frames, padded up to a bucket that a
-        graph already has, so a last partial chunk reuses it. ``caps`` (per
-        frame: PNet candidates, RNet crops, RNet survivors, ONet crops, ONet
-        survivors) start at `torch_static.default_caps`; frames of a chunk
-        that needs more are redone by the shared pipeline (exact) and that
-        shape is captured again with the short capacity doubled.
+        eager call (process-wide flag). Off by default. Graph captures always
+        autotune (their shapes are fixed).
+    pinned: host images go through a reused page-locked buffer and an async copy.
+    fixed_shapes: run calls through the fixed-shape cascade
+        (`torch_static.TiledCascade`): default on CUDA. Images whose
+        candidates overflow its capacities are redone by the shared pipeline
+        (exact), and the capacity that was short is doubled for later calls.
+    graphs: "auto" (default on CUDA): a fixed-shape call whose capacities
+        (bucketed) come back is captured as one CUDA graph on its second
+        sighting and replayed from then on; True captures at once; False
+        never. Captures hold their batch's buffers (``graph_memory``, a
+        fraction of the GPU's memory, bounds them, least recently used
+        dropped first).
+    graph_batch: most images per fixed-shape call (larger batches run in chunks).
+    tile: PNet tile side (even); every image's pyramid is cut into tiles of this size.
     nms: "grouped" (default, `torch_nms.grouped_nms`), "torchvision", or "numpy".
-    kernels: Triton kernels for the integral image, canvas, crops and the
+    kernels: Triton kernels for the integral image, tiles, crops and the
         fixed-shape NMS (CUDA with Triton only). fuse_nets: each conv's bias,
-        PReLU (+ PNet's canvas mask) and max pooling as one Triton kernel.
+        PReLU (+ PNet's tile mask) and max pooling as one Triton kernel.
         A kernel that fails on a machine turns both off, with a warning.
-        Eager calls use them only once a capture has loaded them: a first
+        The kernels compile on a background thread when the backend is made;
+        until they are ready, calls use the torch versions, so a first
         result never waits for Triton's compiler (seconds on a cold cache).
-    graph_memory: the most of the GPU's memory the captured graphs may hold
-        (default a quarter; each cache of graphs, least recently used dropped
-        first). A graph keeps its batch's buffers: 2 GB for 32 1080p frames,
-        2.3 GB for 8 photos of 12 MP (H200, minsize 40).
     """
 
     name = "torch"
     overlap = False  # one device queue: batches, not threads, keep it busy
+    front = None  # the shared pipeline's `pnet_front`, with `canvas` below
 
     def __init__(self, device: str | torch.device = "cpu", threads: int | None = None, *, fp16: bool | None = None,
                  channels_last: bool | None = None, cudnn_benchmark: bool = False, pinned: bool = False,
-                 graphs: bool | str = "auto", nms: str = "grouped", graph_batch: int = 64,
-                 caps: tuple[int, ...] | None = None, kernels: bool = True, fuse_nets: bool = True,
-                 graph_memory: float = 0.25) -> None:
+                 fixed_shapes: bool | None = None, graphs: bool | str = "auto", nms: str = "grouped",
+                 graph_batch: int = MAX_IMAGES, caps: tuple[int, ...] | None = None, kernels: bool = True,
+                 fuse_nets: bool = True, graph_memory: float = 0.25, tile: int = GPU_TILE) -> None:
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
         if cuda and not torch.cuda.is_available():
@@ -124,7 +109,11 @@ class TorchBackend:
             raise ValueError(f"graph_batch must be >= 1, got {graph_batch}")
         if not 0 < float(graph_memory) <= 1:
             raise ValueError(f"graph_memory is a fraction of the GPU's memory in (0, 1], got {graph_memory}")
+        if int(tile) < 24 or int(tile) % 2:
+            raise ValueError(f"tile must be an even number of pixels >= 24, got {tile}")
+        self.tiles = int(tile)
         self.graph_mode = GRAPH_MODES[graphs] if cuda else "off"
+        self.fixed_shapes = cuda if fixed_shapes is None else bool(fixed_shapes)
         self.fp16 = bool(fp16)
         self.channels_last = cuda if channels_last is None else bool(channels_last)
         self.pinned = bool(pinned) and cuda
@@ -140,59 +129,82 @@ class TorchBackend:
         self.kernels = bool(kernels) and torch_kernels.available(self.device)
         self.fused_nets = self.kernels and bool(fuse_nets) and self.channels_last
         self._fused = torch_kernels.fused_nets(*nets) if self.fused_nets else None
-        self._compiled = False  # Triton kernels in eager calls too: after the first capture loaded them
+        self._compiled = False  # Triton kernels in use: once compiled (`_compile_kernels`) or captured
         self.graph_batch = int(graph_batch)
         self.caps = tuple(caps) if caps else None
         self._consts: dict = {}
         self._staging: torch.Tensor | None = None  # pinned host buffer for uploads
         self._staged = None  # event: the last upload from the staging buffer is done
-        # graphs' memory pools, at most `graph_memory` of the GPU (per cache; least recently used go first)
         budget = int(graph_memory * torch.cuda.get_device_properties(self.device).total_memory) if cuda else None
-        self._cascades = ShapeCache(budget=budget)  # (batch, H, W, cfg) -> (cascade, graph, input, result) | False
-        self._caps: dict = {}  # per shape: (capacities, NMS steps), grown on overflow
-        self._fronts = ShapeCache(budget=budget)  # front graphs of frame sizes the fixed-shape cascade declines
+        self._graphs = ShapeCache(budget=budget)  # (Shape, cfg) -> (cascade, graph, inputs, result) | False
+        self._caps: dict = {}  # per config: (capacities, NMS steps), grown on overflow
         self.graph_stats = {"captures": 0, "replays": 0, "fallbacks": 0, "eager": 0}
+        self.warmup: threading.Thread | None = None
+        if self.kernels:
+            self.warmup = threading.Thread(target=self._compile_kernels, name="fastmtcnn-triton", daemon=True)
+            self.warmup.start()
 
     @property
     def fused_nms(self) -> bool:
-        return self.kernels
-
-    @contextmanager
-    def _fixed_shapes(self):
-        """Fixed-shape work (captures, the profiler's view of a replay): Triton kernels on from here on."""
-        prev, self._compiled = self._compiled, True
-        try:
-            yield
-        except Exception:
-            self._compiled = prev
-            raise
-
-    def _keep_captured(self, cache: ShapeCache, key, make):
-        """make() (a capture), kept in cache at the cost of the GPU memory torch reserved meanwhile:
-        about what the graph keeps."""
-        before = torch.cuda.memory_reserved(self.device)
-        value = make()
-        cache.put(key, value, max(0, torch.cuda.memory_reserved(self.device) - before))
-        return value
+        return self.kernels and self._compiled
 
     def __repr__(self) -> str:
         return (f"TorchBackend(device={str(self.device)!r}, fp16={self.fp16}, channels_last={self.channels_last}, "
-                f"graphs={self.graph_mode!r}, nms={self.nms_impl!r}, kernels={self.kernels}, "
-                f"fused_nets={self.fused_nets})")
+                f"fixed_shapes={self.fixed_shapes}, graphs={self.graph_mode!r}, nms={self.nms_impl!r}, "
+                f"kernels={self.kernels}, fused_nets={self.fused_nets}, tile={self.tiles})")
+
+    # ------------------------------------------------------------------ Triton kernels
+
+    def _compile_kernels(self) -> None:
+        """Compile (or load from Triton's disk cache) every kernel on tiny inputs, on a side stream, then turn
+        them on. Runs on a background thread: calls meanwhile use torch ops, with the same numbers."""
+        try:
+            with torch.cuda.device(self.device), torch.cuda.stream(torch.cuda.Stream(self.device)):
+                img = torch.zeros((1, 40, 40, 3), dtype=torch.uint8, device=self.device)
+                ii = self._integrals_with(img, use=True, force=True)
+                plan = batch_plan(self, [(40, 40)], Config(minsize=12))
+                x, mask, cells = self.canvas(ii, plan, list(range(len(plan.canvases))), kernels=True)
+                with torch.inference_mode():
+                    self._fused[0](x, mask) if self._fused else None
+                    win = torch.tensor([[0, 24, 0, 24]], device=self.device)
+                    f = torch.zeros(1, dtype=torch.int64, device=self.device)
+                    for size, net in ((24, 1), (48, 2)):
+                        c = torch_kernels.crops(ii.flat, _image_table(ii), f, win, size, self.dtype, MEAN, SCALE)
+                        if self._fused:
+                            self._fused[net](c.contiguous(memory_format=torch.channels_last))
+                    b = torch.rand((1, 64, 5), device=self.device) * 10
+                    b[..., 2:4] += 10
+                    valid = torch.ones((1, 64), dtype=torch.bool, device=self.device)
+                    for mode, add in (("union", 0.0), ("min", 1.0)):
+                        torch_kernels.greedy_keep(b, bx.box_area(b, add), valid, None, 0.5, mode, add, 2)
+                    torch_kernels.greedy_keep(b, bx.box_area(b), valid, valid.to(torch.int64), 0.5, "union", 0.0, 2)
+                torch.cuda.current_stream(self.device).synchronize()
+            self._compiled = True
+        except Exception as e:  # noqa: BLE001 - any compiler or driver error: torch ops from now on, exactly
+            self._kernels_failed(e)
 
     def _kernels_failed(self, e: Exception) -> None:
         """A Triton kernel failed to compile or run here: warn once, use the torch versions from now on."""
         warnings.warn(f"fastmtcnn: Triton kernels off ({type(e).__name__}: {e}); using torch ops", RuntimeWarning,
                       stacklevel=3)
-        self.kernels = self.fused_nets = False
+        self.kernels = self.fused_nets = self._compiled = False
 
-    def _try_kernel(self, fn, *args):
-        if self.kernels and self._compiled:
+    def _try_kernel(self, fn, *args, force: bool = False):
+        if self.kernels and (self._compiled or force):
             try:
                 return fn(*args)
             except Exception as e:  # noqa: BLE001 - any compiler or driver error: fall back, exactly
+                if force:
+                    raise
                 self._kernels_failed(e)
         return None
+
+    @contextmanager
+    def _kernels_on(self):
+        """Kernels in use inside this block (a graph capture waits for them: a graph is captured once)."""
+        if self.warmup is not None:
+            self.warmup.join()
+        yield
 
     # ------------------------------------------------------------------ arrays
 
@@ -210,7 +222,7 @@ class TorchBackend:
         return torch.as_tensor(x, device=self.device)
 
     def _upload(self, host: np.ndarray) -> torch.Tensor:
-        """Host uint8 frames -> device, through a reused pinned buffer and an async copy."""
+        """Host uint8 images -> device, through a reused pinned buffer and an async copy."""
         if not self.pinned:
             return torch.from_numpy(host).to(self.device)
         if self._staged is not None:
@@ -221,61 +233,88 @@ class TorchBackend:
         buf = self._staging[:nbytes].view(host.shape)
         out = torch.empty(host.shape, dtype=torch.uint8, device=self.device)
         # in slices of >= 8 MB: the DMA of one slice overlaps the host copy of the next
-        step = max(1, (8 << 20) // max(1, host[0].size))
-        for i in range(0, host.shape[0], step):
-            np.copyto(buf[i:i + step].numpy(), host[i:i + step])
-            out[i:i + step].copy_(buf[i:i + step], non_blocking=True)
+        flat_host, flat_buf, flat_out = host.reshape(-1), buf.reshape(-1), out.reshape(-1)
+        step = 8 << 20
+        for i in range(0, nbytes, step):
+            np.copyto(flat_buf[i:i + step].numpy(), flat_host[i:i + step])
+            flat_out[i:i + step].copy_(flat_buf[i:i + step], non_blocking=True)
         self._staged = torch.cuda.Event()
         self._staged.record()
         return out
 
-    def frames(self, images) -> torch.Tensor:
-        """(N, H, W, 3) uint8 on the device: a list of arrays, an NHWC array, or a tensor (not copied if there)."""
+    def images(self, images) -> list[torch.Tensor] | torch.Tensor:
+        """Images on the device: an (N, H, W, 3) uint8 tensor (kept as one) or a list of (H, W, 3) of any sizes."""
         if isinstance(images, torch.Tensor):
             t = images if images.ndim == 4 else images.unsqueeze(0)
-            if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:
-                raise ValueError(f"frame tensors must be uint8 (N, H, W, 3) RGB, got {t.dtype} {tuple(t.shape)}")
+            _check_tensor(t)
             return t.to(self.device, non_blocking=t.is_pinned()).contiguous()
         if isinstance(images, np.ndarray) and images.ndim == 4:
-            host = np.ascontiguousarray(images)
-        elif self.pinned:
-            first = np.asarray(images[0])
-            host = np.empty((len(images), *first.shape), np.uint8)
-            for i, im in enumerate(images):
-                host[i] = im
-        else:
-            host = np.stack(images)
-        return self._upload(host)
+            return self._upload(np.ascontiguousarray(images))
+        out = []
+        for im in images:
+            if isinstance(im, torch.Tensor):
+                _check_tensor(im[None] if im.ndim == 3 else im)
+                out.append(im.to(self.device).contiguous())
+            else:
+                out.append(self._upload(np.ascontiguousarray(im)))
+        return out
 
-    def integral(self, frames: torch.Tensor) -> torch.Tensor:
-        """`crop.integral_image` of the frames (a Triton scan on CUDA)."""
-        out = self._try_kernel(torch_kernels.integral, frames)
-        return integral_image(frames) if out is None else out
+    def integrals(self, images) -> Integrals:
+        """`crop.integrals` of the images in one device buffer (a Triton scan per size on CUDA)."""
+        return self._integrals_with(images, use=self.kernels and self._compiled)
 
-    def canvas(self, ii: torch.Tensor, canvas: Canvas, plan: Plan) -> torch.Tensor:
-        """`pipeline.canvas_input`'s numbers in one gather (one kernel on CUDA): (N, 3, h, w), NHWC in memory."""
-        idx, area = self._const(("canvas", id(canvas)), canvas, lambda: _canvas_gather(canvas, plan.height, plan.width))
-        n = ii.shape[0]
-        x = self._try_kernel(torch_kernels.canvas, ii, idx, area, self.dtype, MEAN, SCALE)
-        if x is None:
-            g = ii.reshape(n, -1, 3).index_select(1, idx.reshape(-1)).reshape(n, 4, -1, 3)
-            total = (g[:, 3] - g[:, 2]) - (g[:, 1] - g[:, 0])
-            x = ((total.to(torch.float32) / area[None, :, None] - MEAN) * SCALE).to(self.dtype)
-        return x.reshape(n, canvas.h, canvas.w, 3).permute(0, 3, 1, 2)
+    def _integrals_with(self, images, use: bool, force: bool = False) -> Integrals:
+        sizes = [tuple(im.shape[:2]) for im in images]
+        rows = [(h + 1) * (w + 1) for h, w in sizes]
+        flat = torch.empty((sum(rows), 3), dtype=torch.int32, device=self.device)
+        stacked = isinstance(images, torch.Tensor)
+        parts = [(images, 0, len(sizes))] if stacked else [(im[None], i, i + 1) for i, im in enumerate(images)]
+        offsets = np.concatenate([[0], np.cumsum(rows)])
+        for frames, a, b in parts:
+            h, w = frames.shape[1:3]
+            out = flat[offsets[a]:offsets[b]].view(b - a, h + 1, w + 1, 3)
+            done = self._try_kernel(torch_kernels.integral, frames, out, force=force) if use else None
+            if done is None:
+                out.copy_(integral_image(frames))
+        return Integrals.of(flat, sizes, device=self.device)
 
-    def crops(self, ii: torch.Tensor, frame: torch.Tensor, windows: torch.Tensor, size: int) -> torch.Tensor:
+    # ------------------------------------------------------------------ pipeline hooks
+
+    def canvas(self, ii: Integrals, plan: Plan, ids, kernels: bool | None = None):
+        """PNet input of canvases `ids` (N, 3, h, w) (NHWC memory), their masks and cells (`tiles`)."""
+        c0 = plan.canvases[ids[0]]
+        if c0.h != c0.w:  # per-scale canvases (one level each): the array-API resampling
+            from ..pipeline import canvas_input, canvas_mask
+
+            return canvas_input(ii, plan, ids), self.asarray(canvas_mask(plan, ids)), None
+        t = plan.tables
+        sel = np.flatnonzero(np.isin(t["canvas"], np.asarray(ids)))
+        pieces = np.zeros((len(sel), 11), np.int32)
+        pieces[:, :9] = t["rect"][sel]
+        pieces[:, 0] = np.searchsorted(np.asarray(ids), t["rect"][sel, 0])  # canvas -> position in this call
+        pieces[:, 9] = t["image"][sel]
+        pieces[:, 10] = sel
+        return self.make_tiles(ii, _image_table(ii), torch.from_numpy(pieces).to(self.device), len(ids), c0.h, kernels)
+
+    def make_tiles(self, ii: Integrals, images: torch.Tensor, pieces: torch.Tensor, n: int, tile: int,
+              kernels: bool | None = None):
+        """`n` PNet tiles from a table of pieces (`torch_kernels.tiles`): input (n, 3, T, T) in the nets'
+        dtype (NHWC memory), mask (n, 1, T-2, T-2), cells (n, K, K) int32 (piece index, -1 where none)."""
+        k = pnet_out(tile)
+        x = torch.zeros((n, tile, tile, 3), dtype=self.dtype, device=self.device)
+        mask = torch.full((n, tile - 2, tile - 2), PNET_MASK_VALUE, dtype=self.dtype, device=self.device)
+        cells = torch.full((n, k, k), -1, dtype=torch.int32, device=self.device)
+        use = self.kernels and self._compiled if kernels is None else kernels
+        if not (use and self._try_kernel(torch_kernels.tiles, ii.flat, images, pieces, x, mask, cells, tile, tile,
+                                          MEAN, SCALE, force=bool(kernels)) is not None):
+            _tiles_torch(ii, pieces, x, mask, cells)
+        return x.permute(0, 3, 1, 2), mask[:, None], cells
+
+    def crops(self, ii: Integrals, frame: torch.Tensor, windows: torch.Tensor, size: int) -> torch.Tensor:
         """RNet/ONet inputs: `crop.area_resize`'s numbers, in one Triton kernel where there is one."""
-        x = self._try_kernel(torch_kernels.crops, ii, frame, windows, size, self.dtype, MEAN, SCALE)
+        x = self._try_kernel(torch_kernels.crops, ii.flat, _image_table(ii), frame, windows, size, self.dtype,
+                             MEAN, SCALE)
         return area_resize(ii, frame, windows, size, size) if x is None else x
-
-    def _const(self, key, owner, make) -> tuple[torch.Tensor, ...]:
-        """Device copies of numpy tables derived from `owner` (a cached plan object), made once."""
-        hit = self._consts.get(key)
-        if hit is not None and hit[0] is owner:
-            return hit[1]
-        t = tuple(torch.from_numpy(a).to(self.device) for a in make())
-        self._consts[key] = (owner, t)
-        return t
 
     # ------------------------------------------------------------------ nets
 
@@ -285,9 +324,6 @@ class TorchBackend:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         n = x.shape[0]
-        if k and self.cudnn_benchmark and n:  # autotune is per shape: keep RNet/ONet batches to a few sizes
-            pad = max(16, 1 << (n - 1).bit_length()) - n
-            x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x
         fused = self.fused_nets and self._compiled
         with torch.inference_mode(), self._exact():
             try:
@@ -323,136 +359,116 @@ class TorchBackend:
 
     # ------------------------------------------------------------------ whole calls
 
-    def front(self, frames: torch.Tensor, plan: Plan, timer: StageTimer):
-        """`pipeline.pnet_front`, replayed as one CUDA graph for frame sizes the fixed-shape cascade declines.
+    def detect_images(self, images, cfg, timer: StageTimer = NO_TIMER):
+        """The fixed-shape cascade (`TiledCascade`) over the batch, in chunks; None declines the call.
 
-        Shapes depend only on (batch, frame size); frames redone after an
-        overflow run eagerly (their count varies: a capture would serve once).
+        A None entry leaves that image to the shared pipeline: an image whose
+        candidates overflowed a capacity, or an NMS that did not converge (the
+        capacity that was short is doubled for later calls). With the timer on
+        (the profiler) the cascade runs eagerly, stage by stage, synchronized.
         """
-        size = tuple(frames.shape[1:])
-        if (self.graph_mode == "off" or timer.enabled or frames.device.type != "cuda"
-                or not any(v is False and k[1:3] == size[:2] for k, v in self._cascades.entries.items())):
-            return pnet_front(self, frames, plan, timer)
-        key = (frames.shape[0], id(plan))
-        hit = self._fronts.get(key)
-        if hit is None or hit[0] is not plan:
-            if self.graph_mode == "auto" and not self._fronts.wanted(key):
-                return pnet_front(self, frames, plan, timer)
-            hit = self._keep_captured(self._fronts, key, lambda: self._capture_front(frames, plan))
-        _, graph, static_in, out = hit
-        static_in.copy_(frames, non_blocking=True)
-        graph.replay()
-        return out
-
-    def detect_frames(self, frames: torch.Tensor, cfg, timer: StageTimer = NO_TIMER):
-        """The fixed-shape cascade as CUDA graph replays, in chunks of ``graph_batch`` frames; None declines the call.
-
-        A None entry leaves that frame to the shared pipeline: chunks of a shape
-        seen for the first time (``graphs="auto"``), of a size the fixed-shape
-        cascade cannot take, or whose replay flags an overflow of the
-        capacities or an unconverged NMS (the next capture of that shape has
-        more room). With the timer on (the profiler) the same fixed-shape code
-        runs eagerly, stage by stage, instead of a replay.
-        """
-        if self.graph_mode == "off" or frames.device.type != "cuda":
+        if not self.fixed_shapes or not cfg.use_packed:
             return None
-        n, h, w = frames.shape[0], frames.shape[1], frames.shape[2]
-        step = self.graph_batch
-        runs = []  # (key, cascade, flat result on the device, frames in the chunk) or (None, n)
-        with torch.inference_mode():  # the graphs' buffers were made in inference mode
-            for i in range(0, n, step):
-                chunk = frames[i:i + step]
-                m = chunk.shape[0]
-                size = bucket(m, step, self._cascades.sizes(lambda k: k[1:] == (h, w, cfg)))
-                key = (size, h, w, cfg)
-                if timer.enabled:
-                    runs.append(self._timed_chunk(key, chunk, timer))
-                    continue
-                entry = self._cascades.get(key)
-                if entry is None and (self.graph_mode == "always" or self._cascades.wanted(key)):
-                    entry = self._keep_captured(self._cascades, key, lambda: self._capture_cascade(key, chunk))
-                if not entry:
-                    self.graph_stats["eager"] += 1
-                    runs.append((None, m))
-                    continue
-                cascade, graph, static_in, result = entry
-                static_in[:m].copy_(chunk, non_blocking=True)
-                if size > m:
-                    static_in[m:].zero_()
-                graph.replay()
-                runs.append((key, cascade, result.clone(), m))
-            live = [r[2] for r in runs if r[0] is not None]
-            if not live:
-                return None
-            host = torch.cat(live).cpu().numpy()  # one copy back, one sync
         out: list = []
+        pending = []  # (chunk size, cascade, key, flat result on the device) of each chunk
+        with torch.inference_mode():
+            for a, b in self._chunks(images):
+                pending.append(self._run_chunk(images[a:b], cfg, timer))
+            host = torch.cat([p[3] for p in pending]).cpu().numpy() if pending else np.zeros(0, np.float32)
         at = 0
-        for run in runs:
-            if run[0] is None:
-                out.extend([None] * run[1])
-                continue
-            key, cascade, r, m = run
-            rows, flags = cascade.split(host[at:at + r.numel()])
-            at += r.numel()
+        for m, cascade, key, flat in pending:
+            rows, flags = cascade.split(host[at:at + flat.numel()])
+            at += flat.numel()
             out.extend(self._chunk_result(key, cascade, rows, flags, m))
         return out
 
-    def _chunk_result(self, key, cascade, rows, flags, m: int) -> list:
-        """Per-frame results of a chunk, or Nones (and more room for the next capture) when a flag is down."""
-        if flags.all():
-            self.graph_stats["replays"] += 1
-            return cascade.unpack(rows[:m])
-        self.graph_stats["fallbacks"] += 1
-        caps, iters = self._caps[key]
-        caps = tuple(min(2 * c, hi) if not ok else c for c, ok, hi in zip(caps, flags[:-1], MAX_CAPS))
-        self._caps[key] = (caps, iters if flags[-1] else iters + 4)
-        self._cascades.pop(key)
-        return [None] * m
-
-    def _static_cascade(self, key) -> StaticCascade | None:
-        size, h, w, cfg = key
-        caps, iters = self._caps.setdefault(key, (self.caps or default_caps(size), DEFAULT_ITERS))
-        if size >= 8 and caps[0] > batch_max_candidates(h, w):
-            return None  # frames this crowded run faster through the shared pipeline
-        try:
-            return StaticCascade(self, cfg, size, h, w, caps=caps, iters=iters)
-        except ValueError:  # no single packed canvas for this size: the shared pipeline handles it
-            return None
-
-    @staticmethod
-    def _padded(chunk: torch.Tensor, size: int) -> torch.Tensor:
-        """The chunk with zero frames appended up to `size` (they hold no faces and are dropped)."""
-        out = chunk.new_zeros((size, *chunk.shape[1:]))
-        out[:chunk.shape[0]] = chunk
+    def _chunks(self, images) -> list[tuple[int, int]]:
+        """[a, b) ranges of at most `graph_batch` images and `MAX_PIXELS` pixels (one image alone may be more)."""
+        out, a, px = [], 0, 0
+        for i, im in enumerate(images):
+            p = int(im.shape[0]) * int(im.shape[1])
+            if i > a and (i - a >= self.graph_batch or px + p > MAX_PIXELS):
+                out.append((a, i))
+                a, px = i, 0
+            px += p
+        if a < len(images):
+            out.append((a, len(images)))
         return out
 
-    def _capture_front(self, frames: torch.Tensor, plan: Plan):
-        static_in = frames.clone()
-        with torch.inference_mode(), self._fixed_shapes():
-            graph, out = capture(lambda x: pnet_front(self, x, plan), static_in, self.device)
-        return plan, graph, static_in, out
+    def _run_chunk(self, images, cfg, timer: StageTimer):
+        """Queue one chunk's fixed-shape cascade (eager or a graph replay) -> (images, cascade, key, flat result)."""
+        plan = batch_plan(self, [im.shape[:2] for im in images], cfg)
+        rows = sum((h + 1) * (w + 1) for h, w in plan.sizes)
+        caps, iters = self._caps.setdefault(cfg, (self.caps or default_caps(len(images)), DEFAULT_ITERS))
+        graphed = self.graph_mode != "off" and not timer.enabled
+        shape = self._shape(plan, rows, graphed)
+        key = (shape, cfg, caps, iters)
+        entry = self._graphs.get(key) if graphed else None
+        if graphed and entry is None and (self.graph_mode == "always" or self._graphs.wanted(key)):
+            entry = self._keep_captured(key, lambda: self._capture(key, images, plan))
+        if entry:
+            cascade, graph, inp, result = entry
+            self._load(inp, images, plan)
+            graph.replay()
+            self.graph_stats["replays"] += 1
+            return len(images), cascade, key, result.clone()
+        cascade = TiledCascade(self, cfg, shape, caps, iters)
+        inp = Inputs(shape, self.device)
+        self._load(inp, images, plan)
+        self.graph_stats["eager"] += 1
+        return len(images), cascade, key, cascade.packed(inp, timer)
 
-    def _capture_cascade(self, key, chunk: torch.Tensor):
-        cascade = self._static_cascade(key)
-        if cascade is None:
-            return False
-        static_in = self._padded(chunk, key[0])  # the warm-ups run on real frames: representative autotune
+    def _shape(self, plan: Plan, rows: int, graphed: bool) -> Shape:
+        """The capacities a batch runs with: its own counts, or rounded up to buckets when a graph may be
+        captured for them (a captured shape then serves every batch that fits)."""
+        n, t, p = len(plan.sizes), len(plan.canvases), len(plan.pieces)
+        if not graphed:
+            return Shape(n, max(t, 1), max(p, 1), max(rows, 1), self.tiles)
+        have = [k[0] for k, v in self._graphs.entries.items() if v and k[0].holds(plan, rows)]
+        if have:
+            return min(have, key=lambda s: (s.tiles, s.rows))
+        return Shape(bucket(n, self.graph_batch), _pow2(t), _pow2(p, 16), _pow2(rows, 1 << 16), self.tiles)
+
+    def _load(self, inp: Inputs, images, plan: Plan) -> None:
+        """The batch's integral images (into the cascade's buffer) and tables."""
+        off = np.concatenate([[0], np.cumsum([(h + 1) * (w + 1) for h, w in plan.sizes])])
+        ii = self.integrals(images)
+        inp.ii[:ii.flat.shape[0]].copy_(ii.flat)
+        inp.load(plan, off)
+
+    def _capture(self, key, images, plan: Plan):
+        shape, cfg, caps, iters = key
+        cascade = TiledCascade(self, cfg, shape, caps, iters)
+        inp = Inputs(shape, self.device)
+        self._load(inp, images, plan)  # the warm-ups run on real images: representative autotune
         try:
-            with self._fixed_shapes():
-                graph, result = capture(cascade.packed, static_in, self.device)
-        except Exception as e:  # noqa: BLE001 - an op that cannot be captured here: say so, run the shared path
-            warnings.warn(f"fastmtcnn: fixed-shape mode off for {tuple(chunk.shape)}: {e}", RuntimeWarning)
+            with self._kernels_on():
+                graph, result = capture(lambda _: cascade.packed(inp), inp.ii, self.device)
+        except Exception as e:  # noqa: BLE001 - an op that cannot be captured here: say so, run eagerly
+            warnings.warn(f"fastmtcnn: CUDA graphs off for {shape}: {e}", RuntimeWarning)
             return False
         self.graph_stats["captures"] += 1
-        return cascade, graph, static_in, result
+        return cascade, graph, inp, result
 
-    def _timed_chunk(self, key, chunk: torch.Tensor, timer: StageTimer):
-        """The fixed-shape cascade of `key`, run eagerly with the stage timer (the profiler's view of a replay)."""
-        cascade = self._static_cascade(key)
-        if cascade is None:
-            return None, chunk.shape[0]
-        with self._fixed_shapes():
-            return key, cascade, cascade.packed(self._padded(chunk, key[0]), timer), chunk.shape[0]
+    def _keep_captured(self, key, make):
+        """make() (a capture), kept at the cost of the GPU memory torch reserved meanwhile: about what the
+        graph keeps."""
+        before = torch.cuda.memory_reserved(self.device)
+        value = make()
+        self._graphs.put(key, value, max(0, torch.cuda.memory_reserved(self.device) - before))
+        return value
+
+    def _chunk_result(self, key, cascade, rows, flags, m: int) -> list:
+        """Per-image results of a chunk; None for every image when a flag is down (and more room for later)."""
+        if flags.all():
+            return cascade.unpack(rows[:m])
+        self.graph_stats["fallbacks"] += 1
+        cfg = key[1]
+        caps, iters = self._caps[cfg]
+        caps = tuple(min(2 * c, hi) if not ok else c for c, ok, hi in zip(caps, flags[:-1], MAX_CAPS))
+        self._caps[cfg] = (caps, iters if flags[-1] else iters + 4)
+        self._graphs.pop(key)
+        return [None] * m
 
     # ------------------------------------------------------------------ the rest
 
@@ -475,3 +491,28 @@ class TorchBackend:
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def _check_tensor(t: torch.Tensor) -> None:
+    if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:
+        raise ValueError(f"image tensors must be uint8 (N, H, W, 3) RGB, got {t.dtype} {tuple(t.shape)}")
+
+
+def _image_table(ii: Integrals) -> torch.Tensor:
+    """(n, 3) int64: each image's row offset in the integrals' buffer, H, W (what the kernels read)."""
+    return torch.stack([ii.offset, ii.height, ii.width], dim=1).contiguous()
+
+
+def _tiles_torch(ii: Integrals, pieces: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, cells: torch.Tensor):
+    """`torch_kernels.tiles` in torch ops, piece by piece (CPU, or a GPU whose Triton cannot run)."""
+    offsets = ii.offset.cpu().numpy()
+    hs, ws = ii.height.cpu().numpy(), ii.width.cpu().numpy()
+    for slot, y, x0, h, w, sy, sx, lh, lw, img, index in pieces.cpu().numpy().tolist():
+        if h <= 0:
+            continue
+        H, W, a = int(hs[img]), int(ws[img]), int(offsets[img])
+        view = ii.flat[a:a + (H + 1) * (W + 1)].reshape(H + 1, W + 1, 3)
+        x[slot, y:y + h, x0:x0 + w] = resize_region(view, lh, lw, (sy, sy + h), (sx, sx + w)).permute(1, 2, 0)
+        mask[slot, y:y + h - 2, x0:x0 + w - 2] = 0
+        cells[slot, y // 2:y // 2 + pnet_out(h), x0 // 2:x0 // 2 + pnet_out(w)] = index
+

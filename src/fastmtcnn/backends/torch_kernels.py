@@ -4,9 +4,11 @@
   memory with a stride of 3 elements per thread; here one pass scans columns
   (coalesced over W*3) and one scans each row in tiles, so each byte moves
   once per pass.
-* packed canvas: the four-corner gather, area division and normalization of
-  every canvas pixel in one kernel, written NHWC in the nets' dtype, instead
-  of a gathered (N, 4, P, 3) int32 temporary and four elementwise passes.
+* PNet tiles: every piece of every pyramid level of a batch resampled
+  straight into its tile (the four-corner gather, area division and
+  normalization of each pixel, written NHWC in the nets' dtype), with the
+  tile's mask and cell-to-piece map, in one kernel from a small table of
+  pieces: nothing per pixel is built on the host, whatever the image sizes.
 
 * RNet/ONet crops, the suppression bit matrix of the fixed-shape NMS, and
   each conv's bias + PReLU (+ mask, + max pooling) epilogue.
@@ -14,7 +16,7 @@
 Each kernel computes a function defined once elsewhere, and the GPU tests
 (tests/test_torch_kernels.py) check it against that definition: the
 integral against `crop.integral_image`, canvas and crops against
-`crop.area_resize`/`crop.resize_frames` (same bins, integer sums, IEEE
+`crop.area_resize`/`crop.resize_region` (same bins, integer sums, IEEE
 division `div_rn`, then the same subtraction and power-of-two scaling), the
 suppression bits against `torch_nms.suppression` (`boxes.overlap`), the
 fused nets against `nets.py`'s modules. Without Triton (CPU, or a build
@@ -78,31 +80,65 @@ if triton is not None:
             carry += tl.sum(v, axis=0)
 
     @triton.jit
-    def _canvas(ii_ptr, corners_ptr, area_ptr, out_ptr, P, FRAME, OC: tl.constexpr, BLOCK: tl.constexpr,
-                MEAN: tl.constexpr, SCALE: tl.constexpr):
-        # out (N, P, OC), channels 0-2: ((ee - es - se + ss) / area - MEAN) * SCALE per canvas pixel
-        n = tl.program_id(0)
-        p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        m = p < P
-        ss = tl.load(corners_ptr + p, mask=m, other=0)
-        se = tl.load(corners_ptr + P + p, mask=m, other=0)
-        es = tl.load(corners_ptr + 2 * P + p, mask=m, other=0)
-        ee = tl.load(corners_ptr + 3 * P + p, mask=m, other=0)
-        area = tl.load(area_ptr + p, mask=m, other=1.0)
-        base = ii_ptr + n.to(tl.int64) * FRAME
-        dst = out_ptr + (n.to(tl.int64) * P + p) * OC
-        for c in tl.static_range(3):
-            t = ((tl.load(base + ee * 3 + c, mask=m, other=0) - tl.load(base + es * 3 + c, mask=m, other=0))
-                 - (tl.load(base + se * 3 + c, mask=m, other=0) - tl.load(base + ss * 3 + c, mask=m, other=0)))
-            v = (tl.math.div_rn(t.to(tl.float32), area) - MEAN) * SCALE
-            tl.store(dst + c, v.to(out_ptr.dtype.element_ty), mask=m)
-
+    def _tiles(ii_ptr, img_ptr, piece_ptr, x_ptr, mask_ptr, cell_ptr, T, K, BY: tl.constexpr, BX: tl.constexpr,
+               MEAN: tl.constexpr, SCALE: tl.constexpr):
+        # One program: BY rows of one piece (`pyramid.Piece`, a row of `pieces`: tile, y, x, h, w, src_y,
+        # src_x, level_h, level_w, image, index), every column. Writes the tile pixels (x: (B, T, T, 3),
+        # `crop.resize_region`'s numbers), zeros on the piece's valid conv1 area of the mask ((B, T-2, T-2),
+        # filled with the mask value before) and the piece's index on its valid cells ((B, K, K), -1 before).
+        row = piece_ptr + tl.program_id(0) * 11
+        i = tl.program_id(1) * BY + tl.arange(0, BY)
+        h = tl.load(row + 3)
+        if tl.program_id(1) * BY < h:
+            slot = tl.load(row).to(tl.int64)
+            y0 = tl.load(row + 1)
+            x0 = tl.load(row + 2)
+            w = tl.load(row + 4)
+            sy = tl.load(row + 5)
+            sx = tl.load(row + 6)
+            lh = tl.load(row + 7)
+            lw = tl.load(row + 8)
+            img = tl.load(row + 9)
+            index = tl.load(row + 10)
+            base = ii_ptr + tl.load(img_ptr + img * 3).to(tl.int64) * 3
+            H = tl.load(img_ptr + img * 3 + 1).to(tl.int32)
+            W = tl.load(img_ptr + img * 3 + 2).to(tl.int32)
+            W1 = W + 1
+            r = sy + i
+            ys = (r * H) // lh
+            ye = ((r + 1) * H + lh - 1) // lh
+            mi = i < h
+            oh = (h - 1) // 2 - 4
+            ow = (w - 1) // 2 - 4
+            for j0 in range(0, w, BX):
+                j = j0 + tl.arange(0, BX)
+                mj = j < w
+                c = sx + j
+                xs = (c * W) // lw
+                xe = ((c + 1) * W + lw - 1) // lw
+                m = mi[:, None] & mj[None, :]
+                area = ((ye - ys)[:, None] * (xe - xs)[None, :]).to(tl.float32)
+                pix = ((slot * T + y0 + i)[:, None] * T + (x0 + j)[None, :]) * 3
+                for ch in tl.static_range(3):
+                    t = ((tl.load(base + (ye[:, None] * W1 + xe[None, :]) * 3 + ch, mask=m, other=0)
+                          - tl.load(base + (ye[:, None] * W1 + xs[None, :]) * 3 + ch, mask=m, other=0))
+                         - (tl.load(base + (ys[:, None] * W1 + xe[None, :]) * 3 + ch, mask=m, other=0)
+                            - tl.load(base + (ys[:, None] * W1 + xs[None, :]) * 3 + ch, mask=m, other=0)))
+                    v = (tl.math.div_rn(t.to(tl.float32), area) - MEAN) * SCALE
+                    tl.store(x_ptr + pix + ch, v.to(x_ptr.dtype.element_ty), mask=m)
+                mm = (i < h - 2)[:, None] & (j < w - 2)[None, :]
+                tl.store(mask_ptr + (slot * (T - 2) + y0 + i)[:, None] * (T - 2) + (x0 + j)[None, :],
+                         tl.zeros([BY, BX], dtype=mask_ptr.dtype.element_ty), mask=mm)
+                mc = (((i % 2) == 0) & (i // 2 < oh))[:, None] & (((j % 2) == 0) & (j // 2 < ow))[None, :]
+                cell = (slot * K + y0 // 2 + i // 2)[:, None] * K + (x0 // 2 + j // 2)[None, :]
+                tl.store(cell_ptr + cell, tl.zeros([BY, BX], dtype=tl.int32) + index, mask=mc)
 
     @triton.jit
-    def _crops(ii_ptr, frame_ptr, win_ptr, out_ptr, H1, W1, S: tl.constexpr, BLOCK: tl.constexpr,
+    def _crops(ii_ptr, frame_ptr, img_ptr, win_ptr, out_ptr, S: tl.constexpr, BLOCK: tl.constexpr,
                MEAN: tl.constexpr, SCALE: tl.constexpr):
-        # out (n, S, S, 3): window [y0, y1) x [x0, x1) of its frame, area-averaged to S x S and normalized;
-        # the bins of `crop.area_bins` (exact integer maths), the sums of `crop.area_resize`
+        # out (n, S, S, 3): window [y0, y1) x [x0, x1) of its image, area-averaged to S x S and normalized;
+        # the bins of `crop.area_bins` (exact integer maths), the sums of `crop.area_resize`. img: per image
+        # (row offset of its integral, H, W) int64
         c = tl.program_id(0)
         p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         m = p < S * S
@@ -114,7 +150,9 @@ if triton is not None:
         ys, ye = y0 + (i * ly) // S, y0 + ((i + 1) * ly + S - 1) // S
         xs, xe = x0 + (j * lx) // S, x0 + ((j + 1) * lx + S - 1) // S
         area = ((ye - ys) * (xe - xs)).to(tl.float32)
-        base = ii_ptr + tl.load(frame_ptr + c) * H1 * W1 * 3
+        f = tl.load(frame_ptr + c)
+        base = ii_ptr + tl.load(img_ptr + f * 3) * 3
+        W1 = tl.load(img_ptr + f * 3 + 2).to(tl.int32) + 1
         dst = out_ptr + (c.to(tl.int64) * S * S + p) * 3
         for ch in tl.static_range(3):
             t = ((tl.load(base + (ye * W1 + xe) * 3 + ch, mask=m, other=0)
@@ -238,9 +276,10 @@ if triton is not None:
         tl.store(out_ptr + off, t.to(dt), mask=m)
 
     @triton.jit
-    def _bias_prelu_pool(x_ptr, b_ptr, w_ptr, m_ptr, out_ptr, H, W, Ho, Wo, C: tl.constexpr, BC: tl.constexpr,
+    def _bias_prelu_pool(x_ptr, b_ptr, w_ptr, m_ptr, out_ptr, H, W, Ho, Wo, MN, C: tl.constexpr, BC: tl.constexpr,
                          BP: tl.constexpr, K: tl.constexpr, S: tl.constexpr, HAS_MASK: tl.constexpr):
-        # conv epilogue, NHWC: max pooling (K x K, stride S, ceil mode) of prelu(x + bias) (+ mask: PNet's canvas)
+        # conv epilogue, NHWC: max pooling (K x K, stride S, ceil mode) of prelu(x + bias) (+ mask: PNet's
+        # tiles; MN: the mask's stride between images, 0 when one mask serves all)
         n = tl.program_id(0)
         p = tl.program_id(1) * BP + tl.arange(0, BP)
         mp = p < Ho * Wo
@@ -261,7 +300,7 @@ if triton is not None:
                 t = (v.to(tl.float32) + b).to(dt).to(tl.float32)
                 t = tl.where(t > 0, t, a * t).to(dt).to(tl.float32)
                 if HAS_MASK:
-                    mk = tl.load(m_ptr + y * W + x, mask=ok, other=0).to(dt).to(tl.float32)
+                    mk = tl.load(m_ptr + n.to(tl.int64) * MN + y * W + x, mask=ok, other=0).to(dt).to(tl.float32)
                     t = (t + mk[:, None]).to(dt).to(tl.float32)
                 best = tl.where(ok[:, None], tl.maximum(best, t), best)
         dst = out_ptr + (n.to(tl.int64) * Ho * Wo + p)[:, None] * C + c[None, :]
@@ -294,7 +333,8 @@ def bias_prelu_pool(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, k
     out = torch.empty((n, ho, wo, c), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
     bp = 64 if c <= 32 else 32
     m = mask.contiguous() if mask is not None else bias
-    _bias_prelu_pool[(n, triton.cdiv(ho * wo, bp))](x, bias, weight, m, out, h, w, ho, wo, C=c,
+    mn = h * w if mask is not None and mask.shape[0] > 1 else 0
+    _bias_prelu_pool[(n, triton.cdiv(ho * wo, bp))](x, bias, weight, m, out, h, w, ho, wo, mn, C=c,
                                                      BC=triton.next_power_of_2(c), BP=bp, K=k, S=stride,
                                                      HAS_MASK=mask is not None, enable_fp_fusion=False)
     return out
@@ -362,11 +402,13 @@ def fused_nets(pnet: torch.nn.Module, rnet: torch.nn.Module, onet: torch.nn.Modu
     return FusedPNet(), FusedRNet(), FusedONet()
 
 
-def integral(frames: torch.Tensor) -> torch.Tensor:
-    """`crop.integral_image` of (N, H, W, 3) uint8 CUDA frames: (N, H+1, W+1, 3) int32, zero border."""
+def integral(frames: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`crop.integral_image` of (N, H, W, 3) uint8 CUDA frames: (N, H+1, W+1, 3) int32, zero border
+    (into `out`, e.g. a view of a batch's `crop.Integrals` buffer, when given)."""
     n, h, w, c = frames.shape
     frames = frames.contiguous()
-    out = torch.empty((n, h + 1, w + 1, c), dtype=torch.int32, device=frames.device)
+    if out is None:
+        out = torch.empty((n, h + 1, w + 1, c), dtype=torch.int32, device=frames.device)
     out[:, :, 0, :] = 0
     rows, block = (16, 128) if n < 8 else (1, 256)  # tiles add parallel work when there are few frames
     _column_scan[(n, triton.cdiv(w * c, block))](frames, out, h, w * c, (w + 1) * c, ROWS=rows, BLOCK=block)
@@ -374,30 +416,32 @@ def integral(frames: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def canvas(ii: torch.Tensor, corners: torch.Tensor, area: torch.Tensor, dtype: torch.dtype,
-           mean: float, scale: float, channels: int = 3) -> torch.Tensor:
-    """(N, P, channels) canvas pixels in `dtype` from the integral image and the corner offsets (4, P).
+def tiles(ii: torch.Tensor, images: torch.Tensor, pieces: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
+          cells: torch.Tensor, tile: int, rows: int, mean: float, scale: float) -> torch.Tensor:
+    """Fill PNet tiles from the pieces' table, in place (see `_tiles`): x (B, T, T, 3) in the nets' dtype,
+    mask (B, T-2, T-2) pre-filled with the mask value, cells (B, K, K) int32 pre-filled with -1.
 
-    Channels past the third, if asked for, are zero.
+    ii: a batch's integral images, (rows, 3) int32; images: (n, 3) int64 (row offset, H, W);
+    pieces: (P, 11) int32; rows: the tallest piece (the grid's second axis; a table padded with
+    zero-height pieces may say the tile side).
     """
-    n = ii.shape[0]
-    p = area.shape[0]
-    alloc = torch.empty if channels == 3 else torch.zeros
-    out = alloc((n, p, channels), dtype=dtype, device=ii.device)
-    block = 256
-    _canvas[(n, triton.cdiv(p, block))](ii, corners, area, out, p, ii.shape[1] * ii.shape[2] * 3,
-                                        OC=channels, BLOCK=block, MEAN=mean, SCALE=scale)
-    return out
+    by, bx = 8, 64
+    if pieces.shape[0]:
+        _tiles[(pieces.shape[0], triton.cdiv(rows, by))](ii, images, pieces, x, mask, cells, tile, cells.shape[-1],
+                                                          BY=by, BX=bx, MEAN=mean, SCALE=scale, enable_fp_fusion=False)
+    return x
 
 
-def crops(ii: torch.Tensor, frame: torch.Tensor, windows: torch.Tensor, size: int, dtype: torch.dtype,
-          mean: float, scale: float) -> torch.Tensor:
-    """`crop.area_resize` of (n, 4) windows to size x size in one kernel: (n, 3, size, size) in `dtype`, NHWC memory."""
+def crops(ii: torch.Tensor, images: torch.Tensor, frame: torch.Tensor, windows: torch.Tensor, size: int,
+          dtype: torch.dtype, mean: float, scale: float) -> torch.Tensor:
+    """`crop.area_resize` of (n, 4) windows to size x size in one kernel: (n, 3, size, size) in `dtype`, NHWC memory.
+
+    ii: (rows, 3) int32 integral images; images: (m, 3) int64 (row offset, H, W) of each image."""
     n = windows.shape[0]
     out = torch.empty((n, size, size, 3), dtype=dtype, device=ii.device)
     if n:
         block = 256
-        _crops[(n, triton.cdiv(size * size, block))](ii, frame.contiguous(), windows.contiguous(), out,
-                                                     ii.shape[1], ii.shape[2], S=size, BLOCK=block, MEAN=mean,
-                                                     SCALE=scale, enable_fp_fusion=False)
+        _crops[(n, triton.cdiv(size * size, block))](ii, frame.contiguous(), images, windows.contiguous(), out,
+                                                     S=size, BLOCK=block, MEAN=mean, SCALE=scale,
+                                                     enable_fp_fusion=False)
     return out.permute(0, 3, 1, 2)

@@ -1,62 +1,68 @@
-"""The whole cascade with fixed shapes, replayed as one CUDA graph (stream and batch mode).
+"""The whole cascade for a batch of images of any sizes with fixed shapes: no host sync until the result.
 
 The shared pipeline compacts arrays after every stage (nonzero, boolean
 selection), so each stage's shape depends on the pixels and each compaction
 is a host sync; per call that is ~900 small kernels and ~20 syncs, which the
-GPU pays in launch latency, not in work. Here every stage has a fixed number
-of slots and a validity mask instead of compaction:
+GPU pays in launch latency and idle time, not in work. Here every stage has
+a fixed number of slots and a validity mask instead of compaction, so a call
+is one stream of kernels the host queues ahead of the GPU, and the same call
+can be captured as one CUDA graph:
 
-* candidates: the PNet map sorted by score per frame (stable, so ties keep the
-  cell order of the shared path) and cut to K1 slots per frame;
-* NMS: a dense suppression matrix per frame over slots already in greedy
-  order, solved by the fixed-point iteration of `torch_nms.dense_nms` (a fixed number
-  of steps, then a convergence check);
-* RNet/ONet crops: the valid slots of *all* frames packed into one pool
-  (n x caps crops in all): the nets' work follows the batch's average count,
-  not its most crowded frame; their outputs go back to the frames' slots;
-* between stages: a stable sort per frame puts the survivors first, in order.
+* PNet: the batch's pyramid levels in tiles of one size (`pyramid`), made by
+  one kernel from a small table of pieces (`TorchBackend.canvas`);
+* candidates: the PNet cells over threshold, compacted into a pool, ordered
+  per image by score (ties in the per-scale order of `pipeline.stage1`) and
+  cut to K1 slots per image;
+* NMS: a dense suppression matrix per image over slots already in greedy
+  order, solved by the fixed-point iteration of `torch_nms.dense_nms` (a
+  fixed number of steps, then a convergence check);
+* RNet/ONet crops: the valid slots of *all* images packed into one pool (n x
+  caps crops in all): the nets' work follows the batch's average count, not
+  its most crowded image; their outputs go back to the images' slots;
+* between stages: a stable sort per image puts the survivors first, in order.
 
 Box maths (`boxes.py`), crops (`pipeline.crops`) and the nets are the
-shared ones, step for step, so the results equal the shared pipeline's. If a
-frame needs more slots than the capacities, or an NMS did not converge, the
-flags say so and the caller reruns the shared pipeline: never a silent cut.
+shared ones, step for step, so the results equal the shared pipeline's. If an
+image needs more slots than the capacities, or an NMS did not converge, the
+flags say so and the caller reruns the shared pipeline for it: never a silent cut.
+
+The shapes depend only on the capacities (images, tiles, pieces, integral
+rows), never on the images' sizes: a graph captured for one batch serves any
+other batch that fits its capacities.
 """
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .. import boxes as bx
 from ..config import Config
-from ..pipeline import NO_TIMER, crops, pnet_front
-from ..pyramid import make_plan
+from ..crop import Integrals
+from ..nets import PNET_MASK_VALUE
+from ..pipeline import NO_TIMER, crops
+from ..pyramid import Plan, pnet_out
 from .torch_nms import dense_nms
 
-#: capacities per frame: PNet candidate slots, RNet crops, RNet survivors, ONet crops, ONet survivors.
+#: capacities per image: PNet candidate slots, RNet crops, RNet survivors, ONet crops, ONet survivors.
 #: The crop capacities are pooled over the batch (n x cap crops in all).
 CAP_NAMES = ("candidates", "rnet crops", "rnet survivors", "onet crops", "onet survivors")
 DEFAULT_CAPS = (2048, 512, 256, 128, 128)
-#: for batches of 8 frames or more the pool follows the mean count per frame, not one frame's maximum
+#: for batches of 8 images or more the pool follows the mean count per image, not one image's maximum
 BATCH_CAPS = (2048, 384, 256, 64, 128)
-#: a stream that overflows doubles the capacity that was short, up to these
+#: a capacity that was short is doubled for the next calls, up to these
 MAX_CAPS = (16384, 4096, 2048, 1024, 1024)
-#: above this many candidate slots per frame a batch of 8 or more runs the shared pipeline instead: the
-#: per-frame NMS grows with the square (measured, H200, 1920x1080 minsize 20, 64 frames: 8192 slots
-#: gave 992 frames/s, the shared pipeline 1326)
-BATCH_MAX_CANDIDATES = 4096
 #: fixed-point steps per NMS (real photos need <= 8; see tests)
 DEFAULT_ITERS = 8
 #: columns of the packed result per slot: box (4), score, landmarks (10), kept
 COLS = 16
 
 
-def batch_max_candidates(height: int, width: int) -> int:
-    """`BATCH_MAX_CANDIDATES` for frames of this size, doubled above 4 MP: a large photo has more
-    candidates per frame and a much slower shared pipeline (measured, H200, 3264x2448 minsize 40, 8 a
-    batch: 8192 slots 708 photos/s, the shared pipeline 195)."""
-    return BATCH_MAX_CANDIDATES * (2 if height * width > 4 << 20 else 1)
+def default_caps(n: int) -> tuple[int, ...]:
+    """Starting capacities for a batch of n images (they grow on overflow)."""
+    return DEFAULT_CAPS if n < 8 else BATCH_CAPS
 
 
 def first(mask: torch.Tensor, k: int) -> torch.Tensor:
@@ -78,31 +84,77 @@ def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return flat[(base + idx).reshape(-1)].reshape(n, m, *x.shape[2:])
 
 
-def default_caps(n: int) -> tuple[int, ...]:
-    """Starting capacities for a batch of n frames (they grow on overflow)."""
-    return DEFAULT_CAPS if n < 8 else BATCH_CAPS
+@dataclass(frozen=True)
+class Shape:
+    """A fixed-shape cascade's capacities: images, tiles (of side `tile`), pieces, integral rows."""
+
+    images: int
+    tiles: int
+    pieces: int
+    rows: int
+    tile: int
+
+    def holds(self, plan: Plan, rows: int) -> bool:
+        return (len(plan.sizes) <= self.images and len(plan.canvases) <= self.tiles
+                and len(plan.pieces) <= self.pieces and rows <= self.rows and plan.tile == self.tile)
 
 
-class StaticCascade:
-    """The cascade for N frames of H x W with static shapes: `run(frames)` -> (result, flags)."""
+class Inputs:
+    """The device buffers a fixed-shape cascade reads: what a CUDA graph replays on.
 
-    def __init__(self, be, cfg: Config, n: int, height: int, width: int,
-                 caps: tuple[int, ...] | None = None, iters: int = DEFAULT_ITERS) -> None:
+    ii: (rows, 3) int32 integral images; images: (n, 3) int64 (row offset, H, W);
+    pieces: (P, 11) int32 (`torch_kernels.tiles`); decode: (P, 4) int64 (cell origin
+    y, x, level group, image) and scale: (P,) float32 of each piece. Unused rows are zero.
+    """
+
+    def __init__(self, shape: Shape, device: torch.device) -> None:
+        self.shape = shape
+        self.ii = torch.zeros((shape.rows, 3), dtype=torch.int32, device=device)
+        self.images = torch.zeros((shape.images, 3), dtype=torch.int64, device=device)
+        self.pieces = torch.zeros((shape.pieces, 11), dtype=torch.int32, device=device)
+        self.decode = torch.zeros((shape.pieces, 4), dtype=torch.int64, device=device)
+        self.scale = torch.ones(shape.pieces, dtype=torch.float32, device=device)
+
+    def integrals(self) -> Integrals:
+        return Integrals(self.ii, self.images[:, 0], self.images[:, 1], self.images[:, 2], ())
+
+    def load(self, plan: Plan, offsets: np.ndarray) -> None:
+        """Copy a batch's tables in (one upload each); rows past the batch's are zeroed (no pieces, no images)."""
+        s, n, p = self.shape, len(plan.sizes), len(plan.pieces)
+        img = np.zeros((s.images, 3), np.int64)
+        img[:n, 0] = offsets[:n]
+        img[:n, 1:] = plan.sizes
+        pieces = np.zeros((s.pieces, 11), np.int32)
+        decode = np.zeros((s.pieces, 4), np.int64)
+        scale = np.ones(s.pieces, np.float32)
+        if p:
+            t = plan.tables
+            pieces[:p, :9] = t["rect"]
+            pieces[:p, 9] = t["image"]
+            pieces[:p, 10] = np.arange(p)
+            decode[:p] = np.stack([t["oy"], t["ox"], t["group"], t["image"]], axis=1)
+            scale[:p] = t["scale"]
+        for dst, src in ((self.images, img), (self.pieces, pieces), (self.decode, decode), (self.scale, scale)):
+            dst.copy_(torch.from_numpy(src), non_blocking=False)
+
+
+class TiledCascade:
+    """The cascade for a batch that fits `shape`, with fixed shapes: `run(inputs)` -> (result, flags)."""
+
+    def __init__(self, be, cfg: Config, shape: Shape, caps: tuple[int, ...] | None = None,
+                 iters: int = DEFAULT_ITERS) -> None:
         # the backend keeps its cascades: a strong reference back would make a cycle, and a dropped
-        # detector's CUDA graphs (gigabytes each for large photos) would live until the cyclic GC ran
+        # detector's CUDA graphs (gigabytes each for large batches) would live until the cyclic GC ran
         self._be = weakref.ref(be)
-        self.cfg, self.n, self.hw = cfg, n, (height, width)
-        self.plan = make_plan(height, width, cfg.minsize, cfg.factor, cfg.use_packed)
-        if len(self.plan.canvases) != 1:
-            raise ValueError("the fixed-shape cascade needs one packed canvas (packed=True, frame >= minsize)")
-        caps = tuple(caps) if caps else default_caps(n)
+        self.cfg, self.shape = cfg, shape
+        caps = tuple(caps) if caps else default_caps(shape.images)
         if len(caps) != len(CAP_NAMES):
             raise ValueError(f"caps are {len(CAP_NAMES)} numbers ({', '.join(CAP_NAMES)}), got {caps}")
-        self.canvas = self.plan.canvases[0]
-        self.k1 = min(caps[0], self.canvas.out_shape[0] * self.canvas.out_shape[1])
-        self.r = n * min(caps[1], self.k1)  # RNet crops of the whole batch
+        self.k = pnet_out(shape.tile)  # PNet cells per tile side
+        self.k1 = min(caps[0], shape.tiles * self.k * self.k)
+        self.r = shape.images * min(caps[1], self.k1)  # RNet crops of the whole batch
         self.k2 = min(caps[2], self.k1)
-        self.o = n * min(caps[3], self.k2)  # ONet crops of the whole batch
+        self.o = shape.images * min(caps[3], self.k2)  # ONet crops of the whole batch
         self.k3 = min(caps[4], self.k2)
         self.iters = iters
 
@@ -110,7 +162,48 @@ class StaticCascade:
     def be(self):
         return self._be()
 
-    def _refine(self, ii, b, valid, pool, size, net, threshold, timer, name):
+    def _candidates(self, inp: Inputs, reg, prob, cells):
+        """PNet cells over threshold -> per image the best k1 (by score, ties in per-scale order):
+        boxes (n, k1, 9), valid (n, k1), level group (n, k1), and whether every image fit."""
+        n, k1, k = self.shape.images, self.k1, self.k
+        dev = prob.device
+        face = prob[:, -1].reshape(-1)
+        cell = cells.reshape(-1)
+        hit = (face >= self.cfg.thresholds[0]) & (cell >= 0)
+        pool = n * k1
+        # compaction without a sync: hit j goes to slot cumsum - 1; a pool too small is flagged below
+        pos = torch.cumsum(hit.to(torch.int64), 0) - 1
+        dump = torch.full_like(pos, pool)
+        at = torch.full((pool + 1,), face.numel(), dtype=torch.int64, device=dev)
+        at.scatter_(0, torch.where(hit & (pos < pool), pos, dump), torch.arange(face.numel(), device=dev))
+        at = at[:pool]
+        valid = at < face.numel()
+        at = at.clamp(max=face.numel() - 1)
+        piece = cell[at].clamp(min=0)
+        dec = inp.decode[piece]  # (pool, 4): oy, ox, group, image
+        img = torch.where(valid, dec[:, 3], torch.full_like(dec[:, 3], n))
+        cy, cx = (at // k) % k, at % k
+        ly, lx = cy - dec[:, 0], cx - dec[:, 1]
+        score = face[at]
+        # order: image, then score (descending), then the per-scale order (group, row, column)
+        key = (dec[:, 2] << 42) + (ly << 21) + lx
+        o1 = torch.sort(torch.where(valid, key, torch.full_like(key, 1 << 62)), stable=True).indices
+        bits = score.float().view(torch.int32).to(torch.int64)[o1]
+        o2 = torch.sort((img[o1] << 32) + (0x7F800000 - bits), stable=True).indices
+        order = o1[o2]
+        counts = torch.zeros(n + 1, dtype=torch.int64, device=dev).scatter_add_(0, img, torch.ones_like(img))[:n]
+        starts = torch.cumsum(counts, 0) - counts
+        j = torch.arange(k1, device=dev)
+        slot_valid = j[None, :] < counts[:, None]
+        sel = order[(starts[:, None] + j[None, :]).clamp(max=pool - 1)]  # (n, k1) indices into the pool
+        fits = (counts.max() <= k1) & (hit.sum() <= pool)
+        s = sel.reshape(-1)
+        a = at[s]
+        r = reg[a // (k * k), :, cy[s], cx[s]]  # (n * k1, 4)
+        b = bx.cells_to_boxes(ly[s], lx[s], inp.scale[piece[s]], score[s], r).reshape(n, k1, 9)
+        return b, slot_valid & valid[sel], dec[sel.reshape(-1), 2].reshape(n, k1), fits
+
+    def _refine(self, inp: Inputs, ii, b, valid, pool, size, net, threshold, timer, name):
         """Net outputs for the valid slots of (n, k) boxes, run as one pool of `pool` crops.
 
         -> boxes with the new scores, slots still valid (window not empty,
@@ -121,14 +214,15 @@ class StaticCascade:
             flat = valid.reshape(-1)
             idx = first(flat[None], pool)[0]  # the valid slots first, in order
             fits = flat.sum() <= pool
-            win, ok = bx.crop_windows(b.reshape(n * k, -1)[idx], *self.hw)
+            img = idx // k
+            win, ok = bx.crop_windows(b.reshape(n * k, -1)[idx], inp.images[img, 1], inp.images[img, 2])
             live = flat[idx] & ok
             safe = torch.zeros(4, dtype=win.dtype, device=win.device)  # [0, 1, 0, 1]: a 1-pixel window
             safe[1::2] = 1  # (made by kernels, not a host copy: this runs inside graph capture)
-            x = crops(self.be, ii, idx // k, torch.where(live[:, None], win, safe), size)
+            x = crops(self.be, ii, img, torch.where(live[:, None], win, safe), size)
         with timer(name):
             out = net(x)
-        with timer("nms"):  # (the scatter back to the frames' slots)
+        with timer("nms"):  # (the scatter back to the images' slots)
             score = out[-1][:, 1]
             live = live & (score > threshold)
             valid = torch.zeros_like(flat).index_copy(0, idx, live).reshape(n, k)
@@ -138,41 +232,31 @@ class StaticCascade:
                     .reshape(n, k, -1) for o in out[:-1]]
         return b, valid, rest, fits
 
-    def run(self, frames: torch.Tensor, timer=NO_TIMER):
-        """(N, H, W, 3) uint8 -> packed (N, K3, 16) float32 result and flags (6,) bool.
+    def run(self, inp: Inputs, timer=NO_TIMER):
+        """The batch in `inp` -> packed (n, K3, 16) float32 result and flags (6,) bool.
 
         The flags: each capacity of `CAP_NAMES` was enough, every NMS converged.
         All True: the result is exact. `timer` (eager runs only) times the stages.
         """
-        be, cfg, canvas, plan = self.be, self.cfg, self.canvas, self.plan
-        n, k1, k2, k3, it = self.n, self.k1, self.k2, self.k3, self.iters
-        fz = be.fused_nms and frames.is_cuda
-        ii, maps = pnet_front(be, frames, plan, timer)
+        be, cfg, s = self.be, self.cfg, self.shape
+        n, k2, k3, it = s.images, self.k2, self.k3, self.iters
+        dev = inp.ii.device
+        fz = be.fused_nms and dev.type == "cuda"
+        ii = inp.integrals()
+        with timer("pyramid"):
+            x, mask, cells = be.make_tiles(ii, inp.images, inp.pieces, s.tiles, s.tile)
+        with timer("pnet"):
+            reg, prob = be.pnet(x, mask)
         with timer("candidates"):
-            reg, prob = maps[0]
-            cell_level = be.asarray(canvas.cell_level)
-            ow = canvas.out_shape[1]
-            # cells over threshold, best first, ties in cell order
-            face = prob[:, -1]
-            hit = (face >= cfg.thresholds[0]) & (cell_level >= 0)[None]
-            score, idx = torch.sort(torch.where(hit, face, -1.0).reshape(n, -1), dim=1, descending=True, stable=True)
-            score, idx = score[:, :k1], idx[:, :k1]
-            fit1 = hit.reshape(n, -1).sum(1).max() <= k1
-            valid = hit.reshape(n, -1).gather(1, idx)
-            level = cell_level.reshape(-1)[idx].clamp(min=0)
-            origins, scales = canvas.level_table
-            origins, scales = be.asarray(origins), be.asarray(scales)
-            r = reg.reshape(n, 4, -1).gather(2, idx[:, None, :].expand(n, 4, k1)).permute(0, 2, 1)
-            b = bx.cells_to_boxes((idx // ow - origins[0][level]).reshape(-1),
-                                  (idx % ow - origins[1][level]).reshape(-1),
-                                  scales[level].reshape(-1), score.reshape(-1), r.reshape(-1, 4)).reshape(n, k1, 9)
+            b, valid, level, fit1 = self._candidates(inp, reg, prob, cells)
         with timer("nms"):
             # NMS 0.5 within each level, then 0.7 across levels (slots are in greedy order already)
             keep, c1 = dense_nms(b, valid, level, 0.5, it, fused=fz)
             keep, c2 = dense_nms(b, keep, None, 0.7, it, fused=fz)
-            b = bx.square(bx.apply_pnet_regression(b.reshape(n * k1, 9))).reshape(n, k1, 5)
-        # RNet on the pooled survivors, then per frame: the best k2 by score, NMS
-        b, valid, (reg,), fit_r = self._refine(ii, b, keep, self.r, 24, be.rnet, cfg.thresholds[1], timer, "rnet")
+            b = bx.square(bx.apply_pnet_regression(b.reshape(n * self.k1, 9))).reshape(n, self.k1, 5)
+        # RNet on the pooled survivors, then per image: the best k2 by score, NMS
+        b, valid, (reg,), fit_r = self._refine(inp, ii, b, keep, self.r, 24, be.rnet, cfg.thresholds[1], timer,
+                                               "rnet")
         with timer("nms"):
             fit2 = valid.sum(1).max() <= k2
             order = by_score(b[..., 4], valid)[:, :k2]
@@ -180,8 +264,8 @@ class StaticCascade:
             keep, c3 = dense_nms(b, valid, None, 0.7, it, fused=fz)
             b = bx.square(bx.apply_regression(b.reshape(n * k2, 5), reg.reshape(n * k2, 4))).reshape(n, k2, 5)
         # ONet likewise
-        b, valid, (reg, lmk), fit_o = self._refine(ii, b, keep, self.o, 48, be.onet, cfg.thresholds[2], timer,
-                                                   "onet")
+        b, valid, (reg, lmk), fit_o = self._refine(inp, ii, b, keep, self.o, 48, be.onet, cfg.thresholds[2],
+                                                   timer, "onet")
         with timer("nms"):
             fit3 = valid.sum(1).max() <= k3
             order = by_score(b[..., 4], valid)[:, :k3]
@@ -194,22 +278,26 @@ class StaticCascade:
             out = torch.cat([b, lm, keep[..., None].to(b.dtype)], dim=2)
         return out, torch.stack([fit1, fit_r, fit2, fit_o, fit3, c1 & c2 & c3 & c4])
 
-    def packed(self, frames: torch.Tensor, timer=NO_TIMER) -> torch.Tensor:
+    def packed(self, inp: Inputs, timer=NO_TIMER) -> torch.Tensor:
         """`run` as one flat tensor, the result then the flags: what a CUDA graph captures and copies back."""
-        out, flags = self.run(frames, timer)
+        out, flags = self.run(inp, timer)
         return torch.cat([out.reshape(-1), flags.to(out.dtype)])
 
     def split(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Host copy of `packed` -> the result (N, K3, 16) and the flags as bools."""
         nflags = len(CAP_NAMES) + 1
-        return flat[:-nflags].reshape(self.n, self.k3, -1), flat[-nflags:] > 0.5
+        return flat[:-nflags].reshape(self.shape.images, self.k3, -1), flat[-nflags:] > 0.5
 
     @staticmethod
     def unpack(out: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Host copy of `run`'s result -> per frame (boxes (k, 5), landmarks (k, 5, 2)), as `detect_frames` gives."""
+        """Host copy of `run`'s result -> per image (boxes (k, 5), landmarks (k, 5, 2)), as `detect_images` gives."""
         res = []
         for rows in out:
             rows = rows[rows[:, 15] > 0.5]
             lm = rows[:, 5:15].reshape(-1, 5, 2)
             res.append((np.ascontiguousarray(rows[:, :5]), np.ascontiguousarray(lm)))
         return res
+
+
+#: the mask value of tile pixels outside every piece (`nets.PNET_MASK_VALUE`)
+MASK = PNET_MASK_VALUE
