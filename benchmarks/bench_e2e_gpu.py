@@ -16,7 +16,7 @@ Jobs (each printed as a table, all measured in this one run):
   groups) with default settings and the best flags vs facenet-pytorch one by
   one (on a subset: it is slow);
 - start: time from a fresh process's start to its first result, with the
-  command users run (`fastmtcnn detect`/`video ... --backend torch --device cuda`).
+  command users run (`fastmtcnn detect`/`video ... --device cuda`).
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from fastmtcnn import MTCNN  # noqa: E402
 from fastmtcnn.photos import detect_photos  # noqa: E402
 
 FOLDER_SIZES = ((640, 480), (1280, 720), (1920, 1080), (2048, 1536), (3264, 2448), (4000, 3000))
-#: the best flags we know per job; "default" is what a user gets with --backend torch --device cuda
+#: the best flags we know per job; "default" is what a user gets with --device cuda
 BEST = dict(fp16=True, graphs=True)
 
 
@@ -113,7 +113,7 @@ def job_folder(data: Path, minsizes, subset: int) -> list[dict]:
                 fn.detect(Image.open(p).convert("RGB"))
             f_rate = len(sub) / (time.perf_counter() - t)
             for name, opts in (("default", {}), ("best", BEST)):
-                det = MTCNN(minsize=minsize, backend="torch", device="cuda", **opts)
+                det = MTCNN(minsize=minsize, device="cuda", **opts)
                 for rnd in range(2):  # the first pass pays captures (graphs) and the nvJPEG set-up
                     t = time.perf_counter()
                     first = None
@@ -171,7 +171,7 @@ def job_video(data: Path, minsizes, facenet_frames: int, copies: int = 1, clips:
         for minsize in minsizes:
             f_fps, _ = facenet_video(clip, minsize, facenet_frames)
             for name, opts, job in (("default", {}, {}), ("best", BEST, dict(chunk=64, nvdec_sessions=4))):
-                det = MTCNN(minsize=minsize, backend="torch", device="cuda", **opts)
+                det = MTCNN(minsize=minsize, device="cuda", **opts)
                 runs = [run_video_job([clip] * copies, det, "auto", **job) for _ in range(2)]
                 cold, warm = runs
                 dec = "/".join(sorted(set(warm.decoders.values())))
@@ -215,7 +215,7 @@ def job_start(data: Path) -> list[dict]:
     for name, args in cmds.items():
         for rnd in range(2):
             t = time.perf_counter()
-            p = subprocess.Popen([sys.executable, "-m", "fastmtcnn", *args, "--backend", "torch", "--device", "cuda"],
+            p = subprocess.Popen([sys.executable, "-m", "fastmtcnn", *args, "--device", "cuda"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                                  env={**os.environ, "PYTHONPATH": os.pathsep.join(
                                      [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])})

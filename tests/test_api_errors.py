@@ -77,3 +77,73 @@ def test_unavailable_execution_provider_is_an_error_not_a_cpu_fallback():
         with pytest.raises(ValueError, match="onnxruntime-gpu"):
             MTCNN(providers=["CUDAExecutionProvider"])
     assert MTCNN(providers=["CPUExecutionProvider"]).backend.providers == ["CPUExecutionProvider"]
+
+
+# ------------------------------------------------------------------ device= and which backend
+
+
+def _torch_without_cuda():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_a_cuda_device_alone_asks_for_the_gpu(device):
+    """device="cuda" means the GPU: it selects the torch backend, whose own reason comes back here
+    (no GPU), not a complaint that backend="torch" was not named."""
+    _torch_without_cuda()
+    with pytest.raises(RuntimeError, match="torch sees no CUDA GPU"):
+        MTCNN(device=device)
+
+
+@pytest.mark.gpu
+def test_a_cuda_device_alone_runs_the_torch_backend_on_the_gpu(shared_data):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    det = MTCNN(device="cuda")
+    assert det.backend.name == "torch" and det.backend.device.type == "cuda"
+    assert det.config.max_batch == (8192, 4096)  # the GPU's batches, as with backend="torch"
+    assert len(det.detect(shared_data / "matplotlib_grace_hopper.jpg")) == 1
+
+
+def test_device_cpu_keeps_the_cpu_default_and_torch_on_the_cpu_is_named(shared_data, detector):
+    """A user writing device="cpu" wants the CPU: the fast default engine, unless torch is named."""
+    photo = shared_data / "matplotlib_grace_hopper.jpg"
+    cpu = MTCNN(device="cpu")
+    assert cpu.backend.name == detector.backend.name == "openvino"
+    assert cpu.detect(photo).to_list() == detector.detect(photo).to_list()
+    assert MTCNN(backend="onnxruntime", device="cpu").backend.name == "onnxruntime"
+    pytest.importorskip("torch")
+    torch_cpu = MTCNN(device="cpu", backend="torch")
+    assert torch_cpu.backend.name == "torch" and torch_cpu.backend.device.type == "cpu"
+    faces, want = torch_cpu.detect(photo), detector.detect(photo)
+    assert len(faces) == len(want) == 1
+    np.testing.assert_allclose(faces.boxes, want.boxes, atol=0.05)
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(device="cuda", backend="openvino"), "device='cuda' runs on the torch backend, not on openvino"),
+    (dict(device="cuda:1", backend="onnxruntime"), "providers=['CUDAExecutionProvider']"),
+    (dict(device="cuda", providers=["CUDAExecutionProvider"]), "device= and providers= both given"),
+    (dict(device="cpu", providers=["CPUExecutionProvider"]), "device= and providers= both given"),
+    (dict(fp16=True), "fp16= is an option of the torch backend (device='cuda'), not of openvino"),
+    (dict(graphs=True, pinned=True, backend="onnxruntime"), "graphs= and pinned= are options of the torch backend"),
+    (dict(backend="torch", fp16=True), "fp16= needs a CUDA device (device='cuda'), got device='cpu'"),
+    (dict(backend="torch", device="cpu", graphs=True), "graphs= needs a CUDA device"),
+    (dict(backend="torch", providers=["CPUExecutionProvider"]), "providers= is for the onnxruntime backend"),
+    (dict(threads=0), "threads must be >= 1"),
+])
+def test_options_that_contradict_each_other_are_one_line_value_errors(options, words):
+    """Checked before any engine loads (so without torch too), in the API's own argument names."""
+    with pytest.raises(ValueError) as e:
+        MTCNN(**options)
+    msg = str(e.value)
+    assert words in msg and "\n" not in msg and "--" not in msg
+
+
+def test_options_that_ask_for_nothing_are_accepted_by_every_backend():
+    # fp16=False is what the CPU engines do anyway; graphs "auto"/False: no graphs where there are none
+    assert MTCNN(fp16=False, graphs=False).backend.name == "openvino"
+    assert MTCNN(backend="onnxruntime", graphs="auto").backend.name == "onnxruntime"

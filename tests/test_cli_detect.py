@@ -132,9 +132,9 @@ def test_detector_options_reach_the_detector(shared_data, tmp_path, capsys):
     (["--thresholds", "0.6", "0.7", "1.5"], "--thresholds must"),
     (["--max-batch", "0"], "--max-batch must"),
     (["--threads", "0"], "--threads must"),
-    (["--backend", "onnxruntime", "--device", "cuda"], "--device is for the torch backend: add --backend torch"),
+    (["--backend", "onnxruntime", "--device", "cuda"], "--device cuda runs on the torch backend, not on onnxruntime"),
     (["--backend", "torch", "--providers", "CPUExecutionProvider"], "--providers is for the onnxruntime backend"),
-    (["--graphs"], "--backend torch"),
+    (["--graphs"], "--graphs is an option of the torch backend (--device cuda)"),
 ])
 def test_bad_option_values_give_one_line_and_exit_2(shared_data, capsys, opts, words):
     rc = main(["detect", str(shared_data / PORTRAIT), *opts])

@@ -7,13 +7,19 @@ as English.
 """
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
+import re
 import shutil
+from pathlib import Path
 
 import cv2
 import pytest
 
-from fastmtcnn.cli import build_parser, main
+from fastmtcnn.cli import build_parser, in_flag_terms, main
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fastmtcnn"
 
 PORTRAIT = "matplotlib_grace_hopper.jpg"  # one face
 
@@ -67,6 +73,84 @@ def test_align_out_and_eval_json_paths_are_one_line(shared_data, photos, tmp_pat
 def test_unavailable_providers_are_an_error_not_a_cpu_run(photos, capsys):
     assert main(["detect", str(photos), "--providers", "NoSuchExecutionProvider"]) == 2
     assert "NoSuchExecutionProvider is not available" in _one_line_error(capsys)
+
+
+def _no_cuda() -> None:
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("needs torch (the torch backend's error)")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+
+
+@pytest.mark.parametrize("command, source", [("detect", PORTRAIT), ("video", "video/group_720p_h264.mp4")])
+def test_device_cuda_alone_asks_for_the_gpu_and_says_there_is_none(shared_data, capsys, command, source):
+    """--device cuda is enough to mean the GPU (the torch backend): without one it is one line, exit 2,
+    the torch backend's own reason, not a complaint that --backend torch is missing."""
+    _no_cuda()
+    assert main([command, str(shared_data / source), "--device", "cuda", "-q"]) == 2
+    err = _one_line_error(capsys, command)
+    assert "torch sees no CUDA GPU" in err and "--backend" not in err
+
+
+def test_the_cpu_default_keeps_device_cpu_and_torch_on_the_cpu_is_named(shared_data, capsys):
+    pytest.importorskip("torch")
+    assert main(["detect", str(shared_data / PORTRAIT), "--device", "cpu", "--json", "-"]) == 0
+    cpu = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert main(["detect", str(shared_data / PORTRAIT), "--device", "cpu", "--backend", "torch", "--json", "-"]) == 0
+    torch_cpu = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert len(cpu["faces"]) == len(torch_cpu["faces"]) == 1
+    for a, b in zip(cpu["faces"][0]["box"], torch_cpu["faces"][0]["box"]):
+        assert abs(a - b) < 0.05  # the same face from both engines (float32 on both)
+
+
+@pytest.mark.parametrize("library, flags", [
+    ("minsize must be >= 12 pixels, got 5.0", "--minsize must be >= 12 pixels, got 5.0"),
+    ("max_batch must be >= 1 (or a pair of such), got 0", "--max-batch must be >= 1 (or a pair of such), got 0"),
+    ("device='cuda' runs on the torch backend, not on openvino: leave backend= out, or name backend='torch'",
+     "--device cuda runs on the torch backend, not on openvino: leave --backend out, or name --backend torch"),
+    ("fp16= and graphs= are options of the torch backend (device='cuda:1')",
+     "--fp16 and --graphs are options of the torch backend (--device cuda:1)"),
+    ("fp16=False, graphs=True", "--fp32, --graphs on"),
+    ("(its GPU: providers=['CUDAExecutionProvider', 'CPUExecutionProvider'])",
+     "(its GPU: --providers CUDAExecutionProvider CPUExecutionProvider)"),
+    ("decoder='nvdec': frames are not resized on the GPU; drop width= and height=",
+     "--decoder nvdec: frames are not resized on the GPU; drop --width and --height"),
+    ("actors=9: the Ray cluster's 2 CPUs fit at most 1 detector actors",
+     "--actors 9: the Ray cluster's 2 CPUs fit at most 1 detector actors"),
+    ("num_cpus= and object_store_mb= size a local Ray instance",
+     "--num-cpus and --object-store-mb size a local Ray instance"),
+    # paths and URLs are the user's words: left alone
+    ("/data/minsize=40/a.jpg: no such file", "/data/minsize=40/a.jpg: no such file"),
+    ("rtsp://cam/live?width=640&height=480: cannot open", "rtsp://cam/live?width=640&height=480: cannot open"),
+    ("a.jpg: device 'cuda' asked for", "a.jpg: device 'cuda' asked for"),
+])
+def test_library_words_become_the_flags_the_user_typed(library, flags):
+    assert in_flag_terms(library) == flags
+
+
+def _raised_texts(tree: ast.AST):
+    """The string pieces of every `raise` expression of a module."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            for part in ast.walk(node.exc):
+                if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                    yield node.lineno, part.value
+
+
+def test_library_errors_speak_argument_names_not_flags():
+    """The library is used without the CLI: its errors name its arguments (`device=`); only the CLI's
+    own code (cli.py, commands/) raises in flags, and `main` translates the rest (in_flag_terms)."""
+    flag = re.compile(r"(?<![\w-])--[a-z]")
+    found = []
+    for f in sorted(PACKAGE.rglob("*.py")):
+        rel = f.relative_to(PACKAGE).as_posix()
+        if rel in ("cli.py", "__main__.py") or rel.startswith("commands/"):
+            continue
+        texts = _raised_texts(ast.parse(f.read_text()))
+        found += [f"{rel}:{line}: {text}" for line, text in texts if flag.search(text)]
+    assert not found, "library errors in CLI flags:\n" + "\n".join(found)
 
 
 # ------------------------------------------------------------------ inputs

@@ -38,3 +38,29 @@ def test_bad_settings_fail_where_the_spec_is_made():
         DetectorSpec(minsize=5)
     with pytest.raises(ValueError, match="unknown preset"):
         DetectorSpec(preset="nope")
+
+
+def test_device_alone_chooses_the_backend_in_the_spec_as_in_mtcnn():
+    """Batch workers and Ray actors build from the spec: device="cuda" alone must mean the GPU there too."""
+    assert DetectorSpec(options={"device": "cuda"}).choice.backend == "torch"
+    assert DetectorSpec(options={"device": "cuda:1"}).uses_gpu
+    assert DetectorSpec(options={"device": "cpu"}).choice.backend == "openvino"
+    assert not DetectorSpec(options={"device": "cpu"}).uses_gpu
+    assert DetectorSpec(options={"providers": ["CPUExecutionProvider"]}).choice.backend == "onnxruntime"
+    args = build_parser().parse_args(["detect", "x.jpg", "--device", "cuda", "--fp32", "--graphs", "off"])
+    spec = detector_spec(args)
+    assert spec.backend is None and spec.options == {"device": "cuda", "fp16": False, "graphs": False}
+    assert spec.choice.backend == "torch" and spec.uses_gpu
+
+
+def test_contradicting_options_fail_where_the_spec_is_made():
+    with pytest.raises(ValueError, match="device='cuda' runs on the torch backend, not on openvino"):
+        DetectorSpec(backend="openvino", options={"device": "cuda"})
+    with pytest.raises(ValueError, match="device= and providers= both given"):
+        DetectorSpec(options={"device": "cuda", "providers": ["CUDAExecutionProvider"]})
+
+
+def test_exif_travels_in_the_spec_to_the_detector():
+    spec = detector_spec(build_parser().parse_args(["detect", "x.jpg", "--exif"]))
+    assert spec.exif and spec.options == {} and spec.build().exif
+    assert not DetectorSpec().build().exif

@@ -85,7 +85,7 @@ def test_unknown_preset_and_backend_option_mixups_are_value_errors():
     with pytest.raises(ValueError, match="backend"):
         MTCNN(backend="caffe")
     with pytest.raises(ValueError, match="device="):
-        MTCNN(device="cuda")  # ONNX Runtime takes providers=
+        MTCNN(backend="onnxruntime", device="cuda")  # ONNX Runtime takes providers=
 
 
 def test_config_is_frozen_and_normalized():

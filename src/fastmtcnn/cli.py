@@ -1,7 +1,9 @@
 """`fastmtcnn` command line: a thin layer over the library API.
 
-Each subcommand lives in fastmtcnn/commands/<name>.py with
-`register(subparsers)`, which adds its parser and sets `func(args) -> int`.
+Each subcommand lives in fastmtcnn/commands/<name>.py with `register(sub)`,
+which adds its parser and sets `func(args) -> int`. `fastmtcnn COMMAND` imports
+that command's module only (so it pays for nothing the API would not, for the
+same job); `fastmtcnn --help` lists the commands from `COMMANDS` alone.
 """
 from __future__ import annotations
 
@@ -9,22 +11,27 @@ import argparse
 import importlib
 import re
 import sys
+from typing import Iterable
 
 from .backends import BACKENDS, DEFAULT
 from .config import PRESETS
 from .detector_spec import DetectorSpec
 
-# subcommand -> module; a module that is not installed (optional extra) is skipped
+#: subcommand -> (module, one-line help); a module that is not installed (optional extra) is skipped
 COMMANDS = {
-    "detect": "fastmtcnn.commands.detect",
-    "video": "fastmtcnn.commands.video",
-    "align": "fastmtcnn.commands.align",
-    "profile": "fastmtcnn.commands.profile",
-    "batch": "fastmtcnn.commands.batch",
-    "eval": "fastmtcnn.commands.evaluate",
-    "tune": "fastmtcnn.commands.tune",
-    "export-onnx": "fastmtcnn.commands.export",
-    "plan": "fastmtcnn.commands.plan",
+    "detect": ("fastmtcnn.commands.detect", "detect faces in images (files, folders, globs)"),
+    "video": ("fastmtcnn.commands.video",
+              "detect faces in video files, cameras, RTSP/HTTP streams or GStreamer pipelines"),
+    "align": ("fastmtcnn.commands.align",
+              "write aligned face crops (5-point template) and margin crops, one file per face"),
+    "profile": ("fastmtcnn.commands.profile",
+                "time per stage (decode, pyramid, PNet, NMS, crops, RNet, ONet, draw), packed vs per-scale"),
+    "batch": ("fastmtcnn.commands.batch", "detect faces in a large collection into Parquet (resumable; local or Ray)"),
+    "eval": ("fastmtcnn.commands.evaluate", "accuracy against labelled faces (WIDER FACE or JSON ground truth)"),
+    "tune": ("fastmtcnn.commands.tune", "sweep minsize/factor/thresholds: speed vs recall, Pareto front, plot"),
+    "export-onnx": ("fastmtcnn.commands.export",
+                    "write PNet (canvas fixed for a frame size), RNet, ONet as ONNX + plan.json"),
+    "plan": ("fastmtcnn.commands.plan", "show the pyramid levels and packed PNet canvas of a frame size"),
 }
 
 
@@ -47,8 +54,9 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
                     help="always one packed canvas (default: whichever is faster for the backend and frame size)")
     g.add_argument("--backend", choices=list(BACKENDS), default=None,
                    help=f"network engine: {DEFAULT} (default on the CPU), onnxruntime (implied by --providers), "
-                        "or torch (--device cuda)")
-    g.add_argument("--device", help="torch backend device, e.g. cuda or cpu")
+                        "or torch (implied by --device cuda)")
+    g.add_argument("--device", help="cuda (or cuda:N): run on the GPU (the torch backend); cpu: the CPU default "
+                                    "(with --backend torch: torch on the CPU)")
     g.add_argument("--providers", nargs="+", help="ONNX Runtime execution providers, e.g. CUDAExecutionProvider "
                                                    "(only CPUExecutionProvider is tested here)")
     g.add_argument("--threads", type=int, help="CPU threads for the networks")
@@ -63,81 +71,109 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
                         "same-size photos); on: capture at once; off: never")
 
 
+#: library argument = value -> the flag the user typed, where it is not `--NAME VALUE`
+_FLAG_VALUES = {("fp16", "True"): "--fp16", ("fp16", "False"): "--fp32", ("graphs", "True"): "--graphs on",
+                ("graphs", "False"): "--graphs off", ("packed", "True"): "--packed", ("packed", "False"): "--per-scale"}
 #: the library's argument names that are command-line flags (max_batch is --max-batch)
-_FLAG_WORDS = ("minsize", "factor", "thresholds", "max_batch", "threads", "device", "providers", "fp16", "graphs")
+_FLAG_WORDS = ("minsize", "factor", "thresholds", "max_batch", "packed", "preset", "backend", "threads", "device",
+               "providers", "fp16", "graphs", "decoder", "width", "height", "actors", "num_cpus", "object_store_mb",
+               "column")
+_WORDS = "|".join(_FLAG_WORDS)
+QUOTES = "'\""
+# `name=` with an optional Python value ('cuda', True, 3, ['A', 'B']), at the start of the message or after
+# a space or bracket (never inside a path or URL)
+_ARGUMENT = re.compile(rf"(?<![^\s(\[])({_WORDS})=('[^']*'|\"[^\"]*\"|\[[^\]]*\]|[\w.:+-]+)?")
 
 
 def in_flag_terms(message: str) -> str:
-    """A library error in the command line's terms: `device=` and a leading `minsize ...` become
-    `--device` and `--minsize`, so the user reads the flag they typed."""
-    def flag(m: re.Match) -> str:
-        return "--" + m[1].replace("_", "-")
+    """A library error in the command line's terms: the one translator of the CLI (`main` applies it).
 
-    words = "|".join(_FLAG_WORDS)
-    return re.sub(rf"^({words})\b", flag, re.sub(rf"\b({words})=", flag, message))
+    The library names its arguments (`device='cuda'`, `fp16=True`, `minsize must ...`); the user
+    typed flags, so they read `--device cuda`, `--fp16`, `--minsize must ...`.
+    """
+    def flag(m: re.Match) -> str:
+        name, value = m[1], m[2]
+        if (name, value) in _FLAG_VALUES:
+            return _FLAG_VALUES[name, value]
+        text = "--" + name.replace("_", "-")
+        if value is None or value == "True":
+            return text
+        if value.startswith("["):
+            return " ".join([text, *(a or b for a, b in re.findall(r"'([^']*)'|\"([^\"]*)\"", value))])
+        return f"{text} {value.strip(QUOTES)}"
+
+    message = _ARGUMENT.sub(flag, message)
+    return re.sub(rf"^({_WORDS}) must\b", lambda m: f"--{m[1].replace('_', '-')} must", message)
 
 
 def detector_spec(args: argparse.Namespace) -> DetectorSpec:
-    """The detector flags as a DetectorSpec: what the library (and its worker processes) builds from."""
+    """The detector flags as a DetectorSpec: what the library (and its worker processes) builds from.
+
+    Which flags go together is the library's rule (`options.check`, run by DetectorSpec); its
+    errors reach the user through `main`, in flag terms."""
     mb = args.max_batch
     if mb and len(mb) > 2:
         raise ValueError(f"--max-batch takes one number (both nets) or two (RNet ONet), got {len(mb)}")
-    gpu = {} if getattr(args, "fp16", None) is None else {"fp16": args.fp16}
+    options = {k: getattr(args, k) for k in ("providers", "threads", "device") if getattr(args, k) is not None}
+    if getattr(args, "fp16", None) is not None:
+        options["fp16"] = args.fp16
     graphs = getattr(args, "graphs", "auto") or "auto"
     if graphs != "auto":
-        gpu["graphs"] = graphs == "on"
-    backend = args.backend or ("onnxruntime" if args.providers else DEFAULT)
-    if gpu and backend != "torch":
-        flags = ["--fp16" if gpu.get("fp16") else "--fp32" if "fp16" in gpu else None,
-                 "--graphs" if "graphs" in gpu else None]
-        named = [f for f in flags if f]
-        raise ValueError(f"{' and '.join(named)} need{'s' if len(named) == 1 else ''} the torch backend: "
-                         "add --backend torch --device cuda")
-    if args.device is not None and backend != "torch":
-        raise ValueError("--device is for the torch backend: add --backend torch (ONNX Runtime takes --providers)")
-    if args.providers and backend != "onnxruntime":
-        raise ValueError(f"--providers is for the onnxruntime backend; the {backend} backend takes "
-                         f"{'--device' if backend == 'torch' else 'none'}")
-    options = {k: getattr(args, k) for k in ("providers", "threads", "device") if getattr(args, k) is not None}
-    if getattr(args, "exif", False):
-        options["exif"] = True
-    try:
-        return DetectorSpec(preset=args.preset, minsize=args.minsize, factor=args.factor,
-                            thresholds=tuple(args.thresholds) if args.thresholds else None,
-                            max_batch=(tuple(mb) if mb and len(mb) == 2 else (mb[0] if mb else None)),
-                            packed=False if args.per_scale else (True if getattr(args, "packed", False) else None),
-                            backend=backend,
-                            options={**options, **gpu})
-    except ValueError as e:
-        raise ValueError(in_flag_terms(str(e))) from None
+        options["graphs"] = graphs == "on"
+    return DetectorSpec(preset=args.preset, minsize=args.minsize, factor=args.factor,
+                        thresholds=tuple(args.thresholds) if args.thresholds else None,
+                        max_batch=(tuple(mb) if mb and len(mb) == 2 else (mb[0] if mb else None)),
+                        packed=False if args.per_scale else (True if getattr(args, "packed", False) else None),
+                        backend=args.backend, exif=bool(getattr(args, "exif", False)), options=options)
 
 
 def detector_from_args(args: argparse.Namespace):
-    try:
-        return detector_spec(args).build()
-    except (ValueError, RuntimeError) as e:
-        raise type(e)(in_flag_terms(str(e))) from None
+    return detector_spec(args).build()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand argv names: its first word that is not an option (the top level takes no values)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(load: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; `load` names the commands whose modules are imported and parsers built (None: all).
+    The others are listed with their one-line help, so `fastmtcnn --help` imports no command."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="fastmtcnn", description="Fast, faithful MTCNN face detection.")
     parser.add_argument("--version", action="version", version=f"fastmtcnn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in COMMANDS.items():
+    wanted = set(COMMANDS if load is None else load)
+    for name, (module, summary) in COMMANDS.items():
+        if name not in wanted:
+            sub.add_parser(name, help=summary, add_help=False)
+            continue
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
             if e.name and e.name.startswith("fastmtcnn"):
                 continue  # not part of this build
             raise
-        mod.register(sub)
+        mod.register(_Subcommand(sub, name, summary))
     return parser
 
 
+class _Subcommand:
+    """What a command module's `register` adds its parser to: its one-line help comes from COMMANDS."""
+
+    def __init__(self, sub, name: str, summary: str) -> None:
+        self.sub, self.name, self.summary = sub, name, summary
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        assert name == self.name, f"{self.name}'s module registers {name!r}"
+        return self.sub.add_parser(name, help=self.summary, **kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_in(argv)
+    parser = build_parser(load=[command] if command in COMMANDS else [])
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -148,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (ValueError, RuntimeError, OSError) as e:  # bad settings or environment: one line, no traceback
-        print(f"fastmtcnn {args.command}: error: {e}", file=sys.stderr)
+        print(f"fastmtcnn {args.command}: error: {in_flag_terms(str(e))}", file=sys.stderr)
         return 2
 
 

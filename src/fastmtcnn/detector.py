@@ -6,7 +6,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from . import backends
+from . import backends, options
 from .config import Config, resolve
 from .detections import Detections
 from .images import ImageError, as_image, is_tensor
@@ -25,9 +25,13 @@ class MTCNN:
     >>> faces = det.detect("photo.jpg")                  # doctest: +SKIP
     >>> faces.boxes, faces.scores, faces.landmarks       # doctest: +SKIP
 
+    device: "cuda" (or "cuda:1", a torch.device) runs on the GPU: it selects the
+    torch backend by itself. "cpu" or None: the CPU default below.
     backend: "openvino" (the CPU default), "onnxruntime" (CPU; `providers` passes
     through, e.g. ["CUDAExecutionProvider"], and implies this backend when none
-    is named) or "torch" (`device="cuda"` or "cpu").
+    is named) or "torch" (implied by a CUDA device; name it for torch on the
+    CPU: backend="torch", device="cpu"). Which options go together is checked
+    in one place, `options.check`.
     preset: "reference" (facenet-pytorch defaults) or "jetson" (the original
     post's settings); explicit arguments override the preset.
     exif: turn photos given as paths upright by their EXIF orientation first
@@ -43,11 +47,12 @@ class MTCNN:
         faster on an H200; finds the reference faces by DESIGN.md's matching
         rule, 98% at IoU >= 0.7), off on the CPU. fp16=False on CUDA gives the
         CPU backends' numbers (fp32 without TF32).
-    graphs: "auto" (default): a batch shape is run eagerly the first time and
-        replayed as one CUDA graph from its second time on; True: at once;
-        False: never (CUDA only).
-    graph_batch: most images per fixed-shape GPU call (larger batches run in chunks of it).
-    pinned: upload host frames through a page-locked buffer.
+    graphs: "auto" (None, the default): a fixed-shape GPU call whose capacities
+        come back is captured as one CUDA graph on its second sighting and
+        replayed from then on; True: at once; False: never (CUDA only).
+    graph_batch: most images per fixed-shape GPU call (larger batches run in chunks of it; default 64).
+    pinned: upload host images through a page-locked buffer (default off).
+    None leaves each to the torch backend's default.
     """
 
     def __init__(self, minsize: float | None = None, factor: float | None = None,
@@ -55,33 +60,16 @@ class MTCNN:
                  packed: bool | str | None = None, *, preset: str = "reference", backend: str | None = None,
                  providers: list | None = None, threads: int | None = None, device: str | None = None,
                  exif: bool = False,
-                 fp16: bool | None = None, graphs: bool | str = "auto", graph_batch: int = 64, pinned: bool = False,
+                 fp16: bool | None = None, graphs: bool | str | None = None, graph_batch: int | None = None,
+                 pinned: bool | None = None,
                  **backend_options) -> None:
         self.config: Config = resolve(preset, minsize=minsize, factor=factor, thresholds=thresholds,
                                       max_batch=max_batch, packed=packed)
-        if threads is not None and int(threads) < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        backend = backend or ("onnxruntime" if providers is not None else backends.DEFAULT)
-        if backend in ("onnxruntime", "ort"):
-            if device is not None:
-                raise ValueError("device= is for the torch backend; ONNX Runtime takes providers=")
-            if fp16 or graphs is True or pinned:
-                raise ValueError("fp16=, graphs= and pinned= are options of the torch backend")
-            self.backend = backends.create(backend, providers=providers, threads=threads, **backend_options)
-        elif backend in ("openvino", "ov"):
-            if providers is not None or str(device or "cpu").lower() != "cpu":
-                raise ValueError("providers= is for the onnxruntime backend and device= for the torch backend; "
-                                 "OpenVINO runs on the CPU (for a GPU: backend='torch', device='cuda')")
-            if fp16 or graphs is True or pinned:
-                raise ValueError("fp16=, graphs= and pinned= are options of the torch backend")
-            self.backend = backends.create(backend, threads=threads, **backend_options)
-        else:
-            if providers is not None:
-                raise ValueError("providers= is for the onnxruntime backend; the torch backend takes device=")
-            self.backend = backends.create(backend, device=device or "cpu", threads=threads, fp16=fp16,
-                                           graphs=graphs, graph_batch=graph_batch, pinned=pinned, **backend_options)
-            if max_batch is None and str(device or "cpu").startswith("cuda"):
-                self.config = self.config.replace(max_batch=(8192, 4096))
+        choice = options.check(backend, device=device, providers=providers, threads=threads, fp16=fp16,
+                               graphs=graphs, graph_batch=graph_batch, pinned=pinned, **backend_options)
+        self.backend = backends.create(choice.backend, **choice.kwargs)
+        if max_batch is None and choice.cuda:
+            self.config = self.config.replace(max_batch=(8192, 4096))
         self.exif = bool(exif)
         self.timer = StageTimer(sync=self.backend.synchronize)
 

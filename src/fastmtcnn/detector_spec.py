@@ -10,19 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from .backends import DEFAULT
+from . import options as opts
 from .config import Config, resolve
 from .detector import MTCNN
 
 
 @dataclass(frozen=True)
 class DetectorSpec:
-    """MTCNN's arguments: `spec.build()` is `MTCNN(minsize, ..., preset=..., backend=..., **options)`.
+    """MTCNN's arguments: `spec.build()` is `MTCNN(minsize, ..., preset=..., backend=..., exif=..., **options)`.
 
     The cascade settings are a preset with changes (None keeps the preset's
     value); `config` is the Config they make. `max_batch` stays None unless
     chosen, so a CUDA detector keeps MTCNN's larger CUDA batches.
-    options: the backend's keyword arguments (providers, threads, device, fp16, graphs) and exif.
+    backend: None lets the options choose, as MTCNN does (`options.check`:
+    device="cuda" is the torch backend, providers= ONNX Runtime, else OpenVINO).
+    options: the backend's keyword arguments (device, providers, threads, fp16, graphs, ...).
     """
 
     preset: str = "reference"
@@ -31,11 +33,13 @@ class DetectorSpec:
     thresholds: tuple[float, float, float] | None = None
     max_batch: int | tuple[int, int] | None = None
     packed: bool | str | None = None
-    backend: str = DEFAULT
+    backend: str | None = None
+    exif: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _ = self.config  # a bad setting fails here, in the driver, not in every worker
+        _ = self.choice
 
     @property
     def config(self) -> Config:
@@ -44,11 +48,15 @@ class DetectorSpec:
                        max_batch=self.max_batch, packed=self.packed)
 
     @property
+    def choice(self) -> opts.Choice:
+        """The backend these options make and its arguments (checked as MTCNN checks them)."""
+        return opts.check(self.backend, **self.options)
+
+    @property
     def uses_gpu(self) -> bool:
         """Whether it asks for a GPU: a torch CUDA device or a CUDA/TensorRT execution provider."""
         providers = self.options.get("providers") or []
-        return (str(self.options.get("device") or "").startswith("cuda")
-                or any("CUDA" in p or "Tensorrt" in p for p in providers))
+        return self.choice.cuda or any("CUDA" in p or "Tensorrt" in p for p in providers)
 
     def with_options(self, **options) -> DetectorSpec:
         """The same detector with some backend options set (e.g. threads)."""
@@ -56,4 +64,4 @@ class DetectorSpec:
 
     def build(self) -> MTCNN:
         return MTCNN(self.minsize, self.factor, self.thresholds, self.max_batch, self.packed, preset=self.preset,
-                     backend=self.backend, **self.options)
+                     backend=self.backend, exif=self.exif, **self.options)

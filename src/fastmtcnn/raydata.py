@@ -100,7 +100,7 @@ def plan_resources(resources: dict, gpu: bool, actors: int | None = None) -> Lay
     if fit < 1:
         raise RuntimeError(f"the Ray cluster has {cpus:g} CPUs; Ray mode needs at least 1.25")
     if actors is not None and actors > fit:
-        raise ValueError(f"--actors {actors}: the Ray cluster's {cpus:g} CPUs fit at most {fit} detector actors")
+        raise ValueError(f"actors={actors}: the Ray cluster's {cpus:g} CPUs fit at most {fit} detector actors")
     return Layout(actors or min(int(cpus), fit), ACTOR_CPUS, LIGHT_CPUS)
 
 
@@ -110,7 +110,7 @@ def _connect(address: str, num_cpus: int | None, object_store_mb: int | None) ->
         return False
     if address != "local":
         if num_cpus is not None or object_store_mb is not None:
-            raise ValueError("--num-cpus and --object-store-mb size a local Ray instance, not a cluster")
+            raise ValueError("num_cpus= and object_store_mb= size a local Ray instance, not a cluster")
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, TimeoutError, ValueError) as e:

@@ -116,11 +116,11 @@ def choose_decoder(choice: str, detector, spec: SourceSpec, resized: bool = Fals
     if choice == "auto":
         return "nvdec" if why is None and spec.kind == "file" and not resized else "opencv"
     if why:
-        raise RuntimeError(f"--decoder nvdec: {why}")
+        raise RuntimeError(f"decoder='nvdec': {why}")
     if spec.kind not in ("file", "stream"):
-        raise ValueError(f"--decoder nvdec: {spec} is a {spec.kind} source; NVDEC decodes files and network streams")
+        raise ValueError(f"decoder='nvdec': {spec} is a {spec.kind} source; NVDEC decodes files and network streams")
     if resized:
-        raise ValueError("--decoder nvdec: frames are not resized on the GPU; drop --width/--height")
+        raise ValueError("decoder='nvdec': frames are not resized on the GPU; drop width= and height=")
     return "nvdec"
 
 

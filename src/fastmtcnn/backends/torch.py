@@ -99,12 +99,8 @@ class TorchBackend:
         if nms == "torchvision" and importlib.util.find_spec("torchvision") is None:
             raise RuntimeError("nms='torchvision' needs torchvision installed")
         fp16 = cuda if fp16 is None else fp16
-        if fp16 and not cuda:
-            raise ValueError("fp16 is for CUDA devices")
         if graphs not in GRAPH_MODES:
             raise ValueError(f"graphs must be True, False or 'auto', got {graphs!r}")
-        if graphs is True and not cuda:
-            raise ValueError("graphs (CUDA graphs) need a CUDA device")
         if int(graph_batch) < 1:
             raise ValueError(f"graph_batch must be >= 1, got {graph_batch}")
         if not 0 < float(graph_memory) <= 1:

@@ -114,4 +114,4 @@ def _manifest_lines(lines: Iterable[str]) -> Iterator[str]:
 
 def _need_column(path: str, column: str, names: list[str]) -> None:
     if column not in names:
-        raise ValueError(f"{path}: no column {column!r} (columns: {', '.join(names)}); choose one with --column")
+        raise ValueError(f"{path}: no column {column!r} (columns: {', '.join(names)}); choose one with column=")

@@ -109,7 +109,7 @@ class Output:
         """Create the folder, take the lock, check settings, clear leftovers of killed runs."""
         info = self.fs.get_file_info(self.root)
         if info.type == pafs.FileType.File:
-            raise ValueError(f"{self.uri}: exists and is a file; --out needs a folder")
+            raise ValueError(f"{self.uri}: exists and is a file, not a folder")
         self.fs.create_dir(self.root, recursive=True)
         if self.local:
             self._lock = open(os.path.join(self.root, LOCK_FILE), "a")
@@ -138,7 +138,7 @@ class Output:
             if diff:
                 what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
                 raise ValueError(f"{self.uri} holds results made with other settings ({what}); "
-                                 "use another --out or the same settings")
+                                 "write to another folder or use the same settings")
         elif self.parts():
             raise ValueError(f"{self.uri}: has part files but no {SETTINGS_FILE}; not a fastmtcnn batch output")
         else:

@@ -17,12 +17,35 @@ def unique_stem(path: str, used: set[str]) -> str:
     return name
 
 
+class _NoBar:
+    """A progress bar that shows nothing (tqdm's interface as the commands use it), without importing tqdm."""
+
+    def __init__(self, items) -> None:
+        self.items = items
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    @staticmethod
+    def write(line: str, file=None) -> None:
+        print(line, file=file or sys.stdout)
+
+    def close(self) -> None:
+        pass
+
+
 def progress(items, total: int | None = None, unit: str = "img"):
-    """A progress bar on stderr for jobs of more than one item, shown only on a terminal."""
+    """A progress bar on stderr for jobs of more than one item, shown only on a terminal (where there is
+    none to show, tqdm is not even imported: the CLI pays no more than the API for one photo)."""
+    total = len(items) if total is None else total
+    if total <= 1 or not sys.stderr.isatty():
+        return _NoBar(items)
     from tqdm import tqdm
 
-    total = len(items) if total is None else total
-    return tqdm(items, total=total, unit=unit, disable=None if total > 1 else True, file=sys.stderr, leave=False)
+    return tqdm(items, total=total, unit=unit, file=sys.stderr, leave=False)
 
 
 def error_text(path: str, e: BaseException) -> str:

@@ -14,7 +14,7 @@ KINDS = ("aligned", "margin")
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "align", help="write aligned face crops (5-point template) and margin crops, one file per face",
+        "align",
         description="Detect faces and write one crop file per face: 'aligned' maps the 5 landmarks onto "
                     "the standard 112x112 template (similarity transform, as recognition models expect); "
                     "'margin' is the box squared and widened by a margin. DIR/index.json lists every input "

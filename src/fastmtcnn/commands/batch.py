@@ -9,7 +9,6 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import replace
 
 from ..cli import add_detector_args, detector_spec
 from ..detector_spec import DetectorSpec
@@ -18,7 +17,7 @@ from . import plural
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "batch", help="detect faces in a large collection into Parquet (resumable; local or Ray)",
+        "batch",
         description="Detect faces in every image of a folder (recursive), glob or manifest and write one "
                     "Parquet row per input (path, width, height, faces, error) into the folder OUT. "
                     "Re-running the same command skips inputs already in OUT. Exit code 1 if OUT "
@@ -49,11 +48,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _config_on_cpu(spec: DetectorSpec):
-    """The same settings on the CPU backend: validates them and gives the config on any driver."""
-    return replace(spec, backend="onnxruntime", options={"threads": spec.options.get("threads")}).build().config
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         from .. import batch as job
@@ -78,9 +72,8 @@ def run(args: argparse.Namespace) -> int:
                 raise RuntimeError("--ray needs Ray Data: pip install 'fastmtcnn[ray]'") from None
             raise
     spec = detector_spec(args)
-    config = _config_on_cpu(spec)
     output = job.Output(args.out)
-    output.open(job.settings_of(config))
+    output.open(job.settings_of(spec.config))
     t0 = time.perf_counter()
     try:
         pending = job.plan_inputs(args.inputs, output.done_keys(), args.column)

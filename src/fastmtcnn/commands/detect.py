@@ -13,7 +13,7 @@ from ..photos import detect_photos
 
 
 def register(sub) -> None:
-    p = sub.add_parser("detect", help="detect faces in images (files, folders, globs)",
+    p = sub.add_parser("detect",
                        description="Detect faces in images. Files are decoded as RGB; prints one line per "
                                    "image and one per face. Exit code 1 if any input failed.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
@@ -28,8 +28,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..draw import draw, save_rgb
-
     det = detector_from_args(args)
     paths = input_paths(args.paths)
     save_dir = output_dir(args.save_dir, "--save-dir") if args.save_dir else None
@@ -53,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
                 faces_total += len(faces)
                 line = f"{path}: {plural(len(faces), 'face')} ({w}x{h})"
                 if save_dir:
+                    from ..draw import draw, save_rgb
+
                     out = save_dir / f"{unique_stem(path, used)}{annotated_suffix(path)}"
                     save_rgb(out, draw(r.rgb(), faces))
                     record["annotated"] = str(out)

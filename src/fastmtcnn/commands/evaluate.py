@@ -45,7 +45,7 @@ def load_ground_truth(args: argparse.Namespace):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="accuracy against labelled faces (WIDER FACE or JSON ground truth)",
+    p = sub.add_parser("eval",
                        description="Run the detector on labelled images and report precision/recall, average "
                                    "precision (WIDER FACE protocol), miss rate by face size and false positives "
                                    "per image. Exit code 1 if an image could not be read (it is left out).")

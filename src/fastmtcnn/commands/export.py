@@ -8,7 +8,7 @@ from .plan import parse_size
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export-onnx", help="write PNet (canvas fixed for a frame size), RNet, ONet as ONNX + plan.json",
+    p = sub.add_parser("export-onnx",
                        description="Write pnet.onnx with the packed canvas of one frame size fixed (mask baked in), "
                                    "rnet.onnx and onet.onnx with a dynamic batch, and plan.json (levels, offsets, "
                                    "valid cells, trtexec commands). TensorRT itself is not tested here.")

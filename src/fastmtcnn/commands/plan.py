@@ -18,7 +18,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("plan", help="show the pyramid levels and packed PNet canvas of a frame size")
+    p = sub.add_parser("plan")
     p.add_argument("--size", type=parse_size, required=True, metavar="WxH")
     p.add_argument("--minsize", type=float, default=20.0)
     p.add_argument("--factor", type=float, default=0.709)

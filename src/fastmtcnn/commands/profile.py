@@ -26,7 +26,7 @@ ROWS = ("decoding",) + PIPELINE_STAGES + ("other", "drawing")
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "profile", help="time per stage (decode, pyramid, PNet, NMS, crops, RNet, ONet, draw), packed vs per-scale",
+        "profile",
         description="Run N frames of an image or video and print the time per stage with percentages, "
                     "for the packed single-pass PNet and the per-scale loop side by side. 'other' is "
                     "detector time outside the named stages (Python glue).")

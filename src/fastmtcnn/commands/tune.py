@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from ..backends import BACKENDS
-from ..cli import in_flag_terms
 from . import open_output, plural
 from .evaluate import add_matching_args, load_ground_truth
 
@@ -28,7 +27,7 @@ class _ThresholdTriples(argparse.Action):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("tune", help="sweep minsize/factor/thresholds: speed vs recall, Pareto front, plot",
+    p = sub.add_parser("tune",
                        description="Measure speed and accuracy of every combination of the given settings on a "
                                    "labelled set, in one run: speed is each setting's time per image relative to "
                                    "the default setting (minsize 20, factor 0.709, thresholds 0.6/0.7/0.7, packed, "
@@ -71,10 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.repeat is not None and args.repeat < 1:
         raise ValueError(f"--repeat must be >= 1, got {args.repeat}")
     ann, keys, rule, edges = load_ground_truth(args)
-    try:
-        settings = grid(args.minsize, args.factor, args.thresholds, [p == "packed" for p in args.pyramid], args.backend)
-    except ValueError as e:
-        raise ValueError(in_flag_terms(str(e))) from None
+    settings = grid(args.minsize, args.factor, args.thresholds, [p == "packed" for p in args.pyramid], args.backend)
     jf = open_output(args.json, "--json") if args.json else None  # fail now, not after the sweep
 
     images, failed = {}, {}

@@ -30,7 +30,7 @@ FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv"
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "video", help="detect faces in video files, cameras, RTSP/HTTP streams or GStreamer pipelines",
+        "video",
         description="Detect faces in every SOURCE: video files, camera indices (0), RTSP/HTTP URLs, or "
                     "GStreamer pipelines ending in appsink. Frames of all sources are detected together in "
                     "chunks; outputs are per source. Draws boxes, scores, landmarks and the current FPS. "
@@ -68,7 +68,7 @@ def register(sub) -> None:
                      help="most frames per detector call, from all sources (default 32 on a CUDA device, else 4); "
                           "results are the same for any N")
     bat.add_argument("--decoder", choices=["auto", "opencv", "nvdec"], default="auto",
-                     help="auto (default): NVDEC on the GPU for files when --backend torch --device cuda and "
+                     help="auto (default): NVDEC on the GPU for files when --device cuda and "
                           "PyNvVideoCodec is installed (pip install 'fastmtcnn[nvdec]'), else OpenCV")
     bat.add_argument("--nvdec-sessions", type=int, metavar="K",
                      help="NVDEC decoder sessions per file, each over every K-th keyframe segment "

@@ -18,10 +18,10 @@ __all__ = ["engine", "rgb_array", "is_tensor", "is_pil"]
 
 
 def engine(cuda_device: str | None = None):
-    """Our detector: the torch backend on that CUDA device, or the default CPU backend when None."""
+    """Our detector on that CUDA device (the torch backend), or the default CPU backend when None."""
     from ..detector import MTCNN
 
-    return MTCNN(backend="torch", device=cuda_device) if cuda_device else MTCNN()
+    return MTCNN(device=cuda_device)
 
 
 def is_pil(x) -> bool:

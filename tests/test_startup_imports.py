@@ -1,0 +1,91 @@
+"""What a process loads to get its first faces: `import fastmtcnn`, a CPU detection, and `fastmtcnn detect`/`video`.
+
+Why (issue #18, fast start): slow optional imports (torch, torchvision,
+PyNvVideoCodec, pyarrow, ray, ...) must happen only where they are used, and
+the command line must pay no more than the API for the same job: `fastmtcnn
+COMMAND` imports that command's module, not every command's. Each case runs
+in a fresh interpreter, which reports its `sys.modules`.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+#: optional packages no CPU detection needs (extras: gpu, nvdec, batch, ray, plot, supervision)
+OPTIONAL = ("torch", "torchvision", "PyNvVideoCodec", "pyarrow", "ray", "matplotlib", "supervision")
+PORTRAIT = "matplotlib_grace_hopper.jpg"
+CLIP = "video/group_720p_h264.mp4"
+
+#: what the command line may load beyond the API's modules: its own code, argparse and its progress bars
+CLI_OWN = ("fastmtcnn", "argparse", "tqdm")
+
+
+def loaded(code: str) -> dict[str, set[str]]:
+    """Run `code` in a fresh interpreter; it calls `mark(name)` to record sys.modules at that point."""
+    prelude = ("import json, sys\n_marks = {}\n"
+               "def mark(name):\n    _marks[name] = sorted(sys.modules)\n")
+    coda = "\nprint(json.dumps(_marks), file=sys.stderr)\n"
+    p = subprocess.run([sys.executable, "-c", prelude + code + coda], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return {k: set(v) for k, v in json.loads(p.stderr.strip().splitlines()[-1]).items()}
+
+
+def top(modules: set[str]) -> set[str]:
+    return {m.partition(".")[0] for m in modules}
+
+
+@pytest.mark.parametrize("backend, other", [("openvino", "onnxruntime"), ("onnxruntime", "openvino")])
+def test_import_and_a_cpu_detection_load_no_optional_package(shared_data, backend, other):
+    marks = loaded(f"import fastmtcnn\nmark('import')\n"
+                   f"faces = fastmtcnn.MTCNN(backend={backend!r}).detect({str(shared_data / PORTRAIT)!r})\n"
+                   "assert len(faces) == 1, len(faces)\nmark('detect')\n")
+    assert not top(marks["import"]) & {*OPTIONAL, "openvino", "onnxruntime"}  # engines load with a detector
+    assert backend in top(marks["detect"])  # the run really detected with it
+    assert not top(marks["detect"]) & {*OPTIONAL, other}
+
+
+def _extra_third_party(cli: set[str], api: set[str]) -> set[str]:
+    """Top-level packages the CLI loaded and the API did not, other than its own and the standard library."""
+    return {m for m in top(cli - api)
+            if m not in CLI_OWN and m not in sys.stdlib_module_names and not m.startswith("__")}  # __mp_main__
+
+
+@pytest.mark.parametrize("flags", [[], ["--backend", "onnxruntime"]], ids=["openvino", "onnxruntime"])
+def test_fastmtcnn_detect_loads_no_more_than_the_api_for_the_same_job(shared_data, flags):
+    photo = str(shared_data / PORTRAIT)
+    backend = flags[1] if flags else None
+    cli = loaded(f"from fastmtcnn.cli import main\nassert main(['detect', {photo!r}, '-q', *{flags!r}]) == 0\n"
+                 "mark('cli')\n")["cli"]
+    api = loaded(f"from fastmtcnn import MTCNN\nassert len(MTCNN(backend={backend!r}).detect({photo!r})) == 1\n"
+                 "mark('api')\n")["api"]
+    assert _extra_third_party(cli, api) == set()
+    assert not top(cli) & set(OPTIONAL)
+    commands = {m for m in cli if m.startswith("fastmtcnn.commands.")}
+    assert commands == {"fastmtcnn.commands.detect"}  # not video, batch, tune, ... too
+
+
+def test_fastmtcnn_video_loads_no_more_than_the_api_for_the_same_job(shared_data):
+    clip = str(shared_data / CLIP)
+    cli = loaded(f"from fastmtcnn.cli import main\n"
+                 f"assert main(['video', {clip!r}, '-q', '--max-frames', '2']) == 0\nmark('cli')\n")["cli"]
+    api = loaded(f"from fastmtcnn import MTCNN, StreamDetector\n"
+                 f"with StreamDetector(MTCNN(), [{clip!r}], max_frames=2) as streams:\n"
+                 "    assert len(list(streams)) == 2\nmark('api')\n")["api"]
+    assert _extra_third_party(cli, api) == set()
+    assert not top(cli) & set(OPTIONAL)
+    assert {m for m in cli if m.startswith("fastmtcnn.commands.")} == {"fastmtcnn.commands.video"}
+
+
+def test_help_lists_every_command_without_importing_one():
+    marks = loaded("from fastmtcnn.cli import COMMANDS, main\n"
+                   "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\nmark('help')\n")
+    assert not {m for m in marks["help"] if m.startswith("fastmtcnn.commands.")}
+    p = subprocess.run([sys.executable, "-m", "fastmtcnn", "--help"], capture_output=True, text=True, timeout=120)
+    from fastmtcnn.cli import COMMANDS
+
+    listed = " ".join(p.stdout.split())
+    for name, (_, summary) in COMMANDS.items():
+        assert f"{name} {summary}" in listed  # each command with its one-line help
