@@ -64,14 +64,18 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
 
 
 #: the library's argument names that are command-line flags (max_batch is --max-batch)
-_FLAG_WORDS = ("minsize", "factor", "thresholds", "max_batch", "threads", "device", "providers", "fp16", "graphs")
+_FLAG_WORDS = ("minsize", "factor", "thresholds", "max_batch", "threads", "device", "providers", "fp16", "graphs",
+               "backend", "chunk", "decoder", "width", "height", "max_frames", "nvdec_sessions", "retries",
+               "retry_delay", "timeout_s", "track_every", "out", "json", "show", "out_fps", "fourcc")
+#: library names whose flag is another word
+_RENAMED = {"timeout_s": "timeout"}
 
 
 def in_flag_terms(message: str) -> str:
     """A library error in the command line's terms: `device=` and a leading `minsize ...` become
     `--device` and `--minsize`, so the user reads the flag they typed."""
     def flag(m: re.Match) -> str:
-        return "--" + m[1].replace("_", "-")
+        return "--" + _RENAMED.get(m[1], m[1]).replace("_", "-")
 
     words = "|".join(_FLAG_WORDS)
     return re.sub(rf"^({words})\b", flag, re.sub(rf"\b({words})=", flag, message))

@@ -53,7 +53,7 @@ def import_nvc():
 def unavailable(device) -> str | None:
     """Why NVDEC cannot feed frames on `device` (a torch device or None), or None when it can."""
     if device is None or getattr(device, "type", None) != "cuda":
-        return "NVDEC frames go to the torch backend on a CUDA device (--backend torch --device cuda)"
+        return "NVDEC frames go to the torch backend on a CUDA device (backend= torch device= cuda)"
     try:
         import_nvc()
     except RuntimeError as e:
@@ -72,7 +72,7 @@ def nv12_to_rgb(nv12):
     n, rows, w = x.shape
     h = rows * 2 // 3
     if x.dtype != torch.uint8 or rows != h * 3 // 2 or h % 2 or w % 2:
-        raise ValueError(f"not 8-bit NV12: {x.dtype} {tuple(x.shape)} (10-bit and 4:4:4 video: use --decoder opencv)")
+        raise ValueError(f"not 8-bit NV12: {x.dtype} {tuple(x.shape)} (10-bit and 4:4:4 video: use decoder= opencv)")
     # luma as (n, h/2, 2, w/2, 2) 2x2 blocks, chroma as (n, h/2, 1, w/2, 1): broadcasting shares each
     # chroma pair over its block without materialising full-size chroma planes
     y = (((x[:, :h].to(torch.int32) - 16) * (8 * _CY)) >> 16).reshape(n, h // 2, 2, w // 2, 2)
@@ -355,7 +355,7 @@ def opener(device, *, sessions: int = 1, piece: int = 32, max_frames: int | None
 
     def open_nvdec(spec: SourceSpec, width=None, height=None, timeout_s: float = 5.0):
         if width or height:
-            raise SourceError("NVDEC frames are not resized: drop --width/--height, or use --decoder opencv",
+            raise SourceError("NVDEC frames are not resized: drop width=/height=, or use decoder= opencv",
                               retry=False)
         if spec.kind == "file":
             check_file(spec)
@@ -363,7 +363,7 @@ def opener(device, *, sessions: int = 1, piece: int = 32, max_frames: int | None
         if spec.kind == "stream":
             return NvdecStream(spec.text, device)
         raise SourceError(f"{spec}: NVDEC decodes files and network streams, not {spec.kind} sources "
-                          f"(use --decoder opencv)", retry=False)
+                          f"(use decoder= opencv)", retry=False)
 
     return open_nvdec
 
