@@ -107,16 +107,24 @@ def test_video_job_writes_the_cli_records_and_videos(det, clips, tmp_path, capsy
         assert len(read_all(job.outputs[name].written)) == len(images)
 
 
-def test_stopping_a_job_early_still_ends_every_output(det, clips, tmp_path):
+@pytest.mark.parametrize("how", ["break", "interrupted"])
+def test_stopping_a_job_early_still_ends_every_output(det, clips, tmp_path, how):
     a, b = clips
     with VideoJob(det, [str(a), str(b)], json=str(tmp_path / "js"), out=str(tmp_path / "v"), chunk=2) as job:
-        for k, _ in enumerate(job):
-            if k == 3:
-                break
+        if how == "break":  # leaving the loop closes the job
+            for k, _ in enumerate(job):
+                if k == 3:
+                    break
+        else:  # what the command line does on Ctrl-C
+            results = iter(job)
+            for _ in range(4):
+                next(results)
+            job.close(end="interrupted")
     seen = 0
     for name in ("a", "b"):
         frames, end = _records(tmp_path / "js" / f"{name}.jsonl")
-        assert end[0]["end"] == "stopped" and end[0]["frames"] == len(frames)
+        assert end[0]["end"] == ("stopped" if how == "break" else "interrupted")
+        assert end[0]["frames"] == len(frames) and "error" not in end[0]
         assert len(read_all(tmp_path / "v" / f"{name}.mp4")) == len(frames)  # the video was finished, readable
         seen += len(frames)
     assert seen == 4
