@@ -185,3 +185,61 @@ def test_tracking_on_nvdec_frames_gives_the_faces_of_opencv_frames(shared_data):
     assert sum(t for _, _, t, _ in runs["nvdec"]) > 30  # most frames tracked
     for (*_, fa), (*_, fb) in zip(runs["nvdec"], runs["opencv"]):
         assert len(fa) == len(fb) and len(greedy_match(fa.boxes, fb.boxes, min_iou=0.99)) == len(fb)
+
+
+class _TensorCapture:
+    """OpenCV's decoder handing out RGB torch tensors, as NVDEC does on the GPU (`gives_rgb`)."""
+
+    gives_rgb = True
+
+    def __init__(self, path: str) -> None:
+        import cv2
+
+        self.cv2, self.cap = cv2, cv2.VideoCapture(path)
+
+    def read(self):
+        import torch
+
+        ok, bgr = self.cap.read()
+        return (True, torch.from_numpy(self.cv2.cvtColor(bgr, self.cv2.COLOR_BGR2RGB))) if ok else (False, None)
+
+    def get(self, prop):
+        return self.cap.get(prop)
+
+    def isOpened(self):
+        return self.cap.isOpened()
+
+    def release(self):
+        self.cap.release()
+
+
+def test_tracking_and_outputs_take_frames_that_are_tensors(clips, shared_data, tmp_path):
+    """The path of NVDEC frames, on the CPU: tensors through tracking, records and the video writer."""
+    pytest.importorskip("torch")
+    from fastmtcnn.sources import FrameReader
+
+    try:
+        det = MTCNN(minsize=40, backend="torch", device="cpu")
+    except (ImportError, RuntimeError) as e:
+        pytest.skip(f"torch backend not available: {e}")
+    a, _ = clips
+    astronaut = fit(read_image(shared_data / CYCLE[0]), 320, 240)
+    b = write_clip(tmp_path / "b.avi", [np.roll(astronaut, 5 * k, axis=1) for k in range(6)])  # a pan: tracked
+
+    def readers():
+        return [FrameReader(str(p), opener=lambda spec, *_: _TensorCapture(spec.text)) for p in (a, b)]
+
+    def run(sources):
+        with StreamDetector(det, sources, track_every=3, chunk=4) as streams:
+            return sorted((r.source, r.index, r.tracked, r.faces.to_list()) for r in streams)
+
+    from_tensors = run(readers())
+    assert from_tensors == run([str(a), str(b)]) and len(from_tensors) == 16
+    assert {t for _, _, t, _ in from_tensors} == {True, False}
+    job = VideoJob(det, readers(), out=str(tmp_path / "v"), json=str(tmp_path / "js"), track_every=3)
+    stats = job.run()
+    for name, path in (("a", a), ("b", b)):
+        frames, _ = _records(tmp_path / "js" / f"{name}.jsonl")
+        assert [(r["frame"], r["width"]) for r in frames] == [(i, read_all(path)[0].shape[1])
+                                                              for i in range(stats[name].frames)]
+        assert len(read_all(tmp_path / "v" / f"{name}.mp4")) == stats[name].frames == len(read_all(path))
