@@ -4,7 +4,8 @@ Makes a 1280x720 clip with camera pans and zooms (and scene cuts) over the
 photos in ../shared/data, then runs every frame through
   - full:   the full cascade on every frame (`MTCNN.detect`),
   - track:  `Tracker` (RNet/ONet around last frame's faces, full cascade every K frames),
-both fed by the threaded `FrameReader` (decoding overlaps detection), and
+both run by `StreamDetector` as `fastmtcnn video` runs them (decoding
+overlaps detection; one frame per detector call), and
 prints frames per second, the speed-up, and how many of the full detector's
 faces tracking misses (greedy one-to-one match at IoU >= 0.5). Rounds are
 interleaved (full, track, full, track...) and the median round is reported,
@@ -91,17 +92,14 @@ def pd_collage(path: Path, data: Path = DATA, height: int = 720) -> Path:
 
 
 def run(det, path: str, track_every: int | None):
-    """All frames of a video through the reader and the detector (or tracker): (faces list, seconds, stats)."""
-    from fastmtcnn.sources import FrameReader
-    from fastmtcnn.track import Tracker
+    """All frames of a video as `fastmtcnn video` runs them (`StreamDetector`: threaded decoding, full
+    detection or tracking), one frame per detector call: (faces list, seconds, tracking stats)."""
+    from fastmtcnn.streams import StreamDetector
 
-    tracker = Tracker(det, every=track_every) if track_every else None
-    faces = []
     t0 = time.perf_counter()
-    with FrameReader(path) as reader:
-        for frame in reader:
-            faces.append(tracker.detect(frame.image)[0] if tracker else det.detect(frame.image))
-    return faces, time.perf_counter() - t0, (tracker.stats if tracker else None)
+    streams = StreamDetector(det, [path], chunk=1, track_every=track_every)
+    faces = [r.faces for r in streams]
+    return faces, time.perf_counter() - t0, next(iter(streams.stats.values())).tracking
 
 
 def misses(full, tracked, min_iou: float = 0.5):
@@ -144,18 +142,17 @@ def compare(det, path: str, every: int, rounds: int, label: str) -> dict:
 
 def screenshot(det, path: str, out: Path, frame_index: int, every: int) -> None:
     """An annotated frame exactly as `fastmtcnn video --out` draws it (tracking mode, live FPS)."""
-    from fastmtcnn.commands.video import FpsMeter, annotate
-    from fastmtcnn.sources import FrameReader
-    from fastmtcnn.track import Tracker
-    from fastmtcnn.draw import save_rgb
+    from fastmtcnn.draw import annotate, save_rgb
+    from fastmtcnn.records import mode
+    from fastmtcnn.streams import StreamDetector
+    from fastmtcnn.video import FpsMeter
 
-    tracker, meter = Tracker(det, every=every), FpsMeter()
-    with FrameReader(path) as reader:
-        for frame in reader:
-            faces, was_tracked = tracker.detect(frame.image)
+    meter = FpsMeter()
+    with StreamDetector(det, [path], chunk=1, track_every=every) as streams:
+        for r in streams:
             fps = meter.tick()
-            if frame.index == frame_index:
-                save_rgb(out, annotate(frame.image, faces, fps, "track" if was_tracked else "full"))
+            if r.index == frame_index:
+                save_rgb(out, annotate(r.image, r.faces, fps, mode(r.tracked)))
                 return
     raise SystemExit(f"the clip has no frame {frame_index}")
 

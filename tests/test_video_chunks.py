@@ -10,9 +10,7 @@ import pytest
 
 from fastmtcnn import MTCNN, read_image
 from fastmtcnn.cli import main
-from video_clips import fit, read_all, write_clip
-
-PHOTOS = ["skimage_astronaut.png", "skimage_camera.png", "skimage_coffee.png"]
+from video_clips import cycling_clips, fit, read_all, write_clip
 
 
 def _records(path):
@@ -45,11 +43,7 @@ def test_chunked_video_gives_the_same_json_as_frame_by_frame(shared_data, tmp_pa
 @pytest.fixture(scope="module")
 def clips(shared_data, tmp_path_factory):
     """Lossless clips: a.avi 10 frames 320x240, b.avi 6 frames 256x192 (faces: 1, 1, 0 repeating)."""
-    photos = [read_image(shared_data / n) for n in PHOTOS]
-    root = tmp_path_factory.mktemp("multi")
-    a = write_clip(root / "a.avi", [fit(photos[i % 3], 320, 240) for i in range(10)])
-    b = write_clip(root / "b.avi", [fit(photos[i % 3], 256, 192) for i in range(6)])
-    return a, b
+    return cycling_clips(shared_data, tmp_path_factory.mktemp("multi"))
 
 
 def test_several_files_at_once_write_per_source_outputs_with_every_frame(clips, tmp_path, capsys):
@@ -97,9 +91,13 @@ def test_an_unopenable_source_among_several_gets_an_error_record_and_exit_1(clip
 
 @pytest.mark.parametrize("extra,message", [
     (["--out", "x.mp4"], "with several sources --out is a folder"),
-    (["--track"], "--track takes one source"),
     (["--show"], "--show takes one source"),
     (["--chunk", "0"], "--chunk must be >= 1"),
+    # the library names its arguments (track_every, timeout_s, retry_delay); the user reads the flags
+    (["--track", "--track-every", "0"], "--track-every must be >= 1"),
+    (["--timeout", "0"], "--timeout must be > 0"),
+    (["--retry-delay", "-1"], "--retry-delay must be >= 0"),
+    (["--out-fps", "0"], "--out-fps must be > 0"),
 ])
 def test_bad_multi_source_options_are_one_line_errors(clips, tmp_path, capsys, extra, message):
     a, b = clips

@@ -32,6 +32,20 @@ def write_clip(path: Path, frames: list[np.ndarray], fps: float = 10.0, fourcc: 
     return Path(path)
 
 
+#: photos with one face, one face, no face: a clip cycling through them has faces that come and go
+CYCLE = ["skimage_astronaut.png", "skimage_camera.png", "skimage_coffee.png"]
+
+
+def cycling_clips(data: Path, root: Path) -> tuple[Path, Path]:
+    """Two lossless clips of CYCLE's photos: a.avi 10 frames 320x240, b.avi 6 frames 256x192, at 10 fps."""
+    from fastmtcnn import read_image
+
+    photos = [read_image(data / n) for n in CYCLE]
+    a = write_clip(root / "a.avi", [fit(photos[i % 3], 320, 240) for i in range(10)])
+    b = write_clip(root / "b.avi", [fit(photos[i % 3], 256, 192) for i in range(6)])
+    return a, b
+
+
 def read_all(path, limit: int | None = None) -> list[np.ndarray]:
     """Every frame of a video (or the first `limit`), RGB."""
     cap = cv2.VideoCapture(str(path))

@@ -77,7 +77,10 @@ _FLAG_VALUES = {("fp16", "True"): "--fp16", ("fp16", "False"): "--fp32", ("graph
 #: the library's argument names that are command-line flags (max_batch is --max-batch)
 _FLAG_WORDS = ("minsize", "factor", "thresholds", "max_batch", "packed", "preset", "backend", "threads", "device",
                "providers", "fp16", "graphs", "decoder", "width", "height", "actors", "num_cpus", "object_store_mb",
-               "column")
+               "column", "chunk", "max_frames", "nvdec_sessions", "retries", "retry_delay", "timeout_s",
+               "track_every", "out", "json", "show", "out_fps", "fourcc")
+#: library names whose flag is another word
+_RENAMED = {"timeout_s": "timeout"}
 _WORDS = "|".join(_FLAG_WORDS)
 QUOTES = "'\""
 # `name=` with an optional Python value ('cuda', True, 3, ['A', 'B']), at the start of the message or after
@@ -95,7 +98,7 @@ def in_flag_terms(message: str) -> str:
         name, value = m[1], m[2]
         if (name, value) in _FLAG_VALUES:
             return _FLAG_VALUES[name, value]
-        text = "--" + name.replace("_", "-")
+        text = "--" + _RENAMED.get(name, name).replace("_", "-")
         if value is None or value == "True":
             return text
         if value.startswith("["):
@@ -103,7 +106,7 @@ def in_flag_terms(message: str) -> str:
         return f"{text} {value.strip(QUOTES)}"
 
     message = _ARGUMENT.sub(flag, message)
-    return re.sub(rf"^({_WORDS}) must\b", lambda m: f"--{m[1].replace('_', '-')} must", message)
+    return re.sub(rf"^({_WORDS}) must\b", lambda m: f"--{_RENAMED.get(m[1], m[1]).replace('_', '-')} must", message)
 
 
 def detector_spec(args: argparse.Namespace) -> DetectorSpec:

@@ -1,4 +1,4 @@
-"""Drawing results on images: boxes, scores, landmarks, an FPS line."""
+"""Drawing results on images: boxes, scores, landmarks, and a video's status panel (FPS, mode)."""
 from __future__ import annotations
 
 import cv2
@@ -10,8 +10,7 @@ from .detections import Detections
 _LM_COLOURS = [(255, 64, 64), (255, 64, 64), (64, 255, 64), (64, 128, 255), (64, 128, 255)]
 
 
-def draw(image: np.ndarray, faces: Detections, fps: float | None = None, *,
-         colour: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
+def draw(image: np.ndarray, faces: Detections, *, colour: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
     """A copy of an RGB image with faces drawn (RGB colours; line width scales with image size)."""
     out = np.ascontiguousarray(image.copy())
     t = max(1, round(max(out.shape[:2]) / 500))
@@ -22,9 +21,22 @@ def draw(image: np.ndarray, faces: Detections, fps: float | None = None, *,
         cv2.putText(out, label, (x1, max(0, y1 - 4 * t)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * t, colour, t, cv2.LINE_AA)
         for (x, y), c in zip(lm, _LM_COLOURS):
             cv2.circle(out, (int(round(x)), int(round(y))), t + 1, c, -1, cv2.LINE_AA)
-    if fps is not None:
-        cv2.putText(out, f"{fps:.1f} FPS", (8, 12 + 14 * t), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * t,
-                    (255, 255, 0), t, cv2.LINE_AA)
+    return out
+
+
+def annotate(image: np.ndarray, faces: Detections, fps: float | None = None, mode: str | None = None) -> np.ndarray:
+    """A video frame as the live view and annotated videos show it: `draw`'s faces, and a status panel
+    with the current FPS and the mode ("track" / "full"), darkened so that it reads on any frame."""
+    out = draw(image, faces)
+    text = "  ".join(t for t in (f"{fps:.1f} FPS" if fps else None, mode) if t)
+    if text:
+        t = max(1, round(max(out.shape[:2]) / 500))
+        font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.5 * t
+        (tw, th), base = cv2.getTextSize(text, font, scale, t)
+        pad = 4 * t
+        x1, y1 = min(out.shape[1], tw + 2 * pad), min(out.shape[0], th + base + 2 * pad)
+        out[:y1, :x1] = (out[:y1, :x1] * 0.4).astype(np.uint8)
+        cv2.putText(out, text, (pad, pad + th), font, scale, (255, 255, 0), t, cv2.LINE_AA)
     return out
 
 

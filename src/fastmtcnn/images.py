@@ -27,6 +27,11 @@ def is_tensor(x) -> bool:
     return type(x).__module__.startswith("torch")
 
 
+def host_image(image) -> np.ndarray:
+    """An RGB image as a numpy array: a tensor on the GPU (NVDEC, nvJPEG) is copied to the host."""
+    return image if isinstance(image, np.ndarray) else image.cpu().numpy()
+
+
 class ImageError(ValueError):
     """An input that cannot be used as an image; the message says why, in one line."""
 

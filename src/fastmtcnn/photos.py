@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .detections import Detections
-from .images import MAX_PIXELS, ImageError, check_complete, decode_image, read_bytes
+from .images import MAX_PIXELS, ImageError, check_complete, decode_image, host_image, read_bytes
 from .overlap import chunks, overlapped
 
 
@@ -42,8 +42,7 @@ class PhotoResult:
 
     def rgb(self) -> np.ndarray:
         """The decoded image on the host (copied from the GPU on first use), e.g. to draw or crop."""
-        if not isinstance(self.image, np.ndarray):
-            self.image = self.image.cpu().numpy()
+        self.image = host_image(self.image)
         return self.image
 
 

@@ -7,7 +7,10 @@ sets the pace and memory depends on the chunk size, not on the video length:
 2. gathering: takes up to `chunk` frames from the sources in turn, groups them
    by frame size, and uploads host frames to the GPU on a side stream when the
    detector runs there;
-3. detection: one `MTCNN.detect_batch` call per frame size;
+3. detection: one `MTCNN.detect_batch` call per frame size; in tracking mode
+   (`track_every=K`), a `track.Tracker` per source instead, each source's frames
+   in order, and the full detections that frames of several sources need at
+   the same step in one call (`track.track_many`);
 4. the caller: iterates the results (or gets per-source callbacks), in frame
    order within each source.
 
@@ -35,19 +38,22 @@ from .detections import Detections
 from .images import is_tensor
 from .sources import (Frame, FrameReader, SourceError, SourceSpec, to_stderr, open_capture, parse_source,
                       put_until)
+from .track import Tracker, TrackStats, track_many
 
 DECODERS = ("auto", "opencv", "nvdec")
 
 
 class StreamResult(NamedTuple):
     """One frame's faces: the source's name, the frame's index in its source, the RGB frame (a numpy
-    array, or a CUDA tensor when NVDEC decoded it), the faces, and the frame's time in seconds."""
+    array, or a CUDA tensor when NVDEC decoded it), the faces, the frame's time in seconds, and in
+    tracking mode whether the faces came from tracking (True) or the full detector (False)."""
 
     source: str
     index: int
     image: object
     faces: Detections
     time: float
+    tracked: bool | None = None
 
 
 @dataclass
@@ -67,6 +73,7 @@ class SourceStats:
     error: str | None = None
     first_result_s: float | None = None  # seconds from the start to this source's first result
     wall_s: float = 0.0  # seconds from the start to this source's last result (or its end)
+    tracking: TrackStats | None = None  # tracking mode: frames tracked, run in full, re-detected
 
     @property
     def fps(self) -> float:
@@ -107,7 +114,7 @@ def choose_decoder(choice: str, detector, spec: SourceSpec, resized: bool = Fals
     and PyNvVideoCodec loads (streams stay on OpenCV, which has open/read timeouts); else OpenCV.
     An explicit 'nvdec' that cannot work is an error."""
     if choice not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, got {choice!r}")
+        raise ValueError(f"decoder= must be one of {DECODERS}, got {choice!r}")
     if choice == "opencv":
         return "opencv"
     from . import nvdec
@@ -169,12 +176,15 @@ class _Batch:
     groups: list[tuple[list[int], object]] = field(default_factory=list)  # (positions in items, frames)
     ended: list[int] = field(default_factory=list)  # sources whose last frame is in this batch or before
     faces: list[Detections] = field(default_factory=list)
+    tracked: list[bool | None] = field(default_factory=list)
 
 
-def _ended(st: SourceStats, r: FrameReader, default: str) -> None:
-    """A source's end, as its reader saw it, into its stats."""
-    st.dropped, st.reconnects, st.truncated = r.stats.dropped, r.stats.reconnects, r.truncated
-    st.end = r.stats.end or default
+def _ended(st: SourceStats, r: FrameReader, stopped: bool = False) -> None:
+    """A source's end into its stats: as its reader saw it, or "stopped" when the results stopped before its
+    last one (its reader may have decoded to the end of the file meanwhile)."""
+    st.dropped, st.reconnects = r.stats.dropped, r.stats.reconnects
+    st.truncated = r.truncated and not stopped
+    st.end = "stopped" if stopped else r.stats.end or "end"
 
 
 class StreamDetector:
@@ -187,6 +197,8 @@ class StreamDetector:
 
     chunk: most frames per detector call (default 32 on a CUDA device, 4 otherwise).
     decoder: "auto" (NVDEC for files on a CUDA detector when PyNvVideoCodec is installed), "opencv" or "nvdec".
+    track_every: tracking mode (`track.Tracker` per source): full detection every K frames, and when a
+    face is lost; between, RNet/ONet around the last frame's faces. Results then carry `tracked`.
     skip_failed: sources that cannot be opened become `stats` entries with an error instead of raising.
     Sources may also be ready `FrameReader`s.
 
@@ -201,14 +213,22 @@ class StreamDetector:
                  names: Sequence[str] | None = None, max_frames: int | None = None, width: int | None = None,
                  height: int | None = None, drop_stale: bool | None = None, retries: int = 5,
                  retry_delay: float = 0.5, timeout_s: float = 5.0, nvdec_sessions: int | None = None,
-                 skip_failed: bool = False, on_event: Callable[[str], None] = to_stderr,
+                 skip_failed: bool = False, track_every: int | None = None,
+                 on_event: Callable[[str], None] = to_stderr,
                  on_end: Callable[[SourceStats], None] | None = None) -> None:
         if not sources:
             raise ValueError("no sources given")
+        for name, v in (("chunk", chunk), ("width", width), ("height", height), ("max_frames", max_frames),
+                        ("nvdec_sessions", nvdec_sessions), ("track_every", track_every)):
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        for name, v in (("retries", retries), ("retry_delay", retry_delay)):
+            if v < 0:
+                raise ValueError(f"{name} must be >= 0, got {v}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.detector = detector
         self.chunk = int(chunk) if chunk else default_chunk(detector)
-        if self.chunk < 1:
-            raise ValueError(f"chunk must be >= 1, got {chunk}")
         self.on_end = on_end
         self._wake = threading.Event()
         specs = [s.spec if isinstance(s, FrameReader) else (s if isinstance(s, SourceSpec) else parse_source(s))
@@ -217,6 +237,11 @@ class StreamDetector:
         if len(self.names) != len(specs) or len(set(self.names)) != len(self.names):
             raise ValueError("names must be unique, one per source")
         self.stats = {n: SourceStats(n, spec) for n, spec in zip(self.names, specs)}
+        self._trackers: list[Tracker] | None = None
+        if track_every:
+            self._trackers = [Tracker(detector, every=track_every) for _ in specs]
+            for st, tracker in zip(self.stats.values(), self._trackers):
+                st.tracking = tracker.stats
         n_files = sum(s.kind == "file" for s in specs)
         sessions = nvdec_sessions or max(1, 4 // max(1, n_files))  # ~4 NVDEC sessions per GPU job in all
 
@@ -347,21 +372,43 @@ class StreamDetector:
                 if batch is _STOP or isinstance(batch, BaseException):
                     self._put(self._done, batch)
                     return
-                faces: list[Detections | None] = [None] * len(batch.items)
-                for pos, frames in batch.groups:
+                for _, frames in batch.groups:
                     if is_tensor(frames) and frames.is_cuda:
                         # the frames were made on another stream: keep their memory until this one is done
                         import torch
 
                         frames.record_stream(torch.cuda.current_stream(frames.device))
-                    for p, det in zip(pos, self.detector.detect_batch(frames)):
-                        faces[p] = det
+                self._detect_batch(batch)
                 batch.groups = []  # frees the stacked frames before the next batch is gathered
-                batch.faces = faces  # type: ignore[assignment]
                 if not self._put(self._done, batch):
                     return
         except BaseException as e:  # noqa: BLE001 (handed to the caller's thread)
             self._put(self._done, e)
+
+    def _detect_batch(self, batch: _Batch) -> None:
+        """batch.faces (and in tracking mode batch.tracked), one per item."""
+        at = {p: (g, k) for g, (pos, _) in enumerate(batch.groups) for k, p in enumerate(pos)}
+
+        def detect(positions: list[int]) -> list[Detections]:
+            """Full detection of these items: one detector call per frame group."""
+            found: dict[int, Detections] = {}
+            by_group: dict[int, list[int]] = defaultdict(list)
+            for p in positions:
+                by_group[at[p][0]].append(p)
+            for g, ps in by_group.items():
+                frames = batch.groups[g][1]
+                ks = [at[p][1] for p in ps]
+                found.update(zip(ps, self.detector.detect_batch(frames if len(ks) == len(frames) else frames[ks])))
+            return [found[p] for p in positions]
+
+        if self._trackers is None:
+            batch.faces = detect(list(range(len(batch.items))))
+            batch.tracked = [None] * len(batch.items)
+            return
+        frame = {p: batch.groups[g][1][k] for p, (g, k) in at.items()}
+        out = track_many([(self._trackers[i], frame[p]) for p, (i, _) in enumerate(batch.items)], detect)
+        batch.faces = [faces for faces, _ in out]
+        batch.tracked = [tracked for _, tracked in out]
 
     def _put(self, q: queue.Queue, item) -> bool:
         return put_until(q, item, self._stop)
@@ -391,14 +438,14 @@ class StreamDetector:
                 if isinstance(batch, BaseException):
                     raise batch
                 now = time.perf_counter() - self._t0
-                for (i, frame), faces in zip(batch.items, batch.faces):
+                for (i, frame), faces, tracked in zip(batch.items, batch.faces, batch.tracked):
                     st = self.stats[self.names[i]]
                     st.frames += 1
                     st.faces += len(faces)
                     st.wall_s = now
                     if st.first_result_s is None:
                         st.first_result_s = now
-                    yield StreamResult(st.name, frame.index, frame.image, faces, frame.time)
+                    yield StreamResult(st.name, frame.index, frame.image, faces, frame.time, tracked)
                 for i in batch.ended:
                     self._finish(i)
         finally:
@@ -406,7 +453,7 @@ class StreamDetector:
 
     def _finish(self, i: int) -> None:
         r, st = self.readers[i], self.stats[self.names[i]]
-        _ended(st, r, "end")
+        _ended(st, r)
         if r.error is not None:
             st.error = str(r.error)
         if not st.frames:
@@ -431,7 +478,7 @@ class StreamDetector:
             r.close()
             st = self.stats[self.names[i]]
             if not st.end:
-                _ended(st, r, "stopped")
+                _ended(st, r, stopped=True)
         for t in self._threads:
             t.join(timeout=5)
 

@@ -8,16 +8,22 @@ regression pull them back onto the faces. The full detector still runs every
 `every` frames (to pick up faces that enter) and at once whenever a tracked
 face is lost, so a face is missed only while it is new and the next full
 frame has not come yet.
+
+Several videos are tracked together by `track_many`: each video keeps its own
+`Tracker`, and the frames of different videos that need the full detector at
+the same step share one detector call (`streams.StreamDetector(track_every=K)`).
 """
 from __future__ import annotations
 
+from collections import defaultdict, deque
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
 from . import boxes as bx
 from .detections import Detections
-from .images import as_image
+from .images import as_image, is_tensor
 from .pipeline import rnet_onet
 
 #: candidate windows per previous face: (scale of the squared box, x shift, y shift in units of its side).
@@ -44,11 +50,12 @@ def candidate_boxes(prev_boxes: np.ndarray, jitter=DEFAULT_JITTER) -> np.ndarray
     return out.reshape(-1, 5).astype(np.float32)
 
 
-def refine_candidates(detector, image: np.ndarray, candidates: np.ndarray) -> Detections:
+def refine_candidates(detector, image, candidates: np.ndarray) -> Detections:
     """The cascade from the RNet stage on: given (m, 5) candidate boxes on one RGB frame, the faces.
 
     The same RNet/ONet stages as the full detector (`pipeline.rnet_onet`), timed
-    under the same stage names.
+    under the same stage names. The frame is an RGB array, or an (H, W, 3) uint8
+    tensor on the torch backend's device (an NVDEC frame).
     """
     be, cfg, timer = detector.backend, detector.config, detector.timer
     with timer("integral"):
@@ -98,19 +105,64 @@ class Tracker:
 
     def detect(self, image) -> tuple[Detections, bool]:
         """Faces in the next frame, and whether they came from tracking (True) or a full detection."""
-        image = as_image(image)
+        image = _frame(image)
+        faces = self.track(image)
+        if faces is not None:
+            return faces, True
+        return self.update(self.detector.detect(image)), False
+
+    def track(self, image) -> Detections | None:
+        """The next frame's faces from RNet/ONet around the last ones; None when the frame needs the full
+        detector (on schedule, nothing to track, or a face was lost): then pass its faces to `update`."""
         prev = self._prev
         if prev is not None and len(prev) and self._since_full < self.every - 1:
-            faces = refine_candidates(self.detector, image, candidate_boxes(prev.boxes, self.jitter))
+            faces = refine_candidates(self.detector, _frame(image), candidate_boxes(prev.boxes, self.jitter))
             if len(faces) >= len(prev):
                 self.stats.tracked += 1
                 self._since_full += 1
                 self._prev = faces
-                return faces, True
+                return faces
             self.stats.redetect += 1  # a face was lost: look again properly, now
         else:
             self.stats.full += 1
-        faces = self.detector.detect(image)
+        return None
+
+    def update(self, faces: Detections) -> Detections:
+        """The full detector's faces for the frame `track` passed on: what the next frames track."""
         self._prev = faces
         self._since_full = 0
-        return faces, False
+        return faces
+
+
+def _frame(image):
+    """An RGB array (paths are read), or a frame tensor as it is (it stays on its device)."""
+    return image if is_tensor(image) else as_image(image)
+
+
+def track_many(items: Sequence[tuple[Tracker, object]],
+               detect: Callable[[list[int]], list[Detections]]) -> list[tuple[Detections, bool]]:
+    """Faces in frames of several videos, each video with its own Tracker: (faces, tracked) per item.
+
+    items are (tracker, frame), each video's frames in order. A video's frames go one after another
+    (a frame's faces are the next frame's candidates); at each step, the frames of different videos
+    that need the full detector go to `detect(positions in items)` together, as one call. So each
+    video gets the faces it would get alone, and many videos share the full detections' cost.
+    """
+    out: list[tuple[Detections, bool] | None] = [None] * len(items)
+    queues: dict[int, deque[int]] = defaultdict(deque)
+    for p, (tracker, _) in enumerate(items):
+        queues[id(tracker)].append(p)
+    while queues:
+        step = [q.popleft() for q in queues.values()]
+        queues = {k: q for k, q in queues.items() if q}
+        full = []
+        for p in step:
+            faces = items[p][0].track(items[p][1])
+            if faces is None:
+                full.append(p)
+            else:
+                out[p] = (faces, True)
+        if full:
+            for p, faces in zip(full, detect(full)):
+                out[p] = (items[p][0].update(faces), False)
+    return out  # type: ignore[return-value]
