@@ -19,7 +19,7 @@ pa = require("pyarrow", "batch")
 import pyarrow.csv as pacsv  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from conftest import load_reference  # noqa: E402
+from conftest import DEADLOCK_S, load_reference  # noqa: E402
 from fastmtcnn import read_image  # noqa: E402
 from fastmtcnn.batch import Output  # noqa: E402
 from fastmtcnn.cli import main  # noqa: E402
@@ -142,7 +142,7 @@ def test_killed_run_resumes_with_each_input_exactly_once(collection, clean_run, 
     try:
         proc.wait(timeout=300)  # reaps it: its workers watch for their parent to be gone
         assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-        orphans_gone = _group_empties(proc.pid, timeout=20)  # its workers must notice and exit
+        orphans_gone = _group_empties(proc.pid, timeout=DEADLOCK_S)  # its workers must notice and exit
     finally:
         _kill_group(proc.pid)
     assert orphans_gone, "worker processes outlived the killed job"
