@@ -214,3 +214,30 @@ def test_a_lost_live_source_does_not_stall_a_file_while_it_reconnects(clips):
     assert order.index(("camera.invalid_live", 3)) > order.index(("a", 8))  # reconnected after the file ended
     st = sd.stats["camera.invalid_live"]
     assert st.reconnects == 1 and "source lost after 5 frames" in st.error
+
+
+def test_frames_in_flight_are_bounded_by_the_queues_whatever_the_length(shared_data, tmp_path):
+    """README / docs/video.md: stages joined by bounded queues, so memory depends on the chunk size and the
+    number of sources, not on how long they run. The consumer stops after its first result and waits until
+    every stage is blocked on a full queue (the reader's, the detector's input and output): then frames
+    decoded but not yet handed out are at most what those queues and the stages between them hold."""
+    photos = [fit(read_image(shared_data / n), 160, 120) for n in PHOTOS]
+    clip = write_clip(tmp_path / "long.avi", [photos[i % 3] for i in range(90)])
+    chunk = 4
+    sd = StreamDetector(MTCNN(minsize=40), [str(clip)], chunk=chunk)
+    reader = sd.readers[0]
+    # the reader's queue + a frame in its hand, a batch in the gatherer's hand, the detector's input queue,
+    # a batch in the detector's hand, its output queue, and the batch the consumer is being handed
+    bound = reader._queue.maxsize + 1 + chunk * (1 + sd._work.maxsize + 1 + sd._done.maxsize + 1)
+    handed = []
+    for r in sd:
+        handed.append(r.index)
+        if len(handed) == 1:
+            deadline = time.monotonic() + DEADLOCK_S  # a hang guard, not a time the test expects to wait
+            while not (reader._queue.full() and sd._work.full() and sd._done.full()):
+                assert time.monotonic() < deadline, "the stages never filled their queues"
+                time.sleep(0.005)
+            held = reader.stats.frames - len(handed)
+            assert chunk < held <= bound, (held, bound)  # they did read ahead, and no further than the queues
+        assert reader.stats.frames - len(handed) <= bound
+    assert handed == list(range(90)) and sd.stats["long"].frames == 90
