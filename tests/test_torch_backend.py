@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import load_reference, reference_names  # noqa: E402
+from conftest import reference_names  # noqa: E402
 from fastmtcnn import MTCNN, Detections, read_image  # noqa: E402
 from fastmtcnn.boxes import nms as numpy_nms  # noqa: E402
 from fastmtcnn.metrics import greedy_match  # noqa: E402
@@ -48,15 +48,6 @@ def assert_same_detections(a: Detections, b: Detections, name: str, px: float = 
         assert np.abs(a.boxes[i] - b.boxes[j]).max() <= px, f"{name}: boxes {a.boxes[i]} vs {b.boxes[j]}"
         assert np.abs(a.landmarks[i] - b.landmarks[j]).max() <= px, f"{name}: landmarks differ"
         assert abs(float(a.scores[i]) - float(b.scores[j])) <= score, f"{name}: scores differ"
-
-
-def reference_recall_precision(dets: dict[str, Detections]) -> tuple[float, float]:
-    n_ref = n_ours = n_pair = 0
-    for name, d in dets.items():
-        r = Detections.from_list(load_reference(name))
-        n_ref, n_ours = n_ref + len(r), n_ours + len(d)
-        n_pair += len(greedy_match(r.boxes, d.boxes, MIN_IOU))
-    return n_pair / max(n_ref, 1), n_pair / max(n_ours, 1)
 
 
 @pytest.fixture(scope="module")
@@ -349,10 +340,8 @@ def test_graph_cache_drops_the_least_recent_graphs_past_its_memory_budget():
 
 @pytest.fixture(scope="module")
 def cuda_dets():
-    return {
-        "fp32": MTCNN(backend="torch", device="cuda", fp16=False, graphs=False),
-        "fp16": MTCNN(backend="torch", device="cuda", fp16=True, graphs=False),
-    }
+    """fp32 eager on CUDA; the reference itself (fp32 with graphs, fp16) is test_faithfulness.py's."""
+    return {"fp32": MTCNN(backend="torch", device="cuda", fp16=False, graphs=False)}
 
 
 @pytest.mark.gpu
@@ -360,23 +349,6 @@ def cuda_dets():
 def test_gpu_fp32_gives_the_onnxruntime_results_exactly(photos, ort_detections, cuda_dets):
     for name, img in photos.items():
         assert_same_detections(ort_detections[name], cuda_dets["fp32"].detect(img), name)
-
-
-@pytest.mark.gpu
-@gpu
-def test_gpu_fp16_finds_the_reference_faces_by_the_98_percent_rule(photos, cuda_dets):
-    """fp16 changes scores in the third decimal: held to DESIGN.md's matching rule, not to the exact one."""
-    ours = {name: cuda_dets["fp16"].detect(img) for name, img in photos.items()}
-    recall, precision_ = reference_recall_precision(ours)
-    assert recall >= 0.98 and precision_ >= 0.98, (recall, precision_)
-    errs = []  # DESIGN.md: matched landmarks within 3% of the box side on average
-    for name, img in photos.items():
-        ref = Detections.from_list(load_reference(name))
-        for i, j in greedy_match(ref.boxes, ours[name].boxes, MIN_IOU):
-            side = float(ref.boxes[i, 2] - ref.boxes[i, 0])
-            errs.append(float(np.abs(ref.landmarks[i] - ours[name].landmarks[j]).mean()) / side)
-    print(f"fp16 landmarks: mean {np.mean(errs):.4f}, max {np.max(errs):.4f} of the box side")
-    assert np.mean(errs) <= 0.03
 
 
 @pytest.mark.gpu

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import DEADLOCK_S
 from fastmtcnn import read_image
 from fastmtcnn.cli import main
 from fastmtcnn.metrics import greedy_match
@@ -100,11 +101,16 @@ def test_dead_rtsp_url_fails_with_one_line_after_bounded_retries(capsys):
     assert "Traceback" not in err
 
 
+# The two tests below lose their stream when the server closes the connection (at once, an end of file to
+# FFmpeg) or answers 404: no open or read ever has to time out, so the timeouts are only DEADLOCK_S guards
+# (a loaded machine must not turn a slow open into a "lost" source).
+
+
 def test_live_stream_that_drops_is_reconnected_and_reported(shared_data):
     server = MjpegServer(fit(read_image(shared_data / "skimage_astronaut.png"), 320, 240), per_connection=8)
     events: list[str] = []
     try:
-        reader = FrameReader(server.url, retries=3, retry_delay=0.05, timeout_s=2, max_frames=20,
+        reader = FrameReader(server.url, retries=3, retry_delay=0.05, timeout_s=DEADLOCK_S, max_frames=20,
                              on_event=events.append)
         with reader:
             frames = list(reader)
@@ -122,7 +128,7 @@ def test_live_source_lost_for_good_ends_with_summary_and_error(shared_data, tmp_
     js = tmp_path / "f.jsonl"
     try:
         rc = main(["video", server.url, "--json", str(js), "--retries", "1", "--retry-delay", "0.05",
-                   "--timeout", "1", "-q"])
+                   "--timeout", str(DEADLOCK_S), "-q"])
     finally:
         server.stop()
     frames, end = _records(js)
@@ -134,7 +140,7 @@ def test_live_source_lost_for_good_ends_with_summary_and_error(shared_data, tmp_
     assert "source lost; retry 1/1" in out.err and "Traceback" not in out.err
 
 
-def _wait_until(condition, what: str, timeout: float = 60.0) -> None:
+def _wait_until(condition, what: str, timeout: float = DEADLOCK_S) -> None:
     """Wait for the reader thread to reach a state (a condition, not a guess at how long it takes)."""
     deadline = time.monotonic() + timeout
     while not condition():
