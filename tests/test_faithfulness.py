@@ -160,8 +160,8 @@ def test_gpu_fp32_gives_the_reference_detections(photos, graphs):
         if graphs:
             assert stats["replays"] > replays, f"{name}: no graph replay gave its faces ({stats})"
     print(f"\nfp32 graphs={graphs}: {stats}")
-    sizes = {img.shape for img in photos.values()}
-    assert stats["captures"] >= len(sizes) if graphs else stats == dict.fromkeys(stats, 0)
+    # graphs are made per capacity bucket, not per photo size: a few serve every photo
+    assert 1 <= stats["captures"] <= len(photos) if graphs else stats["captures"] == stats["replays"] == 0
 
 
 @pytest.mark.gpu

@@ -378,15 +378,17 @@ class TorchBackend:
         if not self.fixed_shapes or not cfg.use_packed:
             return None
         out: list = []
-        pending = []  # (chunk size, cascade, key, flat result on the device) of each chunk
+        pending = []  # (chunk size, cascade, key, flat result on the device, replayed) of each chunk
         with torch.inference_mode():
             for a, b in self._chunks(images):
                 pending.append(self._run_chunk(images[a:b], cfg, timer))
             host = torch.cat([p[3] for p in pending]).cpu().numpy() if pending else np.zeros(0, np.float32)
         at = 0
-        for m, cascade, key, flat in pending:
+        for m, cascade, key, flat, replayed in pending:
             rows, flags = cascade.split(host[at:at + flat.numel()])
             at += flat.numel()
+            if flags.all():
+                self.graph_stats["replays" if replayed else "eager"] += 1
             out.extend(self._chunk_result(key, cascade, rows, flags, m))
         self._start_warmup()
         return out
@@ -425,13 +427,11 @@ class TorchBackend:
             cascade, graph, inp, result = entry
             self._load(inp, images, plan)
             graph.replay()
-            self.graph_stats["replays"] += 1
-            return len(images), cascade, key, result.clone()
+            return len(images), cascade, key, result.clone(), True
         cascade = TiledCascade(self, cfg, shape, caps, iters)
         inp = Inputs(shape, self.device)
         self._load(inp, images, plan)
-        self.graph_stats["eager"] += 1
-        return len(images), cascade, key, cascade.packed(inp, timer)
+        return len(images), cascade, key, cascade.packed(inp, timer), False
 
     def _shape(self, plan: Plan, rows: int, graphed: bool) -> Shape:
         """The capacities a batch runs with: its own counts, or rounded up to buckets when a graph may be
