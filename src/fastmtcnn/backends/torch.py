@@ -25,15 +25,15 @@ from ..config import Config
 from ..crop import MEAN, SCALE, Integrals, area_resize, integral_image
 from ..nets import PNET_MASK_VALUE, torch_nets
 from ..pipeline import NO_TIMER, StageTimer, batch_plan
-from ..pyramid import Plan, pnet_out
+from ..pyramid import TILE, Plan, pnet_out
 from . import torch_kernels
 from .torch_graphs import ShapeCache, bucket, capture
 from .torch_nms import grouped_nms
 from .torch_static import DEFAULT_ITERS, MAX_CAPS, Inputs, Shape, TiledCascade, default_caps
 
 GRAPH_MODES = {False: "off", True: "always", "auto": "auto", "off": "off", "always": "always"}
-#: PNet tile side on the GPU
-GPU_TILE = 512
+#: PNet tile side on the GPU (`pyramid.TILE`, export-onnx's default too)
+GPU_TILE = TILE
 #: most images and pixels in one fixed-shape call (bounds its memory: tiles, activations, integrals)
 MAX_IMAGES = 64
 MAX_PIXELS = 128 << 20
