@@ -13,9 +13,14 @@ sets the pace and memory depends on the chunk size, not on the video length:
 
 A file's frames all arrive (its reader waits for the detector); a live source
 (camera, URL) hands over only its newest frame, and a batch that holds one is
-sent at once instead of waiting for a full chunk, so live latency stays one
-detector call. A live source that is lost reconnects in its own thread while
-the others go on.
+sent at once instead of waiting for a full chunk. A new live frame is taken
+only when no batch of live frames waits in a queue and either the detector is
+free or the caller waits for results: a slow detector or a slow caller makes
+the reader drop frames instead of handing out results that were already old
+when detection began. Behind a slow caller, one batch of live frames is
+detected while it works on the one before; that is all that waits for it.
+A live source that is lost reconnects in its own thread while the
+others go on.
 """
 from __future__ import annotations
 
@@ -59,6 +64,7 @@ class SourceStats:
     decoder: str = ""
     frames: int = 0  # frames detected (results handed out)
     faces: int = 0
+    read: int = 0  # frames decoded from the source: handed out + dropped (+ any in flight when stopped)
     dropped: int = 0  # stale live frames the reader threw away unseen
     reconnects: int = 0
     expected_frames: int | None = None  # frame count in a file's header
@@ -169,11 +175,12 @@ class _Batch:
     groups: list[tuple[list[int], object]] = field(default_factory=list)  # (positions in items, frames)
     ended: list[int] = field(default_factory=list)  # sources whose last frame is in this batch or before
     faces: list[Detections] = field(default_factory=list)
+    live: bool = False  # holds a frame of a live source that drops stale frames
 
 
 def _ended(st: SourceStats, r: FrameReader, default: str) -> None:
     """A source's end, as its reader saw it, into its stats."""
-    st.dropped, st.reconnects, st.truncated = r.stats.dropped, r.stats.reconnects, r.truncated
+    st.read, st.dropped, st.reconnects, st.truncated = r.stats.frames, r.stats.dropped, r.stats.reconnects, r.truncated
     st.end = r.stats.end or default
 
 
@@ -272,6 +279,10 @@ class StreamDetector:
         self._stop = threading.Event()
         self._work: queue.Queue = queue.Queue(maxsize=2)
         self._done: queue.Queue = queue.Queue(maxsize=2)
+        self._live_queued = 0  # batches of live frames in _work or _done (not in the detector or with the caller)
+        self._live_lock = threading.Lock()
+        self._live_detecting = False  # the detector works on a batch of live frames
+        self._caller_waiting = False  # the caller waits for the next batch of results
         self._threads: list[threading.Thread] = []
         self._t0: float | None = None
 
@@ -288,11 +299,16 @@ class StreamDetector:
                 order = order[turn % len(order):] + order[:turn % len(order)] if order else []
                 turn += 1
                 live = False
+                # take a live frame only if its result will not wait behind older live frames, nor for a busy
+                # caller while the detector works on the frame before; else the reader replaces it by a newer one
+                live_ready = self._live_queued == 0 and (not self._live_detecting or self._caller_waiting)
                 for i in order:
                     room = self.chunk - len(pending)
                     if room <= 0:
                         break
                     r = active[i]
+                    if r.drop_stale and not live_ready:
+                        continue
                     frames, done = r.take(1 if r.drop_stale else room)
                     pending.extend((i, f) for f in frames)
                     live = live or (r.spec.live and bool(frames))
@@ -303,7 +319,10 @@ class StreamDetector:
                 # once, and so does a file's tail when only live sources (maybe reconnecting) are left
                 files_left = any(not r.spec.live for r in active.values())
                 if pending and (len(pending) >= self.chunk or live or not files_left):
-                    if not self._put(self._work, self._prepare(pending, ended)):
+                    batch = self._prepare(pending, ended)
+                    batch.live = any(self.readers[i].drop_stale for i, _ in pending)
+                    self._count_live(batch, +1)
+                    if not self._put(self._work, batch):
                         return
                     pending, ended = [], []
                 elif ended and not pending:
@@ -311,7 +330,7 @@ class StreamDetector:
                         return
                     ended = []
                 elif active:
-                    self._wake.wait(0.05)  # a reader sets it when it queues a frame or ends
+                    self._wake.wait(0.05)  # set when a reader queues a frame or ends, or a live batch moves on
         except BaseException as e:  # noqa: BLE001 (handed to the caller's thread)
             self._put(self._work, e)
             return
@@ -336,6 +355,14 @@ class StreamDetector:
             batch.groups.append((pos, frames))
         return batch
 
+    def _count_live(self, batch, delta: int) -> None:
+        """A batch of live frames entered (+1) or left (-1) the queues; leaving, the gatherer may take the next."""
+        if isinstance(batch, _Batch) and batch.live:
+            with self._live_lock:
+                self._live_queued += delta
+            if delta < 0:
+                self._wake.set()
+
     # -- stage 3: detection ---------------------------------------------------------------------------
     def _detect(self) -> None:
         try:
@@ -347,6 +374,8 @@ class StreamDetector:
                 if batch is _STOP or isinstance(batch, BaseException):
                     self._put(self._done, batch)
                     return
+                self._live_detecting = batch.live  # before the count drops: the gatherer must not see both free
+                self._count_live(batch, -1)
                 faces: list[Detections | None] = [None] * len(batch.items)
                 for pos, frames in batch.groups:
                     if is_tensor(frames) and frames.is_cuda:
@@ -358,6 +387,8 @@ class StreamDetector:
                         faces[p] = det
                 batch.groups = []  # frees the stacked frames before the next batch is gathered
                 batch.faces = faces  # type: ignore[assignment]
+                self._count_live(batch, +1)
+                self._live_detecting = False
                 if not self._put(self._done, batch):
                     return
         except BaseException as e:  # noqa: BLE001 (handed to the caller's thread)
@@ -385,7 +416,11 @@ class StreamDetector:
                 if i not in self.readers and self.on_end:
                     self.on_end(st)  # could not be opened (skip_failed)
             while True:
+                self._caller_waiting = True
+                self._wake.set()
                 batch = self._done.get()
+                self._caller_waiting = False
+                self._count_live(batch, -1)
                 if batch is _STOP:
                     return
                 if isinstance(batch, BaseException):

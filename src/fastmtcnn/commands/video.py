@@ -268,11 +268,11 @@ class SourceOutput:
         return shown
 
     def end(self, *, end: str, frames: int, faces: int, fps: float, wall_s: float, dropped: int, reconnects: int,
-            error: str | None, decoder: str = "", extra: str = "") -> None:
+            error: str | None, decoder: str = "", extra: str = "", read: int = 0) -> None:
         """The end record, the closed outputs and the summary line of this source."""
         if self.jf and not self.jf.closed:
             rec = {**self.tag, "end": end, "frames": frames, "faces": faces, "mean_fps": round(fps, 3),
-                   "dropped": dropped, "reconnects": reconnects}
+                   "read": read, "dropped": dropped, "reconnects": reconnects}
             if decoder:
                 rec["decoder"] = decoder
             if error:
@@ -382,7 +382,7 @@ def _run_tracking(args, det, spec, text, window) -> int:
         print(f"error: {error}", file=sys.stderr)
     s = tracker.stats
     output.end(end=end, frames=frames, faces=faces_total, fps=frames / dt if dt > 0 else 0.0, wall_s=dt,
-               dropped=reader.stats.dropped, reconnects=reader.stats.reconnects, error=error,
+               dropped=reader.stats.dropped, reconnects=reader.stats.reconnects, error=error, read=reader.stats.frames,
                extra=f"; tracking: {s.full} full, {s.tracked} tracked, {s.redetect} re-detected")
     return status
 
@@ -421,7 +421,7 @@ def _run_streams(args, det, specs, text, window) -> int:
             status = max(status, 1)
             print(f"error: {st.error}", file=sys.stderr)
         out.end(end=end, frames=st.frames, faces=st.faces, fps=st.fps, wall_s=st.wall_s, dropped=st.dropped,
-                reconnects=st.reconnects, error=st.error, decoder=st.decoder)
+                reconnects=st.reconnects, error=st.error, decoder=st.decoder, read=st.read)
 
     streams = StreamDetector(det, specs, chunk=args.chunk, decoder=args.decoder,
                              max_frames=args.max_frames, width=args.width, height=args.height,
