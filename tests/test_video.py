@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import time
 
 import cv2
 import numpy as np
@@ -15,7 +14,7 @@ from fastmtcnn import read_image
 from fastmtcnn.cli import main
 from fastmtcnn.metrics import greedy_match
 from fastmtcnn.sources import FrameReader, parse_source
-from video_clips import MjpegServer, fit, read_all, write_clip
+from video_clips import MjpegServer, fit, read_all, wait_until, write_clip
 
 # frame i of the clip shows PHOTOS[i % 3]: one face, one face, no face
 PHOTOS = ["skimage_astronaut.png", "skimage_camera.png", "skimage_coffee.png"]
@@ -140,19 +139,11 @@ def test_live_source_lost_for_good_ends_with_summary_and_error(shared_data, tmp_
     assert "source lost; retry 1/1" in out.err and "Traceback" not in out.err
 
 
-def _wait_until(condition, what: str, timeout: float = DEADLOCK_S) -> None:
-    """Wait for the reader thread to reach a state (a condition, not a guess at how long it takes)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"the reader thread never {what}"
-        time.sleep(0.005)
-
-
 def test_live_reader_keeps_only_the_newest_frame_when_the_consumer_lags(clip):
     reader = FrameReader(clip, drop_stale=True).start()
     with reader:
         # the consumer takes nothing until the reader has decoded the whole clip
-        _wait_until(lambda: reader.stats.end, "reached the end of the clip")
+        wait_until(lambda: reader.stats.end, "reached the end of the clip")
         got = [f.index for f in reader]
     assert reader.stats.end == "end of file" and reader.stats.frames == 12
     assert got == [11] and reader.stats.dropped == 11  # each frame replaced the one before it
@@ -162,7 +153,7 @@ def test_file_reader_queue_stays_bounded_and_keeps_every_frame(clip):
     reader = FrameReader(clip, queue_size=2).start()
     with reader:
         # nobody consumes: the reader fills the queue (2) and waits with one more frame in hand
-        _wait_until(lambda: reader.stats.frames >= 3, "filled its queue")
+        wait_until(lambda: reader.stats.frames >= 3, "filled its queue")
         assert reader.stats.frames == 3 and not reader.stats.end
         got = []
         for f in reader:
