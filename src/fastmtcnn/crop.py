@@ -40,7 +40,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
+from .namespace import array_namespace
 
 MEAN = 127.5
 SCALE = 0.0078125  # 1/128: the nets' input normalization
@@ -213,8 +213,9 @@ def level_rows(ii: np.ndarray, level_h: int, level_w: int, rows: tuple[int, int]
 
     ii: one image's integral image (H+1, W+1, 3) int32 (`integrals_host`); out
     may be a strided view (a piece of a PNet tile). The vertical bin sums
-    are contiguous row copies of the integral, the horizontal ones flat
-    gathers per channel; then `area_resize`'s float32 steps, in place on `out`.
+    are row segments of the integral (the columns the piece's bins span), the
+    horizontal ones flat gathers per channel; then `area_resize`'s float32
+    steps, in place on `out`.
 
     ii16: the same integral modulo 2**16 (uint16), used for levels whose bins
     hold fewer than 2**16 // 255 pixels: differences modulo 2**16 are then
@@ -227,10 +228,14 @@ def level_rows(ii: np.ndarray, level_h: int, level_w: int, rows: tuple[int, int]
     xs, xe, nx = _bins_1d(W1 - 1, level_w, C)
     if ii16 is not None and int(ny.max()) * int(nx.max()) * 255 < 1 << 16:
         ii = ii16
-    xs, xe, nx = xs[c0:c1], xe[c0:c1], nx[c0:c1]
+    # only the integral's columns the piece's bins reach: a level cut into tiles reads each row once
+    lo, hi = int(xs[c0]), int(xe[c1 - 1]) + C
+    xs, xe, nx = xs[c0:c1] - lo, xe[c0:c1] - lo, nx[c0:c1]
     flat = ii.reshape(H1, W1 * C)
-    rsum = np.take(flat, ye[r0:r1], axis=0, mode="clip")
-    rsum -= np.take(flat, ys[r0:r1], axis=0, mode="clip")  # (k, (W+1)*C): column prefix sums of each bin row
+    # (k, hi - lo): column prefix sums of each bin row. Advanced indexing with a slice copies row
+    # segments; np.take would first copy the whole strided column range
+    rsum = flat[ye[r0:r1], lo:hi]
+    rsum -= flat[ys[r0:r1], lo:hi]
     total = np.empty((C, r1 - r0, c1 - c0), ii.dtype)
     for c in range(C):
         np.take(rsum, xe + c, axis=1, out=total[c], mode="clip")

@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
-from array_api_compat import array_namespace
+from .namespace import array_namespace
 
 from . import boxes as bx
 from .config import Config

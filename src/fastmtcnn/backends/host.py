@@ -93,14 +93,22 @@ class HostBackend:
         with timer("integral"):
             ii = self.integrals(images)
         ii16: dict[int, np.ndarray] = {}  # the integral modulo 2**16 (crop.level_rows): once per image
-        maps = []
-        for k, canvas in enumerate(plan.canvases):
-            with timer("pyramid"):
-                x = self._tile(ii, canvas, ii16)
-                mask = canvas.mask()
-            with timer("pnet"):
-                maps.append(([k], None, *self.pnet(x, mask)))
-        return ii, maps
+
+        def tiles():
+            for canvas in plan.canvases:
+                with timer("pyramid"):
+                    x, mask = self._tile(ii, canvas, ii16), canvas.mask()
+                yield x, mask
+
+        return ii, [([k], None, *out) for k, out in enumerate(self._stream("pnet", tiles(), timer))]
+
+    def _stream(self, net: str, inputs, timer=NO_TIMER):
+        """`net`'s outputs for each input tuple, in order; an engine that runs several at once overrides it
+        (the caller may reuse an input's buffers once the next input is asked for)."""
+        for arrays in inputs:
+            with timer(net):
+                out = self._infer(net, *arrays)
+            yield out
 
     def _tile(self, ii: Integrals, canvas: Canvas, ii16: dict[int, np.ndarray]) -> np.ndarray:
         """The canvas's PNet input (1, 3, h, w) in this thread's reused buffer.
