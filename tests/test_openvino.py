@@ -15,7 +15,7 @@ import pytest
 from conftest import reference_names
 from fastmtcnn import MTCNN, read_image
 from fastmtcnn.backends import openvino as openvino_backend
-from fastmtcnn.backends.openvino import BATCH_PARTS, OpenVinoBackend, batch_parts
+from fastmtcnn.backends.openvino import PART, OpenVinoBackend
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +67,18 @@ def test_compiled_shapes_are_a_bounded_cache_and_results_survive_eviction(shared
     _same_faces(det.detect(img), want, "after eviction")
 
 
-@pytest.mark.parametrize("n", [1, 7, 8, 9, 63, 64, 65, 300, 512, 513])
-def test_batches_split_into_a_few_compiled_sizes(n):
-    parts = batch_parts(n)
-    assert set(parts) <= set(BATCH_PARTS)
-    assert n <= sum(parts) < n + 8, "at most 7 padded crops"
-    assert parts == sorted(parts, reverse=True)
+def test_rnet_and_onet_compile_one_batch_size_each_whatever_the_batches(monkeypatch):
+    """A fresh process pays for every compiled shape on its first photo: batches of any size run as parts
+    of one compiled size per net (`PART`), the last part padded, and give one output row per crop."""
+    monkeypatch.setattr(openvino_backend, "_compiled", type(openvino_backend._compiled)())
+    be = OpenVinoBackend()
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 7, 15, 16, 17, 63, 64, 65, 300):
+        for net, size in (("rnet", 24), ("onet", 48)):
+            outs = be._infer(net, rng.uniform(-1, 1, (n, 3, size, size)).astype(np.float32))
+            assert [o.shape[0] for o in outs] == [n] * len(outs)
+    shapes = {(net, shape) for net, (shape,), *_ in openvino_backend._compiled}
+    assert shapes == {("rnet", (PART["rnet"], 3, 24, 24)), ("onet", (PART["onet"], 3, 48, 48))}
 
 
 def test_a_crops_outputs_do_not_depend_on_its_batch():

@@ -40,6 +40,9 @@ class HostBackend:
     canvas = detect_images = None  # `front` makes the PNet input itself; the shared cascade for the rest
     tiles = HOST_TILES
     overlap = True  # thread-safe: `MTCNN.detect_batch` runs two images at once
+    #: PNet inputs `_stream` may still be reading when it asks for the next one (tiles take that many + 1
+    #: buffers in turn); 0: one call at a time
+    held = 0
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -95,23 +98,23 @@ class HostBackend:
         ii16: dict[int, np.ndarray] = {}  # the integral modulo 2**16 (crop.level_rows): once per image
 
         def tiles():
-            for canvas in plan.canvases:
+            for k, canvas in enumerate(plan.canvases):
                 with timer("pyramid"):
-                    x, mask = self._tile(ii, canvas, ii16), canvas.mask()
+                    x, mask = self._tile(ii, canvas, ii16, k % (self.held + 1)), canvas.mask()
                 yield x, mask
 
         return ii, [([k], None, *out) for k, out in enumerate(self._stream("pnet", tiles(), timer))]
 
     def _stream(self, net: str, inputs, timer=NO_TIMER):
-        """`net`'s outputs for each input tuple, in order; an engine that runs several at once overrides it
-        (the caller may reuse an input's buffers once the next input is asked for)."""
+        """`net`'s outputs for each input tuple, in order. An engine that runs several at once overrides it;
+        it may still read an input's arrays until `held` more inputs have been asked for."""
         for arrays in inputs:
             with timer(net):
                 out = self._infer(net, *arrays)
             yield out
 
-    def _tile(self, ii: Integrals, canvas: Canvas, ii16: dict[int, np.ndarray]) -> np.ndarray:
-        """The canvas's PNet input (1, 3, h, w) in this thread's reused buffer.
+    def _tile(self, ii: Integrals, canvas: Canvas, ii16: dict[int, np.ndarray], slot: int = 0) -> np.ndarray:
+        """The canvas's PNet input (1, 3, h, w) in this thread's reused buffer `slot` (of `held` + 1).
 
         Pixels outside every piece keep whatever an earlier tile left there,
         always a normalized pixel in [-1, 1] (or the first zeros): the mask's
@@ -119,9 +122,10 @@ class HostBackend:
         they never reach a valid cell and need no clearing.
         """
         shape = (1, 3, canvas.h, canvas.w)
-        x = getattr(self._local, "tile", None)
-        if x is None or x.shape != shape:
-            x = self._local.tile = np.zeros(shape, np.float32)
+        ring = getattr(self._local, "tiles", None)
+        if ring is None or ring[0].shape != shape:
+            ring = self._local.tiles = [np.zeros(shape, np.float32) for _ in range(self.held + 1)]
+        x = ring[slot]
         for p in canvas.pieces:
             if p.image not in ii16:
                 ii16[p.image] = ii.image(p.image).astype(np.uint16)
