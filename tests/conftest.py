@@ -14,6 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FASTMTCNN_SHARED_DATA", ROOT.parent / "shared" / "data"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+#: how long a test waits on an event before it calls the wait a hang and fails. Tests wait on events and
+#: conditions, never on time: this limit is no speed bound and is never reached when the code works
+DEADLOCK_S = 300
 
 
 def skip_or_fail(msg: str) -> None:

@@ -19,7 +19,7 @@ pa = require("pyarrow", "batch")
 import pyarrow.csv as pacsv  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from conftest import load_reference  # noqa: E402
+from conftest import DEADLOCK_S, load_reference  # noqa: E402
 from fastmtcnn import read_image  # noqa: E402
 from fastmtcnn.batch import Output  # noqa: E402
 from fastmtcnn.cli import main  # noqa: E402
@@ -142,7 +142,7 @@ def test_killed_run_resumes_with_each_input_exactly_once(collection, clean_run, 
     try:
         proc.wait(timeout=300)  # reaps it: its workers watch for their parent to be gone
         assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-        orphans_gone = _group_empties(proc.pid, timeout=20)  # its workers must notice and exit
+        orphans_gone = _group_empties(proc.pid, timeout=DEADLOCK_S)  # its workers must notice and exit
     finally:
         _kill_group(proc.pid)
     assert orphans_gone, "worker processes outlived the killed job"
@@ -255,3 +255,54 @@ def test_second_writer_on_the_same_output_is_refused(collection, clean_run, caps
         capsys.readouterr()
         assert main(["batch", str(root), "--out", str(out), "-q"]) == 2
         assert "another batch run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("detect_in", ["workers", "main"], ids=["cpu-workers-detect", "gpu-style-main-detects"])
+def test_local_mode_keeps_at_most_2_workers_plus_2_batches_in_flight(collection, tmp_path, monkeypatch, detect_in):
+    """docs/batch.md: at most 2 x workers + 2 batches in flight, so memory is bounded by the images in flight.
+
+    The worker pool is counted as the job uses it: batches handed to the workers and not yet taken back.
+    The consumer is slow on purpose: before it takes a batch it waits until the workers have finished
+    everything they were given, so they had every chance to run ahead; what they decoded but the job has
+    not taken back must still be at most 2 x workers + 2 batches. The CPU path decodes and detects in
+    the workers; the GPU path (tried here with a CPU detector) only decodes there.
+    """
+    import concurrent.futures
+
+    from fastmtcnn.batch import pool
+    from fastmtcnn.detector_spec import DetectorSpec
+
+    root, files = collection
+    paths = files["images"][:21]
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("\n".join(paths) + "\n")
+    futures: list = []
+    count = {"given": 0, "taken": 0, "most_out": 0}
+
+    class Taken:
+        def __init__(self, fut):
+            self.fut = fut
+
+        def result(self):
+            concurrent.futures.wait(futures)  # every batch given so far has been decoded (and detected)
+            count["taken"] += 1
+            return self.fut.result()
+
+        def cancel(self):
+            return self.fut.cancel()
+
+    class CountingPool(concurrent.futures.ProcessPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            futures.append(super().submit(fn, *args, **kwargs))
+            count["given"] += 1
+            count["most_out"] = max(count["most_out"], count["given"] - count["taken"])
+            return Taken(futures[-1])
+
+    monkeypatch.setattr(pool, "ProcessPoolExecutor", CountingPool)
+    if detect_in == "main":
+        monkeypatch.setattr(DetectorSpec, "uses_gpu", property(lambda self: True))
+    out = tmp_path / "out"
+    assert main(["batch", str(manifest), "--out", str(out), "--workers", "1", "--batch", "2", "-q"]) == 0
+    assert sorted(rows(out).column("path").to_pylist()) == sorted(paths)  # every input, once
+    assert count["given"] == count["taken"] == 11  # 21 inputs in batches of 2
+    assert count["most_out"] == 2 * 1 + 2, count

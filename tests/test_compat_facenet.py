@@ -6,10 +6,16 @@ faithfulness rule; face crops against what facenet-pytorch's extract_face
 computes from the *reference* boxes, written out independently below (the
 margin arithmetic and each input type's resize: PIL bilinear, OpenCV area,
 torch area truncated to uint8); the return types and None conventions
-against facenet-pytorch's documented behaviour.
+against facenet-pytorch's documented behaviour. And against facenet-pytorch
+itself, run in its own Python (FASTMTCNN_FACENET_PYTHON; .ci/run makes one):
+its detect() and its face crop tensors on every photo.
+
+Face crops are torch tensors, so the tests of crops take the `torch` fixture
+(skipped without torch); detection runs without it.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -18,18 +24,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import load_reference, reference_names
+from conftest import load_reference, reference_names, skip_or_fail
 from fastmtcnn import Detections
 from fastmtcnn.compat.facenet_pytorch import MTCNN, extract_face
 from fastmtcnn.metrics import greedy_match
 from same_faces import assert_same_detections
 from test_faithfulness import MIN_IOU, PX, SCORE
 
-torch = pytest.importorskip("torch", reason="face crops are torch tensors (pip install torch)")
-
 GROUP = "dlib_2008_001322.jpg"  # 3 faces of different sizes and probabilities
 PORTRAIT = "matplotlib_grace_hopper.jpg"
 NO_FACE = "skimage_coffee.png"
+
+
+@pytest.fixture
+def torch():
+    return pytest.importorskip("torch", reason="face crops are torch tensors (pip install torch)")
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +65,8 @@ def _expected_crop(img, box, size: int, margin: float, post_process: bool) -> np
     elif isinstance(img, np.ndarray):
         face = cv2.resize(img[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
     else:
+        import torch
+
         patch = img[y1:y2, x1:x2].permute(2, 0, 1)[None].float()
         face = torch.nn.functional.interpolate(patch, size=(size, size), mode="area").byte()[0].permute(1, 2, 0).numpy()
     chw = face.astype(np.float32).transpose(2, 0, 1)
@@ -92,7 +103,7 @@ def test_detect_types_and_order_are_facenet_pytorchs(shared_data, mtcnn_all):
     assert len(two) == 2 and np.array_equal(two[0], boxes)  # landmarks=False: (boxes, probs)
 
 
-def test_no_face_is_none_and_a_list_of_none(shared_data, mtcnn_all):
+def test_no_face_is_none_and_a_list_of_none(shared_data, mtcnn_all, torch):
     boxes, probs, points = mtcnn_all.detect(_pil(shared_data, NO_FACE), landmarks=True)
     assert boxes is None and points is None
     assert probs.dtype == object and probs.shape == (1,) and probs[0] is None  # facenet-pytorch's (None, [None])
@@ -101,7 +112,7 @@ def test_no_face_is_none_and_a_list_of_none(shared_data, mtcnn_all):
     assert faces is None and p is None
 
 
-def test_every_input_type_gives_the_same_faces(shared_data, mtcnn_all):
+def test_every_input_type_gives_the_same_faces(shared_data, mtcnn_all, torch):
     img = _pil(shared_data, GROUP).convert("RGB")
     rgb = np.asarray(img)
     want = mtcnn_all.detect(img, landmarks=True)
@@ -115,7 +126,7 @@ def test_every_input_type_gives_the_same_faces(shared_data, mtcnn_all):
         assert np.array_equal(boxes[1], want[0]) and np.array_equal(points[0], want[2])
 
 
-def test_batch_with_a_faceless_image_keeps_none_in_its_place(shared_data, mtcnn_all):
+def test_batch_with_a_faceless_image_keeps_none_in_its_place(shared_data, mtcnn_all, torch):
     face, empty = _pil(shared_data, PORTRAIT), Image.new("RGB", (512, 600))
     boxes, probs, points = mtcnn_all.detect([face, empty], landmarks=True)
     assert boxes.shape == (2,) and boxes[1] is None and points[1] is None and boxes[0].shape == (1, 4)
@@ -143,7 +154,7 @@ def test_settings_changed_on_the_instance_apply_to_the_next_call(shared_data):
 
 
 @pytest.mark.parametrize("margin, post_process", [(0, True), (20, False), (20, True)])
-def test_face_crops_equal_extract_face_on_the_reference_boxes(shared_data, margin, post_process):
+def test_face_crops_equal_extract_face_on_the_reference_boxes(shared_data, margin, post_process, torch):
     m = MTCNN(keep_all=True, margin=margin, post_process=post_process)
     for name in reference_names():
         ref = _ref(name)
@@ -161,7 +172,7 @@ def test_face_crops_equal_extract_face_on_the_reference_boxes(shared_data, margi
 
 
 @pytest.mark.parametrize("kind", ["numpy", "tensor"])
-def test_crops_of_arrays_and_tensors_use_their_own_resize(shared_data, kind):
+def test_crops_of_arrays_and_tensors_use_their_own_resize(shared_data, kind, torch):
     m = MTCNN(keep_all=True, image_size=112, margin=14)
     rgb = np.asarray(_pil(shared_data, GROUP).convert("RGB"))
     img = rgb if kind == "numpy" else torch.from_numpy(rgb.copy())
@@ -172,7 +183,7 @@ def test_crops_of_arrays_and_tensors_use_their_own_resize(shared_data, kind):
         assert np.array_equal(faces[i].numpy(), _expected_crop(img, ref.boxes[j].astype(np.float64), 112, 14, True))
 
 
-def test_readme_usage_runs_unchanged(shared_data, tmp_path):
+def test_readme_usage_runs_unchanged(shared_data, tmp_path, torch):
     # facenet-pytorch's README: mtcnn = MTCNN(image_size=<image_size>, margin=<margin>);
     # img = Image.open(<image path>); img_cropped = mtcnn(img, save_path=<optional save path>)
     mtcnn = MTCNN(image_size=160, margin=20)
@@ -189,7 +200,7 @@ def test_readme_usage_runs_unchanged(shared_data, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["pil", "numpy"])
-def test_keep_all_save_path_writes_every_face(shared_data, tmp_path, kind):
+def test_keep_all_save_path_writes_every_face(shared_data, tmp_path, kind, torch):
     img = _pil(shared_data, GROUP).convert("RGB")
     if kind == "numpy":
         img = np.asarray(img)
@@ -200,7 +211,7 @@ def test_keep_all_save_path_writes_every_face(shared_data, tmp_path, kind):
         assert np.array_equal(np.asarray(Image.open(f)).transpose(2, 0, 1), face.numpy().astype(np.uint8))
 
 
-def test_extract_with_given_boxes(shared_data, tmp_path):
+def test_extract_with_given_boxes(shared_data, tmp_path, torch):
     img = _pil(shared_data, GROUP).convert("RGB")
     m = MTCNN(keep_all=True, margin=10)
     ref = _ref(GROUP)
@@ -210,6 +221,72 @@ def test_extract_with_given_boxes(shared_data, tmp_path):
     assert len(list(tmp_path.iterdir())) == len(ref)
     one = extract_face(img, ref.boxes[0].astype(np.float64), 160, 10)  # facenet_pytorch.extract_face
     assert np.array_equal(one.numpy(), _expected_crop(img, ref.boxes[0].astype(np.float64), 160, 10, False))
+
+
+# ------------------------------------------------------------------ facenet-pytorch itself
+
+#: a Python with facenet-pytorch 2.6.0 installed (its own virtualenv: it needs torchvision); .ci/run makes one
+FACENET_PYTHON = os.environ.get("FASTMTCNN_FACENET_PYTHON")
+
+#: run by FACENET_PYTHON: facenet-pytorch's detect() and face crops (margin 0 and 20, PIL and tensor input) of
+#: each photo given, into one .npz (argv[1])
+FACENET_RUN = """
+import sys
+import numpy as np
+import torch
+from PIL import Image
+from facenet_pytorch import MTCNN
+out = {}
+plain, margin = MTCNN(keep_all=True), MTCNN(keep_all=True, margin=20)
+for k, path in enumerate(sys.argv[2:]):
+    img = Image.open(path).convert("RGB")  # facenet-pytorch takes RGB PIL images only
+    boxes, probs, points = plain.detect(img, landmarks=True)
+    out[f"{k}/boxes"] = np.zeros((0, 4)) if boxes is None else boxes.astype(np.float64)
+    out[f"{k}/probs"] = np.zeros(0) if boxes is None else probs.astype(np.float64)
+    out[f"{k}/points"] = np.zeros((0, 5, 2)) if boxes is None else points.astype(np.float64)
+    for m, det in (("0", plain), ("20", margin)):
+        for kind, x in (("pil", img), ("tensor", torch.from_numpy(np.array(img)))):
+            faces = det(x)
+            out[f"{k}/{m}/{kind}"] = np.zeros((0, 3, 160, 160), np.float32) if faces is None else faces.numpy()
+np.savez(sys.argv[1], **out)
+"""
+
+
+@pytest.fixture(scope="module")
+def facenet_itself(shared_data, tmp_path_factory) -> dict:
+    """facenet-pytorch's own outputs on every reference photo (see FACENET_RUN)."""
+    if not FACENET_PYTHON:
+        skip_or_fail("facenet-pytorch itself is not run: FASTMTCNN_FACENET_PYTHON names no Python that has it "
+                     "(.ci/run makes one)")
+    out = tmp_path_factory.mktemp("facenet") / "out.npz"
+    paths = [str(shared_data / name) for name in reference_names()]
+    proc = subprocess.run([FACENET_PYTHON, "-c", FACENET_RUN, str(out), *paths], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with np.load(out) as f:
+        return dict(f)
+
+
+def test_detections_and_crops_are_facenet_pytorchs_own(shared_data, facenet_itself, torch):
+    """README and docs/compat.md: checked against facenet-pytorch itself on the 14 photos: the same faces
+    (boxes, landmarks within PX, probabilities within SCORE) and every face crop tensor equal, element for
+    element, for PIL images and tensors, margin 0 and 20."""
+    plain, margin = MTCNN(keep_all=True), MTCNN(keep_all=True, margin=20)
+    worst = 0.0
+    crops = 0
+    for k, name in enumerate(reference_names()):
+        img = _pil(shared_data, name).convert("RGB")
+        theirs = Detections(*(facenet_itself[f"{k}/{a}"].astype(np.float32) for a in ("boxes", "probs", "points")))
+        ours = _as_detections(*plain.detect(img, landmarks=True))
+        worst = max(worst, assert_same_detections(theirs, ours, px=PX, score=SCORE, name=name).box_px)
+        for m, det in (("0", plain), ("20", margin)):
+            for kind, x in (("pil", img), ("tensor", torch.from_numpy(np.array(img)))):
+                faces = det(x)
+                want = facenet_itself[f"{k}/{m}/{kind}"]
+                got = np.zeros((0, 3, 160, 160), np.float32) if faces is None else faces.numpy()
+                assert got.shape == want.shape and np.array_equal(got, want), (name, f"margin {m}", kind)
+                crops += len(got)
+    print(f"\nvs facenet-pytorch itself: boxes at most {worst:.2e} px apart; {crops} crop tensors equal")
+    assert crops == 4 * 50
 
 
 # ------------------------------------------------------------------ selecting one face
@@ -230,7 +307,7 @@ def _selected_ref_index(ref: Detections, method: str, size: tuple[int, int], thr
 
 @pytest.mark.parametrize("method", ["probability", "largest", "largest_over_threshold", "center_weighted_size"])
 @pytest.mark.parametrize("name", [GROUP, "bob_multiple-faces.jpg", "insightface_t1.jpg"])
-def test_selection_methods_pick_the_face_facenet_pytorch_picks(shared_data, method, name):
+def test_selection_methods_pick_the_face_facenet_pytorch_picks(shared_data, method, name, torch):
     img = _pil(shared_data, name).convert("RGB")
     ref = _ref(name)
     k = _selected_ref_index(ref, method, img.size)
@@ -255,7 +332,7 @@ def test_largest_over_threshold_returns_the_picked_faces_probability_and_landmar
 # ------------------------------------------------------------------ device and dependencies
 
 
-def test_device_maps_to_our_backends():
+def test_device_maps_to_our_backends(torch):
     from fastmtcnn import MTCNN as Ours
 
     default = Ours().backend.name

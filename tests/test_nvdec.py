@@ -12,7 +12,6 @@ import pytest
 
 from fastmtcnn.cli import main
 from fastmtcnn.nvdec import ordered_segments, plan_segments
-from video_clips import read_all
 
 CLIPS = ["group_720p_h264.mp4", "group_1080p_h264.mp4"]
 
@@ -139,26 +138,83 @@ def _gpu():
     return torch
 
 
+def _opencv_frames(path):
+    """The clip's frames as OpenCV decodes them (RGB), one at a time: a 1080p clip would not fit in memory."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                return
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    finally:
+        cap.release()
+
+
+def _assert_frames_equal(got, path, what: str) -> None:
+    """got: (index, RGB uint8 CUDA tensor) as they come (compared one by one, not kept); equal to OpenCV's
+    frames, every one of the clip's 300, in order."""
+    import torch
+
+    n = 0
+    want = _opencv_frames(path)
+    for index, g in got:
+        r = next(want, None)
+        assert r is not None, f"{what}: more frames than OpenCV decodes"
+        assert index == n, f"{what}: frame {n} came as {index}"
+        assert g.is_cuda and g.dtype == torch.uint8 and tuple(g.shape) == r.shape, (what, n)
+        diff = np.abs(g.cpu().numpy().astype(int) - r.astype(int))
+        assert diff.max() == 0, (what, n, diff.mean(), diff.max())
+        n += 1
+    assert next(want, None) is None and n == 300, (what, n)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("clip", CLIPS)
-def test_nvdec_frames_equal_opencv_frames(shared_data, clip):
+def test_nvdec_with_its_default_sessions_gives_opencvs_frames_over_the_whole_clip(shared_data, clip, monkeypatch):
+    """What `fastmtcnn video` and StreamDetector do by default on a CUDA detector: NVDEC with 4 sessions for
+    one file, each decoding keyframe segments; every frame of the clip, in order, bit-exact with OpenCV."""
+    _gpu()
+    from fastmtcnn import MTCNN, StreamDetector, nvdec
+
+    opened = []
+
+    class Recorded(nvdec.NvdecFile):  # the decoder StreamDetector opens, to see its sessions and segments
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            opened.append(self)
+
+    monkeypatch.setattr(nvdec, "NvdecFile", Recorded)
+    path = shared_data / "video" / clip
+    sd = StreamDetector(MTCNN(backend="torch", device="cuda"), [str(path)])
+    assert sd.stats[path.stem].decoder == "nvdec" and len(opened) == 1
+    assert len(opened[0]._streams) == 4 and len(opened[0].segments) >= 4, opened[0].segments  # sessions at work
+    _assert_frames_equal(((r.index, r.image) for r in sd), path, f"{clip}, 4 sessions")
+    assert sd.stats[path.stem].frames == 300
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("clip", CLIPS)
+def test_nvdec_one_session_gives_opencvs_frames_over_the_whole_clip(shared_data, clip):
     torch = _gpu()
     from fastmtcnn.nvdec import NvdecFile
 
-    cap = NvdecFile(str(shared_data / "video" / clip), torch.device("cuda"), max_frames=90)
-    ref = read_all(shared_data / "video" / clip, 90)
-    got = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        got.append(f)
-    cap.release()
-    assert len(got) == len(ref) == 90
-    for i, (g, r) in enumerate(zip(got, ref)):
-        assert g.is_cuda and g.dtype == torch.uint8 and tuple(g.shape) == r.shape
-        diff = np.abs(g.cpu().numpy().astype(int) - r.astype(int))
-        assert diff.max() == 0, (clip, i, diff.mean(), diff.max())
+    path = shared_data / "video" / clip
+    cap = NvdecFile(str(path), torch.device("cuda"))
+
+    def frames():
+        n = 0
+        while True:
+            ok, f = cap.read()
+            if not ok:
+                return
+            yield n, f
+            n += 1
+
+    try:
+        _assert_frames_equal(frames(), path, f"{clip}, 1 session")
+    finally:
+        cap.release()
 
 
 @pytest.mark.gpu

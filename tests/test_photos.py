@@ -8,6 +8,7 @@ against the CPU decoder.
 """
 from __future__ import annotations
 
+import os
 import shutil
 
 import cv2
@@ -79,20 +80,68 @@ def test_mixed_size_folder_gives_the_one_by_one_results_in_input_order(folder, d
         assert max(calls) > 1
 
 
+def jpeg_coding(data: bytes) -> str | None:
+    """'baseline' or 'progressive' from a JPEG's frame header (SOFn marker), None if it is not a JPEG."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker in (0xC0, 0xC1):
+            return "baseline"
+        if marker == 0xC2:
+            return "progressive"
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
+    return None
+
+
+def test_jpeg_coding_reads_the_frame_header(shared_data, tmp_path):
+    ok, buf = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))
+    assert jpeg_coding(buf.tobytes()) == "baseline"
+    ok, buf = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert jpeg_coding(buf.tobytes()) == "progressive"
+    assert jpeg_coding((shared_data / "skimage_astronaut.png").read_bytes()) is None
+
+
 @pytest.mark.gpu
-def test_gpu_nvjpeg_photos_give_the_cpu_decoder_detections(folder):
+def test_gpu_nvjpeg_photos_give_the_cpu_decoder_detections(folder, monkeypatch):
     torch = pytest.importorskip("torch")
-    pytest.importorskip("torchvision")
+    tvio = pytest.importorskip("torchvision.io")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
+    from fastmtcnn import photos
     from fastmtcnn.metrics import greedy_match, iou_matrix
 
     MIN_IOU = 0.7
 
+    # who decoded what: nvJPEG (torchvision's decode_jpeg on the GPU) or the CPU fallback
+    on_gpu, on_cpu = [], []
+    nvjpeg, cpu = tvio.decode_jpeg, photos._decode_cpu
+
+    def counted_nvjpeg(data, *args, **kwargs):
+        out = nvjpeg(data, *args, **kwargs)
+        on_gpu.extend(out if isinstance(out, list) else [out])
+        return out
+
+    def counted_cpu(item, *args, **kwargs):
+        on_cpu.append(item[0])
+        return cpu(item, *args, **kwargs)
+
+    monkeypatch.setattr(tvio, "decode_jpeg", counted_nvjpeg)
+    monkeypatch.setattr(photos, "_decode_cpu", counted_cpu)
     det = MTCNN(backend="torch", device="cuda", fp16=False)
     got = list(detect_photos(det, folder))
     assert [r.path for r in got] == folder
-    assert isinstance(next(r for r in got if r.ok).image, torch.Tensor)  # decoded on the GPU
+    coding = {p: jpeg_coding(open(p, "rb").read()) for p in folder if p.endswith(".jpg") and os.path.getsize(p)}
+    baseline = [r.path for r in got if r.ok and coding.get(r.path) == "baseline"]
+    # every complete baseline JPEG was decoded by nvJPEG itself, into GPU memory; none fell back to the CPU
+    assert len(baseline) >= 10 and not set(baseline) & set(on_cpu), sorted(set(baseline) & set(on_cpu))
+    assert len(on_gpu) >= len(baseline) and all(t.is_cuda for t in on_gpu)
+    assert all(isinstance(r.image, torch.Tensor) and r.image.is_cuda for r in got if r.path in baseline)
+    print(f"nvJPEG decoded {len(on_gpu)} photos; the CPU decoder {len(on_cpu)}: "
+          f"{sorted(os.path.basename(p) for p in on_cpu)}")
     ious, n_cpu, n_gpu = [], 0, 0
     for r in got:
         try:

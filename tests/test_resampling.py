@@ -10,6 +10,7 @@ and the host tiles against the array-API tiles.
 """
 from __future__ import annotations
 
+
 import numpy as np
 import pytest
 
@@ -20,14 +21,18 @@ from fastmtcnn.crop import (area_bins, area_resize, crops_host, integral_image, 
 from fastmtcnn.pipeline import pnet_front
 from fastmtcnn.pyramid import level_size, make_plan, pyramid_scales
 
-torch = pytest.importorskip("torch", reason="the reference values come from torch's area interpolation")
-F = torch.nn.functional
+
+@pytest.fixture
+def torch():
+    return pytest.importorskip("torch", reason="the reference values come from torch's area interpolation")
 
 
 def _torch_levels(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The reference's resize, in float64, normalized as the nets take it: (3, h, w)."""
+    import torch
+
     t = torch.from_numpy(img).permute(2, 0, 1)[None].double()
-    return ((F.interpolate(t, size=size, mode="area") - 127.5) / 128)[0].numpy()
+    return ((torch.nn.functional.interpolate(t, size=size, mode="area") - 127.5) / 128)[0].numpy()
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +40,12 @@ def photo(shared_data) -> np.ndarray:
     return read_image(shared_data / "insightface_t1.jpg")  # 1280x886: levels with odd sizes and ratios
 
 
-def test_area_bins_are_torchs_adaptive_pooling_bins():
+def test_area_bins_are_torchs_adaptive_pooling_bins(torch):
     # pooling the identity gives each output's weights: 1/len on its bin, 0 elsewhere
     rng = np.random.default_rng(0)
     for n, m in [(10, 3), (7, 7), (5, 9), (886, 629), (1280, 25)] + [tuple(rng.integers(1, 300, 2)) for _ in range(30)]:
-        w = F.adaptive_avg_pool1d(torch.eye(int(n), dtype=torch.float64)[None], int(m))[0].numpy()  # (n, m)
+        eye = torch.eye(int(n), dtype=torch.float64)[None]
+        w = torch.nn.functional.adaptive_avg_pool1d(eye, int(m))[0].numpy()  # (n, m)
         lo, hi = area_bins(np, np.zeros(1, np.int64), np.array([n]), int(m))
         want = np.zeros((n, m))
         for i, (a, b) in enumerate(zip(lo[0], hi[0])):
@@ -57,7 +63,7 @@ def test_integrals_host_is_integral_image_for_images_of_any_sizes(photo):
     assert ii.offset.tolist() == [0, 1281 * 887, 1281 * 887 + 701 * 887]
 
 
-def test_pyramid_level_pieces_are_torchs_area_interpolation(photo):
+def test_pyramid_level_pieces_are_torchs_area_interpolation(photo, torch):
     h, w = photo.shape[:2]
     ii = integrals_host([photo]).image(0)
     ii16 = ii.astype(np.uint16)  # the integral modulo 2**16: exact for small bins, which it is used for
@@ -90,7 +96,7 @@ def _windows(rng, h: int, w: int, k: int) -> np.ndarray:
     return np.array(wins, np.int64)
 
 
-def test_crops_are_torchs_area_interpolation_of_each_window(photo):
+def test_crops_are_torchs_area_interpolation_of_each_window(photo, torch):
     frames = [photo, np.ascontiguousarray(photo[:, ::-1])]
     ii = integrals_host(frames)
     wins = _windows(np.random.default_rng(2), *photo.shape[:2], 40)

@@ -6,6 +6,8 @@ swap or be killed. The rule is `resources.worker_count`.
 """
 from __future__ import annotations
 
+import pytest
+
 from fastmtcnn.resources import BASE_BYTES, BYTES_PER_PIXEL, available_memory, bytes_per_worker, worker_count
 
 GB = 1 << 30
@@ -25,6 +27,31 @@ def test_memory_caps_the_workers_but_never_below_one():
     assert worker_count(16, 8 * GB, pixels=48_000_000) < worker_count(16, 8 * GB, pixels=1_000_000)
 
 
-def test_available_memory_is_read_from_the_machine():
-    free = available_memory()
-    assert free is None or free > 0
+def test_available_memory_is_the_machines_in_bytes(monkeypatch):
+    """Linux's MemAvailable (free pages plus what the kernel can reclaim), in bytes: at least about the
+    free pages, at most the physical memory; elsewhere the free pages; None when nothing says."""
+    import builtins
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("MemAvailable and sysconf's page counts are read on Linux")
+    page = os.sysconf("SC_PAGE_SIZE")
+    total, free = os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
+    assert 0.5 * free <= available_memory() <= total  # bytes, not kB (1024x off either way)
+
+    real_open = builtins.open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path) == "/proc/meminfo":
+            raise OSError("no /proc here")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    assert 0.5 * free <= available_memory() <= total  # the free pages, from sysconf
+
+    def no_sysconf(name):
+        raise ValueError(name)
+
+    monkeypatch.setattr(os, "sysconf", no_sysconf)
+    assert available_memory() is None  # unknown: worker_count lets the cores decide

@@ -3,10 +3,12 @@ drop stale frames and reconnect, tested with fake captures (no sleeps, no timing
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
 
+from conftest import DEADLOCK_S
 from fastmtcnn import MTCNN, StreamDetector, read_image
 from fastmtcnn.sources import FrameReader, SourceError, SourceSpec, parse_source, backoff_delay
 from fastmtcnn.streams import source_names
@@ -32,7 +34,7 @@ class FakeCapture:
 
     def read(self):
         if self.gate is not None:  # a camera whose frames come when the test says so
-            self.gate.wait(10)
+            self.gate.wait(DEADLOCK_S)
         if self.frames:
             return True, self.frames.pop(0)
         if self.eof is not None:
@@ -68,7 +70,7 @@ def test_live_reader_keeps_only_the_newest_frame_and_counts_the_rest_as_dropped(
     reader = FrameReader(SourceSpec("fake.mp4", "file"), opener=scripted_opener([cap]), drop_stale=True,
                          on_event=lambda m: None)
     reader.start()
-    assert eof.wait(10)  # all 7 decoded while nobody consumed
+    assert eof.wait(DEADLOCK_S)  # all 7 decoded while nobody consumed
     frames = list(reader)
     reader.close()
     assert [f.index for f in frames] == [6] and reader.stats.dropped == 6 and reader.stats.frames == 7
@@ -138,8 +140,11 @@ def test_stream_detector_gives_every_frame_of_every_source_in_order_with_frame_b
     sd = StreamDetector(det, [str(a), str(b), str(a)], chunk=4,
                         on_end=lambda st: ended.append((st.name, st.frames)))
     got: dict[str, list] = {}
+    seen: dict[str, list[float]] = {}  # when this loop got each source's results, seconds from before the start
+    t_before = time.perf_counter()
     for r in sd:
         got.setdefault(r.source, []).append(r)
+        seen.setdefault(r.source, []).append(time.perf_counter() - t_before)
     assert sorted(got) == ["a", "a-2", "b"]
     for name, path in (("a", a), ("a-2", a), ("b", b)):
         expect = _per_frame(det, path)
@@ -149,7 +154,11 @@ def test_stream_detector_gives_every_frame_of_every_source_in_order_with_frame_b
             np.testing.assert_allclose(r.faces.scores, faces.scores, atol=1e-5)
         st = sd.stats[name]
         assert st.frames == len(expect) == st.expected_frames and st.end == "end of file" and st.error is None
-        assert st.fps > 0 and st.first_result_s is not None and st.decoder == "opencv"
+        assert st.decoder == "opencv"
+        # the times are the source's own: its first and last results, counted from the start (which came
+        # after t_before), so no later than this loop received them; fps is frames over that span
+        assert 0 < st.first_result_s <= seen[name][0] and st.first_result_s <= st.wall_s <= seen[name][-1]
+        assert st.fps == pytest.approx(st.frames / st.wall_s)
     assert sorted(ended) == [("a", 9), ("a-2", 9), ("b", 7)]  # each after its last result
 
 
@@ -178,13 +187,14 @@ def test_a_missing_source_is_reported_and_the_others_still_run_when_skipping_fai
 
 def test_a_lost_live_source_does_not_stall_a_file_while_it_reconnects(clips):
     """The camera's reconnect can only finish once the file has delivered its last result: if the file
-    waited for the camera, this would never end (the opener gives up after 10 s and the test fails)."""
+    waited for the camera, this would never end. The wait is on that event; its DEADLOCK_S limit only
+    turns such a hang into a failure and is never reached when the code works."""
     a, _ = clips
     file_done = threading.Event()
     gave_up = []
 
     def reconnect():
-        if not file_done.wait(10):
+        if not file_done.wait(DEADLOCK_S):
             gave_up.append(True)
         return FakeCapture(bgr_frames(2, value=100))
 
@@ -204,3 +214,30 @@ def test_a_lost_live_source_does_not_stall_a_file_while_it_reconnects(clips):
     assert order.index(("camera.invalid_live", 3)) > order.index(("a", 8))  # reconnected after the file ended
     st = sd.stats["camera.invalid_live"]
     assert st.reconnects == 1 and "source lost after 5 frames" in st.error
+
+
+def test_frames_in_flight_are_bounded_by_the_queues_whatever_the_length(shared_data, tmp_path):
+    """README / docs/video.md: stages joined by bounded queues, so memory depends on the chunk size and the
+    number of sources, not on how long they run. The consumer stops after its first result and waits until
+    every stage is blocked on a full queue (the reader's, the detector's input and output): then frames
+    decoded but not yet handed out are at most what those queues and the stages between them hold."""
+    photos = [fit(read_image(shared_data / n), 160, 120) for n in PHOTOS]
+    clip = write_clip(tmp_path / "long.avi", [photos[i % 3] for i in range(90)])
+    chunk = 4
+    sd = StreamDetector(MTCNN(minsize=40), [str(clip)], chunk=chunk)
+    reader = sd.readers[0]
+    # the reader's queue + a frame in its hand, a batch in the gatherer's hand, the detector's input queue,
+    # a batch in the detector's hand, its output queue, and the batch the consumer is being handed
+    bound = reader._queue.maxsize + 1 + chunk * (1 + sd._work.maxsize + 1 + sd._done.maxsize + 1)
+    handed = []
+    for r in sd:
+        handed.append(r.index)
+        if len(handed) == 1:
+            deadline = time.monotonic() + DEADLOCK_S  # a hang guard, not a time the test expects to wait
+            while not (reader._queue.full() and sd._work.full() and sd._done.full()):
+                assert time.monotonic() < deadline, "the stages never filled their queues"
+                time.sleep(0.005)
+            held = reader.stats.frames - len(handed)
+            assert chunk < held <= bound, (held, bound)  # they did read ahead, and no further than the queues
+        assert reader.stats.frames - len(handed) <= bound
+    assert handed == list(range(90)) and sd.stats["long"].frames == 90

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import load_reference, reference_names  # noqa: E402
+from conftest import reference_names  # noqa: E402
 from fastmtcnn import MTCNN, Detections, read_image  # noqa: E402
 from fastmtcnn.boxes import nms as numpy_nms  # noqa: E402
 from fastmtcnn.metrics import greedy_match  # noqa: E402
@@ -48,15 +48,6 @@ def assert_same_detections(a: Detections, b: Detections, name: str, px: float = 
         assert np.abs(a.boxes[i] - b.boxes[j]).max() <= px, f"{name}: boxes {a.boxes[i]} vs {b.boxes[j]}"
         assert np.abs(a.landmarks[i] - b.landmarks[j]).max() <= px, f"{name}: landmarks differ"
         assert abs(float(a.scores[i]) - float(b.scores[j])) <= score, f"{name}: scores differ"
-
-
-def reference_recall_precision(dets: dict[str, Detections]) -> tuple[float, float]:
-    n_ref = n_ours = n_pair = 0
-    for name, d in dets.items():
-        r = Detections.from_list(load_reference(name))
-        n_ref, n_ours = n_ref + len(r), n_ours + len(d)
-        n_pair += len(greedy_match(r.boxes, d.boxes, MIN_IOU))
-    return n_pair / max(n_ref, 1), n_pair / max(n_ours, 1)
 
 
 @pytest.fixture(scope="module")
@@ -208,19 +199,42 @@ def test_tiled_cascade_gives_the_shared_pipeline_results_and_flags_overflow(phot
         be._load(inp, images, plan)
         return TiledCascade(be, det.config, shape, caps=caps).run(inp)
 
-    caps = (1024, 512, 128, 64, 64)  # per image; crops pooled over the 3 images
+    caps = (8192, 1024, 512, 128, 64, 64)  # per image; cells and crops pooled over the 3 images
     with torch.inference_mode():
         out, ok = run(caps)
-        few_candidates = run((64,) + caps[1:])[1]
-        few_survivors = run(caps[:4] + (4,))[1]
-        few_crops = run((1024, 8, 128, 64, 64))[1]
+        few_cells = run((64,) + caps[1:])[1]
+        few_candidates = run(caps[:1] + (16,) + caps[2:])[1]
+        few_survivors = run(caps[:5] + (4,))[1]
+        few_crops = run(caps[:2] + (8,) + caps[3:])[1]
     assert bool(ok.all())
-    assert few_candidates.tolist()[0] is False
-    assert few_survivors.tolist() == [True, True, True, True, False, True]
-    assert few_crops.tolist()[:2] == [True, False]
+    assert few_cells.tolist()[0] is False
+    assert few_candidates.tolist()[:2] == [True, False]
+    assert few_survivors.tolist() == [True, True, True, True, True, False, True]
+    assert few_crops.tolist()[:3] == [True, True, False]
     for (wb, wl), (gb, gl) in zip(want, TiledCascade.unpack(out.numpy())):
         np.testing.assert_allclose(gb, wb, atol=1e-4)
         np.testing.assert_allclose(gl, wl, atol=1e-4)
+
+
+def test_level_nms_neighbours_hold_every_pair_of_cells_that_can_overlap_by_half():
+    """The fixed-shape NMS within a level looks only at a cell's `NEIGHBOURS`: every other pair of cell
+    boxes of one level must overlap by 0.5 or less, at every scale a pyramid can have."""
+    from fastmtcnn.backends.torch_static import NEIGHBOURS
+    from fastmtcnn.boxes import cells_to_boxes, overlap
+
+    lx = np.arange(400)
+    worst = 0.0
+    for s in np.concatenate([np.geomspace(1.0, 0.002, 300), [0.6, 0.3, 0.2]]).astype(np.float32):
+        a = cells_to_boxes(lx * 0, lx, np.full(400, s), np.ones(400, np.float32), np.zeros((400, 4), np.float32))
+        for dy in range(0, 5):
+            for dx in range(-4, 5):
+                if (dy, dx) in NEIGHBOURS or (dy, dx) == (0, 0) or (dy == 0 and dx < 0):
+                    continue
+                b = cells_to_boxes(lx * 0 + dy, lx + dx, np.full(400, s), np.ones(400, np.float32),
+                                   np.zeros((400, 4), np.float32))
+                worst = max(worst, float(overlap(a[:, :4], b[:, :4]).max()))
+    assert worst <= 0.5, worst
+    assert len(NEIGHBOURS) == 24
 
 
 def test_fixed_shape_calls_redo_overflowing_images_exactly_and_grow_the_capacity(photos):
@@ -228,7 +242,7 @@ def test_fixed_shape_calls_redo_overflowing_images_exactly_and_grow_the_capacity
     capacity is doubled for later calls."""
     imgs = [photos["bob_multiple-faces.jpg"], photos["yolov5_zidane.jpg"]]
     want = MTCNN(minsize=40, backend="torch", device="cpu").detect_batch(imgs)
-    det = MTCNN(minsize=40, backend="torch", device="cpu", fixed_shapes=True, caps=(64, 512, 128, 64, 64))
+    det = MTCNN(minsize=40, backend="torch", device="cpu", fixed_shapes=True, caps=(64, 1024, 512, 128, 64, 64))
     got = det.detect_batch(imgs)
     assert det.backend.graph_stats["fallbacks"] == 1
     assert det.backend._caps[det.config][0][0] == 128
@@ -326,10 +340,8 @@ def test_graph_cache_drops_the_least_recent_graphs_past_its_memory_budget():
 
 @pytest.fixture(scope="module")
 def cuda_dets():
-    return {
-        "fp32": MTCNN(backend="torch", device="cuda", fp16=False, graphs=False),
-        "fp16": MTCNN(backend="torch", device="cuda", fp16=True, graphs=False),
-    }
+    """fp32 eager on CUDA; the reference itself (fp32 with graphs, fp16) is test_faithfulness.py's."""
+    return {"fp32": MTCNN(backend="torch", device="cuda", fp16=False, graphs=False)}
 
 
 @pytest.mark.gpu
@@ -341,28 +353,11 @@ def test_gpu_fp32_gives_the_onnxruntime_results_exactly(photos, ort_detections, 
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_fp16_finds_the_reference_faces_by_the_98_percent_rule(photos, cuda_dets):
-    """fp16 changes scores in the third decimal: held to DESIGN.md's matching rule, not to the exact one."""
-    ours = {name: cuda_dets["fp16"].detect(img) for name, img in photos.items()}
-    recall, precision_ = reference_recall_precision(ours)
-    assert recall >= 0.98 and precision_ >= 0.98, (recall, precision_)
-    errs = []  # DESIGN.md: matched landmarks within 3% of the box side on average
-    for name, img in photos.items():
-        ref = Detections.from_list(load_reference(name))
-        for i, j in greedy_match(ref.boxes, ours[name].boxes, MIN_IOU):
-            side = float(ref.boxes[i, 2] - ref.boxes[i, 0])
-            errs.append(float(np.abs(ref.landmarks[i] - ours[name].landmarks[j]).mean()) / side)
-    print(f"fp16 landmarks: mean {np.mean(errs):.4f}, max {np.max(errs):.4f} of the box side")
-    assert np.mean(errs) <= 0.03
-
-
-@pytest.mark.gpu
-@gpu
 def test_gpu_frames_already_on_the_device_are_not_copied_and_give_the_same_faces(photos, cuda_dets):
     det = cuda_dets["fp32"]
     img = photos["bob_multiple-faces.jpg"]
     t = torch.from_numpy(img[None]).cuda()
-    assert det.backend.frames(t).data_ptr() == t.data_ptr()
+    assert det.backend.images(t).data_ptr() == t.data_ptr()
     on_gpu = det.detect_batch(t)[0]
     on_host = det.detect(img)
     assert len(on_host) >= 15
@@ -393,7 +388,7 @@ def test_gpu_fp32_graph_replays_give_the_eager_results_exactly(photos, minsize):
     imgs = [cv2.resize(im, (1280, 720), interpolation=cv2.INTER_AREA) for im in photos.values()]
     eager = MTCNN(backend="torch", device="cuda", fp16=False, minsize=minsize, graphs=False)
     graphed = MTCNN(backend="torch", device="cuda", fp16=False, minsize=minsize, graphs=True,
-                    caps=(4096, 1024, 512, 256, 256))
+                    caps=(16384, 4096, 1024, 512, 256, 256))
     total = 0
     for im in imgs + imgs[:3]:  # one graph replayed on every frame, then again
         a, b = eager.detect(im), graphed.detect(im)
@@ -407,36 +402,38 @@ def test_gpu_fp32_graph_replays_give_the_eager_results_exactly(photos, minsize):
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_auto_graphs_capture_once_per_shape_and_never_for_one_off_sizes(photos):
-    """The default: a video's frames (one size, changing faces) get one capture; photos of new sizes get none."""
+def test_gpu_auto_graphs_are_few_and_serve_photos_of_sizes_never_seen(photos):
+    """The default: one photo at a time runs the fixed-shape cascade; a capacity bucket seen twice is
+    captured once and then replayed for photos of any size that fit it; results stay exact."""
     import cv2
 
-    imgs = list(photos.values())
+    imgs = [cv2.resize(im, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+            for f in (0.9, 1.1, 1.3) for im in photos.values()]  # 42 photos, each size its own
+    assert len({im.shape for im in imgs}) == len(imgs)
     det = MTCNN(backend="torch", device="cuda", fp16=False)
+    eager = MTCNN(backend="torch", device="cuda", fp16=False, graphs=False)
     assert det.backend.graph_mode == "auto" and MTCNN(backend="torch", device="cuda").backend.fp16
-    one_off = {im.shape: im for im in imgs}  # photos of a size of their own: all eager
-    for im in one_off.values():
-        det.detect(im)
-    assert det.backend.graph_stats["captures"] == 0
-    eager_before = det.backend.graph_stats["eager"]
-    frames = np.stack([cv2.resize(im, (960, 540), interpolation=cv2.INTER_AREA) for im in imgs])
-    eager = MTCNN(backend="torch", device="cuda", fp16=False, graphs=False).detect_batch(frames)
-    got = []
-    for i in range(0, len(frames), 4):  # chunks of 4 and a last partial chunk
-        got += det.detect_batch(torch.from_numpy(frames[i:i + 4]).cuda())
-    for i, (a, b) in enumerate(zip(eager, got)):
-        assert_same_detections(a, b, f"frame {i}")
+    for i, im in enumerate(imgs):
+        assert_same_detections(eager.detect(im), det.detect(im), f"photo {i}")
     stats = det.backend.graph_stats
-    # the first chunk ran eagerly, the second was captured, the last partial one reused that graph (a chunk
-    # that overflowed the capacities was redone exactly, and its shape captured again with more room)
-    assert stats["captures"] == 1 + stats["fallbacks"] and stats["eager"] - eager_before == 1, stats
+    shapes = {k[0] for k in det.backend._graphs.entries}
+    assert stats["captures"] <= len(shapes) + stats["fallbacks"] <= 8 + stats["fallbacks"], stats
+    assert stats["replays"] >= len(imgs) // 2, stats  # most photos replay a graph made for other sizes
+    # frames of one size in chunks of 4 and a last partial chunk
+    frames = np.stack([cv2.resize(im, (960, 540), interpolation=cv2.INTER_AREA) for im in photos.values()])
+    want = eager.detect_batch(frames)
+    got = []
+    for i in range(0, len(frames), 4):
+        got += det.detect_batch(torch.from_numpy(frames[i:i + 4]).cuda())
+    for i, (a, b) in enumerate(zip(want, got)):
+        assert_same_detections(a, b, f"frame {i}")
 
 
 @pytest.mark.gpu
 @gpu
 def test_gpu_fixed_shape_mode_falls_back_to_the_exact_pipeline_when_capacities_overflow(photos):
     img = photos["bob_multiple-faces.jpg"]
-    tiny = MTCNN(backend="torch", device="cuda", fp16=False, graphs=True, caps=(64, 16, 8, 4, 4))
+    tiny = MTCNN(backend="torch", device="cuda", fp16=False, graphs=True, caps=(256, 64, 16, 8, 4, 4))
     a = MTCNN(backend="torch", device="cuda", fp16=False, graphs=False).detect(img)
     assert len(a) >= 15
     for _ in range(12):  # each overflow is redone exactly and doubles the short capacity
@@ -459,7 +456,7 @@ def test_gpu_fixed_shape_mode_runs_large_batches_in_chunks_with_the_eager_result
             assert_same_faces(a, b, f"frame {i}", landmark_tol=0.01)
     stats = chunked.backend.graph_stats
     assert stats["replays"] + stats["fallbacks"] == 6 and stats["replays"] >= 4, stats  # chunks of 4, 4, 2 (padded)
-    assert stats["captures"] == 1 + stats["fallbacks"], stats  # the partial chunk reused the graph of 4
+    assert stats["captures"] <= 2 + stats["fallbacks"], stats  # the partial chunk may reuse the graph of 4
     assert sum(len(d) for d in eager) >= 20
 
 

@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fastmtcnn import MTCNN, read_image  # noqa: E402
-from fastmtcnn.crop import MEAN, SCALE, area_resize, integral_image  # noqa: E402
-from fastmtcnn.pipeline import canvas_input  # noqa: E402
+from fastmtcnn.crop import MEAN, SCALE, area_resize, integral_image, integrals  # noqa: E402
+from fastmtcnn.pipeline import batch_plan, canvas_cells, canvas_input, canvas_mask  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -38,30 +38,40 @@ def test_triton_integral_is_crop_integral_image(kernels, frames):
     assert torch.equal(kernels.integral(frames), integral_image(frames))
 
 
-def test_triton_canvas_is_the_shared_per_level_resize(kernels, frames):
-    det = MTCNN(backend="torch", device="cuda", fp16=False, graphs=False)
-    det.backend._compiled = True  # the kernels, as after a capture
-    plan = det.plan(*frames.shape[1:3])
-    ii = integral_image(frames)
-    got = det.backend.canvas(ii, plan.canvases[0], plan)
-    want = canvas_input(ii, plan.canvases[0], 2)
-    for lv in plan.canvases[0].levels:
-        sl = (slice(None), slice(None), slice(lv.y, lv.y + lv.h), slice(lv.x, lv.x + lv.w))
-        assert torch.equal(got[sl], want[sl]), lv
+@pytest.mark.parametrize("tile", [512, 128])
+def test_triton_tiles_are_the_shared_piece_resize_with_their_masks_and_cells(kernels, frames, tile):
+    """A batch of images of three sizes, levels cut across tiles (128) and tiles shared by images."""
+    det = MTCNN(backend="torch", device="cuda", fp16=False, graphs=False, tile=tile)
+    images = [frames[0], frames[1, :700, :1000].contiguous(), frames[0, 100:400, 50:300].contiguous()]
+    plan = batch_plan(det.backend, [im.shape[:2] for im in images], det.config)
+    ii = integrals(images)
+    ids = list(range(len(plan.canvases)))
+    got, mask, cells = det.backend.canvas(ii, plan, ids, kernels=True)
+    want = canvas_input(ii, plan, ids)
+    assert len(ids) > 1 and any(len({p.image for p in c.pieces}) > 1 for c in plan.canvases)
+    for n, c in enumerate(plan.canvases):
+        for p in c.pieces:
+            sl = (n, slice(None), slice(p.y, p.y + p.h), slice(p.x, p.x + p.w))
+            assert torch.equal(got[sl], want[sl]), p
+    np.testing.assert_array_equal(mask.cpu().numpy(), canvas_mask(plan, ids))
+    np.testing.assert_array_equal(cells.cpu().numpy(), canvas_cells(plan, ids))
 
 
 def test_triton_crops_are_crop_area_resize(kernels, frames):
+    """Windows of two images of different sizes in one buffer (`crop.Integrals`)."""
     g = torch.Generator().manual_seed(0)
-    h, w = frames.shape[1:3]
-    y0 = torch.randint(0, h - 2, (300,), generator=g)
-    x0 = torch.randint(0, w - 2, (300,), generator=g)
-    win = torch.stack([y0, torch.minimum(y0 + 1 + torch.randint(0, 300, (300,), generator=g), torch.tensor(h)),
-                       x0, torch.minimum(x0 + 1 + torch.randint(0, 300, (300,), generator=g), torch.tensor(w))], 1)
+    images = [frames[0], frames[1, :600, :1100].contiguous()]
     f = torch.randint(0, 2, (300,), generator=g)
-    ii = integral_image(frames)
+    hw = torch.tensor([list(im.shape[:2]) for im in images])[f]
+    y0 = (torch.rand(300, generator=g) * (hw[:, 0] - 2)).long()
+    x0 = (torch.rand(300, generator=g) * (hw[:, 1] - 2)).long()
+    win = torch.stack([y0, torch.minimum(y0 + 1 + torch.randint(0, 300, (300,), generator=g), hw[:, 0]),
+                       x0, torch.minimum(x0 + 1 + torch.randint(0, 300, (300,), generator=g), hw[:, 1])], 1)
+    ii = integrals(images)
+    table = torch.stack([ii.offset, ii.height, ii.width], 1)
     win, f = win.cuda(), f.cuda()
     for size in (24, 48):
-        assert torch.equal(kernels.crops(ii, f, win, size, torch.float32, MEAN, SCALE),
+        assert torch.equal(kernels.crops(ii.flat, table, f, win, size, torch.float32, MEAN, SCALE),
                            area_resize(ii, f, win, size, size))
 
 
@@ -94,9 +104,9 @@ def test_fused_nets_are_the_plain_nets(kernels, dtype):
     def rand(*shape):
         return (torch.rand(*shape, generator=g) * 2 - 1).to("cuda", dt).contiguous(memory_format=torch.channels_last)
 
-    mask = torch.zeros(1, 1, 59, 88)
-    mask[..., 31:, :] = -32.0
-    mask[..., :, 47:] = -32.0
+    mask = torch.zeros(2, 1, 59, 88)  # one mask per tile
+    mask[0, :, 31:, :] = -32.0
+    mask[1, :, :, 47:] = -32.0
     x, mask = rand(2, 3, 61, 90), mask.cuda()
     r, o = rand(37, 3, 24, 24), rand(37, 3, 48, 48)
     tol = 2e-2 if dt == torch.float16 else 1e-3

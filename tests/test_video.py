@@ -4,17 +4,17 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import time
 
 import cv2
 import numpy as np
 import pytest
 
+from conftest import DEADLOCK_S
 from fastmtcnn import read_image
 from fastmtcnn.cli import main
 from fastmtcnn.metrics import greedy_match
 from fastmtcnn.sources import FrameReader, parse_source
-from video_clips import MjpegServer, fit, read_all, write_clip
+from video_clips import MjpegServer, fit, read_all, wait_until, write_clip
 
 # frame i of the clip shows PHOTOS[i % 3]: one face, one face, no face
 PHOTOS = ["skimage_astronaut.png", "skimage_camera.png", "skimage_coffee.png"]
@@ -100,11 +100,16 @@ def test_dead_rtsp_url_fails_with_one_line_after_bounded_retries(capsys):
     assert "Traceback" not in err
 
 
+# The two tests below lose their stream when the server closes the connection (at once, an end of file to
+# FFmpeg) or answers 404: no open or read ever has to time out, so the timeouts are only DEADLOCK_S guards
+# (a loaded machine must not turn a slow open into a "lost" source).
+
+
 def test_live_stream_that_drops_is_reconnected_and_reported(shared_data):
     server = MjpegServer(fit(read_image(shared_data / "skimage_astronaut.png"), 320, 240), per_connection=8)
     events: list[str] = []
     try:
-        reader = FrameReader(server.url, retries=3, retry_delay=0.05, timeout_s=2, max_frames=20,
+        reader = FrameReader(server.url, retries=3, retry_delay=0.05, timeout_s=DEADLOCK_S, max_frames=20,
                              on_event=events.append)
         with reader:
             frames = list(reader)
@@ -122,7 +127,7 @@ def test_live_source_lost_for_good_ends_with_summary_and_error(shared_data, tmp_
     js = tmp_path / "f.jsonl"
     try:
         rc = main(["video", server.url, "--json", str(js), "--retries", "1", "--retry-delay", "0.05",
-                   "--timeout", "1", "-q"])
+                   "--timeout", str(DEADLOCK_S), "-q"])
     finally:
         server.stop()
     frames, end = _records(js)
@@ -134,19 +139,11 @@ def test_live_source_lost_for_good_ends_with_summary_and_error(shared_data, tmp_
     assert "source lost; retry 1/1" in out.err and "Traceback" not in out.err
 
 
-def _wait_until(condition, what: str, timeout: float = 60.0) -> None:
-    """Wait for the reader thread to reach a state (a condition, not a guess at how long it takes)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"the reader thread never {what}"
-        time.sleep(0.005)
-
-
 def test_live_reader_keeps_only_the_newest_frame_when_the_consumer_lags(clip):
     reader = FrameReader(clip, drop_stale=True).start()
     with reader:
         # the consumer takes nothing until the reader has decoded the whole clip
-        _wait_until(lambda: reader.stats.end, "reached the end of the clip")
+        wait_until(lambda: reader.stats.end, "reached the end of the clip")
         got = [f.index for f in reader]
     assert reader.stats.end == "end of file" and reader.stats.frames == 12
     assert got == [11] and reader.stats.dropped == 11  # each frame replaced the one before it
@@ -156,7 +153,7 @@ def test_file_reader_queue_stays_bounded_and_keeps_every_frame(clip):
     reader = FrameReader(clip, queue_size=2).start()
     with reader:
         # nobody consumes: the reader fills the queue (2) and waits with one more frame in hand
-        _wait_until(lambda: reader.stats.frames >= 3, "filled its queue")
+        wait_until(lambda: reader.stats.frames >= 3, "filled its queue")
         assert reader.stats.frames == 3 and not reader.stats.end
         got = []
         for f in reader:

@@ -100,7 +100,8 @@ def test_video_job_writes_the_cli_records_and_videos(det, clips, tmp_path, capsy
         assert frames == expect
         n_faces = sum(len(r["faces"]) for r in frames)
         assert n_faces > 0 and end == [{"source": name, "end": "end of file", "frames": len(images),
-                                        "faces": n_faces, "mean_fps": end[0]["mean_fps"], "dropped": 0,
+                                        "faces": n_faces, "mean_fps": end[0]["mean_fps"], "read": len(images),
+                                        "dropped": 0,
                                         "reconnects": 0, "decoder": "opencv"}]
         assert stats[name].frames == len(images) and stats[name].tracking.frames == len(images)
         assert job.outputs[name].written == str(tmp_path / "videos" / f"{name}.mp4")

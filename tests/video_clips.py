@@ -1,6 +1,9 @@
 """Small test videos written with OpenCV from the photos in ../shared/data (helper, not tests)."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -102,3 +105,75 @@ class MjpegServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def wait_until(condition, what: str, timeout: float = 60.0) -> None:
+    """Wait for a thread to reach a state (a condition, not a guess at how long it takes); the timeout only
+    turns a hang into a failure."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never {what}"
+        time.sleep(0.005)
+
+
+#: Debian's Python, which has python3-gi (GStreamer's RTSP server is reached through it, not the venv)
+SYSTEM_PYTHON = "/usr/bin/python3"
+RTSP_SERVER = Path(__file__).with_name("rtsp_server.py")
+
+
+def rtsp_server_missing() -> str | None:
+    """Why GStreamer's RTSP server cannot run here (what to install), or None when it can."""
+    if not Path(SYSTEM_PYTHON).is_file():
+        return f"{SYSTEM_PYTHON} not found (the RTSP server runs on Debian's python3 with python3-gi)"
+    p = subprocess.run([SYSTEM_PYTHON, str(RTSP_SERVER), "--check"], capture_output=True, text=True, timeout=120)
+    if p.returncode == 0:
+        return None
+    why = (p.stdout + p.stderr).strip().splitlines()
+    return f"GStreamer's RTSP server cannot run: {why[-1] if why else p.returncode} (see .ci/run's apt-get line)"
+
+
+class RtspServer:
+    """GStreamer's RTSP server (tests/rtsp_server.py) on 127.0.0.1, serving a clip's H.264 in real time.
+
+    wait=True starts it loaded but not listening; `listen()` then binds at once (a camera coming back
+    on the same address). `kill()` takes it away for good, `pause()` freezes it (a hung camera).
+    """
+
+    def __init__(self, clip, port: int = 0, wait: bool = False) -> None:
+        cmd = [SYSTEM_PYTHON, str(RTSP_SERVER), str(clip), "--port", str(port)] + (["--wait"] if wait else [])
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.url = ""
+        if wait:
+            self._expect("LOADED")
+        else:
+            self._ready()
+
+    def _expect(self, word: str) -> str:
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith(word):
+            self.kill()
+            raise AssertionError(f"RTSP server: expected {word}, got {line or 'nothing (it exited)'}")
+        return line
+
+    def _ready(self) -> None:
+        self.url = self._expect("READY").split()[1]
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1].split("/")[0])
+
+    def listen(self) -> None:
+        self.proc.stdin.write("listen\n")
+        self.proc.stdin.flush()
+        self._ready()
+
+    def pause(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def kill(self) -> None:
+        """Gone, sockets closed (safe to call twice, and on a paused server)."""
+        if self.proc.poll() is None:
+            self.proc.kill()  # SIGKILL ends a paused (stopped) process too
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            f.close()

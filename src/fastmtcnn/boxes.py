@@ -14,6 +14,15 @@ from .namespace import array_namespace
 from .pyramid import CELL, STRIDE
 
 
+def _at_least(x, lo):
+    """max(x, lo) elementwise, in the array's own library.
+
+    Not the array API's `clip`: its compat layer turns the bound into a host
+    tensor (a copy a CUDA graph cannot capture) and imports sympy on the way.
+    """
+    return x.clamp(min=lo) if hasattr(x, "clamp") else np.maximum(x, x.dtype.type(lo))
+
+
 def cells_to_boxes(ly, lx, scale, score, reg):
     """Boxes (n, 9) [x1, y1, x2, y2, score, dx1, dy1, dx2, dy2] of PNet cells.
 
@@ -72,8 +81,8 @@ def crop_windows(b, height, width):
     xp = array_namespace(b)
     dev = getattr(b, "device", None)
     t = xp.astype(xp.trunc(b[:, :4]), xp.int64)
-    x0 = xp.clip(t[:, 0], 1, None) - 1
-    y0 = xp.clip(t[:, 1], 1, None) - 1
+    x0 = _at_least(t[:, 0], 1) - 1
+    y0 = _at_least(t[:, 1], 1) - 1
     x1 = xp.minimum(t[:, 2], xp.asarray(width, dtype=xp.int64, device=dev))
     y1 = xp.minimum(t[:, 3], xp.asarray(height, dtype=xp.int64, device=dev))
     win = xp.stack([y0, y1, x0, x1], axis=1)
@@ -106,8 +115,8 @@ def overlap(a, b, mode: str = "union", add: float = 0.0, area_a=None, area_b=Non
     xp = array_namespace(a, b)
     area_a = box_area(a, add) if area_a is None else area_a
     area_b = box_area(b, add) if area_b is None else area_b
-    w = xp.clip(xp.minimum(a[..., 2], b[..., 2]) - xp.maximum(a[..., 0], b[..., 0]) + add, min=0.0)
-    h = xp.clip(xp.minimum(a[..., 3], b[..., 3]) - xp.maximum(a[..., 1], b[..., 1]) + add, min=0.0)
+    w = _at_least(xp.minimum(a[..., 2], b[..., 2]) - xp.maximum(a[..., 0], b[..., 0]) + add, 0.0)
+    h = _at_least(xp.minimum(a[..., 3], b[..., 3]) - xp.maximum(a[..., 1], b[..., 1]) + add, 0.0)
     inter = w * h
     denom = xp.minimum(area_a, area_b) if mode == "min" else area_a + area_b - inter
     return inter / denom

@@ -30,8 +30,8 @@ COMMANDS = {
     "eval": ("fastmtcnn.commands.evaluate", "accuracy against labelled faces (WIDER FACE or JSON ground truth)"),
     "tune": ("fastmtcnn.commands.tune", "sweep minsize/factor/thresholds: speed vs recall, Pareto front, plot"),
     "export-onnx": ("fastmtcnn.commands.export",
-                    "write PNet (canvas fixed for a frame size), RNet, ONet as ONNX + plan.json"),
-    "plan": ("fastmtcnn.commands.plan", "show the pyramid levels and packed PNet canvas of a frame size"),
+                    "write PNet (fixed tile size: one engine for every image size), RNet, ONet as ONNX + plan.json"),
+    "plan": ("fastmtcnn.commands.plan", "show the PNet tiles of images of given sizes, piece by piece"),
 }
 
 

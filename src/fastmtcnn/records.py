@@ -38,7 +38,7 @@ def end_record(stats, *, source: str | None = None) -> dict:
     """The last record of a source, from its `streams.SourceStats`."""
     rec = {"source": source} if source else {}
     rec.update(end=end_text(stats), frames=stats.frames, faces=stats.faces, mean_fps=round(stats.fps, 3),
-               dropped=stats.dropped, reconnects=stats.reconnects)
+               read=stats.read, dropped=stats.dropped, reconnects=stats.reconnects)
     if stats.decoder:
         rec["decoder"] = stats.decoder
     if stats.error:

@@ -3,17 +3,20 @@
 A detector's memory is a fixed part (libraries, compiled nets) plus a part
 that grows with the photo: decoded pixels, the integral image (int32, 12
 bytes a pixel), one PNet band and the RNet/ONet crops. Measured peaks with
-OpenVINO on a 2-core AMD EPYC: 192 MB for a 640x480 photo, 637 MB for 12 MP,
-1.45 GB for 48 MP, flat over repeated calls; that is under 200 MB + 40 bytes a
-pixel at every size, the rule used here.
+OpenVINO (the default engine) on a 2-core AMD EPYC, a crowded photo (8 faces)
+at each size: 244 MiB at 640x480, 677 MiB at 12 MP, 1680 MiB at 48 MP, flat
+from the second call on; that is under 250 MiB + 40 bytes a pixel at every
+size, the rule used here (tests/test_memory.py holds it). ONNX Runtime peaks
+higher (924 MiB at 12 MP).
 """
 from __future__ import annotations
 
 import os
 
-#: a detector's fixed memory (measured 82 MB after start-up, 192 MB after a 640x480 photo)
-BASE_BYTES = 200 << 20
-#: peak memory per photo pixel above that (measured 37 B/px at 12 MP, 26 B/px at 48 MP)
+#: a detector's fixed memory (measured 80 MiB after start-up; after a 640x480 photo 192 MiB with one face,
+#: 244 MiB with six, whose RNet/ONet batches compile every batch shape)
+BASE_BYTES = 250 << 20
+#: peak memory per photo pixel above that (measured 36 B/px from 640x480 to 12 MP, 29 B/px from 12 to 48 MP)
 BYTES_PER_PIXEL = 40
 #: photo size assumed when it is not known in advance: a 12 MP phone photo
 TYPICAL_PIXELS = 12_000_000

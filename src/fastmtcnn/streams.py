@@ -16,9 +16,14 @@ sets the pace and memory depends on the chunk size, not on the video length:
 
 A file's frames all arrive (its reader waits for the detector); a live source
 (camera, URL) hands over only its newest frame, and a batch that holds one is
-sent at once instead of waiting for a full chunk, so live latency stays one
-detector call. A live source that is lost reconnects in its own thread while
-the others go on.
+sent at once instead of waiting for a full chunk. A new live frame is taken
+only when no batch of live frames waits in a queue and either the detector is
+free or the caller waits for results: a slow detector or a slow caller makes
+the reader drop frames instead of handing out results that were already old
+when detection began. Behind a slow caller, one batch of live frames is
+detected while it works on the one before; that is all that waits for it.
+A live source that is lost reconnects in its own thread while the
+others go on.
 """
 from __future__ import annotations
 
@@ -65,6 +70,7 @@ class SourceStats:
     decoder: str = ""
     frames: int = 0  # frames detected (results handed out)
     faces: int = 0
+    read: int = 0  # frames decoded from the source: handed out + dropped (+ any in flight when stopped)
     dropped: int = 0  # stale live frames the reader threw away unseen
     reconnects: int = 0
     expected_frames: int | None = None  # frame count in a file's header
@@ -177,12 +183,13 @@ class _Batch:
     ended: list[int] = field(default_factory=list)  # sources whose last frame is in this batch or before
     faces: list[Detections] = field(default_factory=list)
     tracked: list[bool | None] = field(default_factory=list)
+    live: bool = False  # holds a frame of a live source that drops stale frames
 
 
 def _ended(st: SourceStats, r: FrameReader, stopped: bool = False) -> None:
     """A source's end into its stats: as its reader saw it, or "stopped" when the results stopped before its
     last one (its reader may have decoded to the end of the file meanwhile)."""
-    st.dropped, st.reconnects = r.stats.dropped, r.stats.reconnects
+    st.read, st.dropped, st.reconnects = r.stats.frames, r.stats.dropped, r.stats.reconnects
     st.truncated = r.truncated and not stopped
     st.end = "stopped" if stopped else r.stats.end or "end"
 
@@ -297,6 +304,10 @@ class StreamDetector:
         self._stop = threading.Event()
         self._work: queue.Queue = queue.Queue(maxsize=2)
         self._done: queue.Queue = queue.Queue(maxsize=2)
+        self._live_queued = 0  # batches of live frames in _work or _done (not in the detector or with the caller)
+        self._live_lock = threading.Lock()
+        self._live_detecting = False  # the detector works on a batch of live frames
+        self._caller_waiting = False  # the caller waits for the next batch of results
         self._threads: list[threading.Thread] = []
         self._t0: float | None = None
 
@@ -313,11 +324,16 @@ class StreamDetector:
                 order = order[turn % len(order):] + order[:turn % len(order)] if order else []
                 turn += 1
                 live = False
+                # take a live frame only if its result will not wait behind older live frames, nor for a busy
+                # caller while the detector works on the frame before; else the reader replaces it by a newer one
+                live_ready = self._live_queued == 0 and (not self._live_detecting or self._caller_waiting)
                 for i in order:
                     room = self.chunk - len(pending)
                     if room <= 0:
                         break
                     r = active[i]
+                    if r.drop_stale and not live_ready:
+                        continue
                     frames, done = r.take(1 if r.drop_stale else room)
                     pending.extend((i, f) for f in frames)
                     live = live or (r.spec.live and bool(frames))
@@ -328,7 +344,10 @@ class StreamDetector:
                 # once, and so does a file's tail when only live sources (maybe reconnecting) are left
                 files_left = any(not r.spec.live for r in active.values())
                 if pending and (len(pending) >= self.chunk or live or not files_left):
-                    if not self._put(self._work, self._prepare(pending, ended)):
+                    batch = self._prepare(pending, ended)
+                    batch.live = any(self.readers[i].drop_stale for i, _ in pending)
+                    self._count_live(batch, +1)
+                    if not self._put(self._work, batch):
                         return
                     pending, ended = [], []
                 elif ended and not pending:
@@ -336,7 +355,7 @@ class StreamDetector:
                         return
                     ended = []
                 elif active:
-                    self._wake.wait(0.05)  # a reader sets it when it queues a frame or ends
+                    self._wake.wait(0.05)  # set when a reader queues a frame or ends, or a live batch moves on
         except BaseException as e:  # noqa: BLE001 (handed to the caller's thread)
             self._put(self._work, e)
             return
@@ -361,6 +380,14 @@ class StreamDetector:
             batch.groups.append((pos, frames))
         return batch
 
+    def _count_live(self, batch, delta: int) -> None:
+        """A batch of live frames entered (+1) or left (-1) the queues; leaving, the gatherer may take the next."""
+        if isinstance(batch, _Batch) and batch.live:
+            with self._live_lock:
+                self._live_queued += delta
+            if delta < 0:
+                self._wake.set()
+
     # -- stage 3: detection ---------------------------------------------------------------------------
     def _detect(self) -> None:
         try:
@@ -372,6 +399,8 @@ class StreamDetector:
                 if batch is _STOP or isinstance(batch, BaseException):
                     self._put(self._done, batch)
                     return
+                self._live_detecting = batch.live  # before the count drops: the gatherer must not see both free
+                self._count_live(batch, -1)
                 for _, frames in batch.groups:
                     if is_tensor(frames) and frames.is_cuda:
                         # the frames were made on another stream: keep their memory until this one is done
@@ -380,6 +409,8 @@ class StreamDetector:
                         frames.record_stream(torch.cuda.current_stream(frames.device))
                 self._detect_batch(batch)
                 batch.groups = []  # frees the stacked frames before the next batch is gathered
+                self._count_live(batch, +1)
+                self._live_detecting = False
                 if not self._put(self._done, batch):
                     return
         except BaseException as e:  # noqa: BLE001 (handed to the caller's thread)
@@ -432,7 +463,11 @@ class StreamDetector:
                 if i not in self.readers and self.on_end:
                     self.on_end(st)  # could not be opened (skip_failed)
             while True:
+                self._caller_waiting = True
+                self._wake.set()
                 batch = self._done.get()
+                self._caller_waiting = False
+                self._count_live(batch, -1)
                 if batch is _STOP:
                     return
                 if isinstance(batch, BaseException):

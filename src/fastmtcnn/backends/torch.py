@@ -22,21 +22,24 @@ import torch
 
 from .. import boxes as bx
 from ..config import Config
-from ..crop import MEAN, SCALE, Integrals, area_resize, integral_image, resize_region
+from ..crop import MEAN, SCALE, Integrals, area_resize, integral_image
 from ..nets import PNET_MASK_VALUE, torch_nets
 from ..pipeline import NO_TIMER, StageTimer, batch_plan
-from ..pyramid import Plan, pnet_out
+from ..pyramid import TILE, Plan, pnet_out
 from . import torch_kernels
 from .torch_graphs import ShapeCache, bucket, capture
 from .torch_nms import grouped_nms
 from .torch_static import DEFAULT_ITERS, MAX_CAPS, Inputs, Shape, TiledCascade, default_caps
 
 GRAPH_MODES = {False: "off", True: "always", "auto": "auto", "off": "off", "always": "always"}
-#: PNet tile side on the GPU
-GPU_TILE = 512
+#: PNet tile side on the GPU (`pyramid.TILE`, export-onnx's default too)
+GPU_TILE = TILE
 #: most images and pixels in one fixed-shape call (bounds its memory: tiles, activations, integrals)
 MAX_IMAGES = 64
 MAX_PIXELS = 128 << 20
+#: with graphs="auto", calls of at most this many images are captured as CUDA graphs (when their shape
+#: comes back); larger ones run the same fixed-shape kernels eagerly
+GRAPH_IMAGES = 4
 
 
 def _pow2(n: int, least: int = 1) -> int:
@@ -74,9 +77,10 @@ class TorchBackend:
         fixed-shape NMS (CUDA with Triton only). fuse_nets: each conv's bias,
         PReLU (+ PNet's tile mask) and max pooling as one Triton kernel.
         A kernel that fails on a machine turns both off, with a warning.
-        The kernels compile on a background thread when the backend is made;
-        until they are ready, calls use the torch versions, so a first
-        result never waits for Triton's compiler (seconds on a cold cache).
+        The kernels compile (or load from Triton's disk cache) on a background
+        thread once the first call is answered; until they are ready, calls
+        use the torch versions, so a first result never waits for Triton's
+        compiler (seconds on a cold cache).
     """
 
     name = "torch"
@@ -136,9 +140,8 @@ class TorchBackend:
         self._caps: dict = {}  # per config: (capacities, NMS steps), grown on overflow
         self.graph_stats = {"captures": 0, "replays": 0, "fallbacks": 0, "eager": 0}
         self.warmup: threading.Thread | None = None
-        if self.kernels:
+        if self.kernels:  # started after the first call (`_start_warmup`): the first result never shares the GIL
             self.warmup = threading.Thread(target=self._compile_kernels, name="fastmtcnn-triton", daemon=True)
-            self.warmup.start()
 
     @property
     def fused_nms(self) -> bool:
@@ -195,10 +198,15 @@ class TorchBackend:
                 self._kernels_failed(e)
         return None
 
+    def _start_warmup(self) -> None:
+        if self.warmup is not None and self.warmup.ident is None:
+            self.warmup.start()
+
     @contextmanager
     def _kernels_on(self):
         """Kernels in use inside this block (a graph capture waits for them: a graph is captured once)."""
         if self.warmup is not None:
+            self._start_warmup()
             self.warmup.join()
         yield
 
@@ -259,20 +267,20 @@ class TorchBackend:
         """`crop.integrals` of the images in one device buffer (a Triton scan per size on CUDA)."""
         return self._integrals_with(images, use=self.kernels and self._compiled)
 
-    def _integrals_with(self, images, use: bool, force: bool = False) -> Integrals:
+    def _integrals_with(self, images, use: bool, force: bool = False, out: torch.Tensor | None = None) -> Integrals:
         sizes = [tuple(im.shape[:2]) for im in images]
         rows = [(h + 1) * (w + 1) for h, w in sizes]
-        flat = torch.empty((sum(rows), 3), dtype=torch.int32, device=self.device)
+        flat = torch.empty((sum(rows), 3), dtype=torch.int32, device=self.device) if out is None else out
         stacked = isinstance(images, torch.Tensor)
         parts = [(images, 0, len(sizes))] if stacked else [(im[None], i, i + 1) for i, im in enumerate(images)]
         offsets = np.concatenate([[0], np.cumsum(rows)])
         for frames, a, b in parts:
             h, w = frames.shape[1:3]
-            out = flat[offsets[a]:offsets[b]].view(b - a, h + 1, w + 1, 3)
-            done = self._try_kernel(torch_kernels.integral, frames, out, force=force) if use else None
+            dst = flat[offsets[a]:offsets[b]].view(b - a, h + 1, w + 1, 3)
+            done = self._try_kernel(torch_kernels.integral, frames, dst, force=force) if use else None
             if done is None:
-                out.copy_(integral_image(frames))
-        return Integrals.of(flat, sizes, device=self.device)
+                dst.copy_(integral_image(frames))
+        return Integrals.of(flat[:sum(rows)], sizes, device=self.device)
 
     # ------------------------------------------------------------------ pipeline hooks
 
@@ -290,20 +298,24 @@ class TorchBackend:
         pieces[:, 0] = np.searchsorted(np.asarray(ids), t["rect"][sel, 0])  # canvas -> position in this call
         pieces[:, 9] = t["image"][sel]
         pieces[:, 10] = sel
-        return self.make_tiles(ii, _image_table(ii), torch.from_numpy(pieces).to(self.device), len(ids), c0.h, kernels)
+        return self.make_tiles(ii, _image_table(ii), torch.from_numpy(pieces).to(self.device), len(ids), c0.h, kernels,
+                               int((pieces[:, 3].astype(np.int64) * pieces[:, 4]).sum()))
 
     def make_tiles(self, ii: Integrals, images: torch.Tensor, pieces: torch.Tensor, n: int, tile: int,
-              kernels: bool | None = None):
+                   kernels: bool | None = None, total: int | None = None):
         """`n` PNet tiles from a table of pieces (`torch_kernels.tiles`): input (n, 3, T, T) in the nets'
         dtype (NHWC memory), mask (n, 1, T-2, T-2), cells (n, K, K) int32 (piece index, -1 where none)."""
         k = pnet_out(tile)
         x = torch.zeros((n, tile, tile, 3), dtype=self.dtype, device=self.device)
-        mask = torch.full((n, tile - 2, tile - 2), PNET_MASK_VALUE, dtype=self.dtype, device=self.device)
-        cells = torch.full((n, k, k), -1, dtype=torch.int32, device=self.device)
+        # mask and cells with one spare element at the end (see `_tiles_torch`)
+        m = torch.full((n * (tile - 2) ** 2 + 1,), PNET_MASK_VALUE, dtype=self.dtype, device=self.device)
+        c = torch.full((n * k * k + 1,), -1, dtype=torch.int32, device=self.device)
+        mask, cells = m[:-1].view(n, tile - 2, tile - 2), c[:-1].view(n, k, k)
         use = self.kernels and self._compiled if kernels is None else kernels
         if not (use and self._try_kernel(torch_kernels.tiles, ii.flat, images, pieces, x, mask, cells, tile, tile,
                                           MEAN, SCALE, force=bool(kernels)) is not None):
-            _tiles_torch(ii, pieces, x, mask, cells)
+            _tiles_torch(images, ii.flat, pieces, x, m, c, total if total is not None else
+                         int((pieces[:, 3].long() * pieces[:, 4].long()).sum()))
         return x.permute(0, 3, 1, 2), mask[:, None], cells
 
     def crops(self, ii: Integrals, frame: torch.Tensor, windows: torch.Tensor, size: int) -> torch.Tensor:
@@ -366,16 +378,19 @@ class TorchBackend:
         if not self.fixed_shapes or not cfg.use_packed:
             return None
         out: list = []
-        pending = []  # (chunk size, cascade, key, flat result on the device) of each chunk
+        pending = []  # (chunk size, cascade, key, flat result on the device, replayed) of each chunk
         with torch.inference_mode():
             for a, b in self._chunks(images):
                 pending.append(self._run_chunk(images[a:b], cfg, timer))
             host = torch.cat([p[3] for p in pending]).cpu().numpy() if pending else np.zeros(0, np.float32)
         at = 0
-        for m, cascade, key, flat in pending:
+        for m, cascade, key, flat, replayed in pending:
             rows, flags = cascade.split(host[at:at + flat.numel()])
             at += flat.numel()
+            if flags.all():
+                self.graph_stats["replays" if replayed else "eager"] += 1
             out.extend(self._chunk_result(key, cascade, rows, flags, m))
+        self._start_warmup()
         return out
 
     def _chunks(self, images) -> list[tuple[int, int]]:
@@ -396,23 +411,27 @@ class TorchBackend:
         plan = batch_plan(self, [im.shape[:2] for im in images], cfg)
         rows = sum((h + 1) * (w + 1) for h, w in plan.sizes)
         caps, iters = self._caps.setdefault(cfg, (self.caps or default_caps(len(images)), DEFAULT_ITERS))
-        graphed = self.graph_mode != "off" and not timer.enabled
+        # "auto": graphs for small batches (a stream's frames), where launches cost more than the work; a
+        # large batch's kernels are long enough for the host to queue ahead of them, graph or not
+        graphed = not timer.enabled and (self.graph_mode == "always" or (
+            self.graph_mode == "auto" and len(images) <= GRAPH_IMAGES))
         shape = self._shape(plan, rows, graphed)
         key = (shape, cfg, caps, iters)
         entry = self._graphs.get(key) if graphed else None
-        if graphed and entry is None and (self.graph_mode == "always" or self._graphs.wanted(key)):
+        # "auto" captures only once the Triton kernels are ready (a graph is captured once, with them):
+        # until then the same fixed-shape call runs eagerly, never waiting for the compiler
+        ready = not self.kernels or self._compiled
+        if graphed and entry is None and (self.graph_mode == "always" or (ready and self._graphs.wanted(key))):
             entry = self._keep_captured(key, lambda: self._capture(key, images, plan))
         if entry:
             cascade, graph, inp, result = entry
             self._load(inp, images, plan)
             graph.replay()
-            self.graph_stats["replays"] += 1
-            return len(images), cascade, key, result.clone()
+            return len(images), cascade, key, result.clone(), True
         cascade = TiledCascade(self, cfg, shape, caps, iters)
         inp = Inputs(shape, self.device)
         self._load(inp, images, plan)
-        self.graph_stats["eager"] += 1
-        return len(images), cascade, key, cascade.packed(inp, timer)
+        return len(images), cascade, key, cascade.packed(inp, timer), False
 
     def _shape(self, plan: Plan, rows: int, graphed: bool) -> Shape:
         """The capacities a batch runs with: its own counts, or rounded up to buckets when a graph may be
@@ -426,10 +445,9 @@ class TorchBackend:
         return Shape(bucket(n, self.graph_batch), _pow2(t), _pow2(p, 16), _pow2(rows, 1 << 16), self.tiles)
 
     def _load(self, inp: Inputs, images, plan: Plan) -> None:
-        """The batch's integral images (into the cascade's buffer) and tables."""
+        """The batch's integral images (made in the cascade's buffer) and tables."""
         off = np.concatenate([[0], np.cumsum([(h + 1) * (w + 1) for h, w in plan.sizes])])
-        ii = self.integrals(images)
-        inp.ii[:ii.flat.shape[0]].copy_(ii.flat)
+        self._integrals_with(images, use=self.kernels and self._compiled, out=inp.ii)
         inp.load(plan, off)
 
     def _capture(self, key, images, plan: Plan):
@@ -499,16 +517,50 @@ def _image_table(ii: Integrals) -> torch.Tensor:
     return torch.stack([ii.offset, ii.height, ii.width], dim=1).contiguous()
 
 
-def _tiles_torch(ii: Integrals, pieces: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, cells: torch.Tensor):
-    """`torch_kernels.tiles` in torch ops, piece by piece (CPU, or a GPU whose Triton cannot run)."""
-    offsets = ii.offset.cpu().numpy()
-    hs, ws = ii.height.cpu().numpy(), ii.width.cpu().numpy()
-    for slot, y, x0, h, w, sy, sx, lh, lw, img, index in pieces.cpu().numpy().tolist():
-        if h <= 0:
-            continue
-        H, W, a = int(hs[img]), int(ws[img]), int(offsets[img])
-        view = ii.flat[a:a + (H + 1) * (W + 1)].reshape(H + 1, W + 1, 3)
-        x[slot, y:y + h, x0:x0 + w] = resize_region(view, lh, lw, (sy, sy + h), (sx, sx + w)).permute(1, 2, 0)
-        mask[slot, y:y + h - 2, x0:x0 + w - 2] = 0
-        cells[slot, y // 2:y // 2 + pnet_out(h), x0 // 2:x0 // 2 + pnet_out(w)] = index
+def _tiles_torch(images: torch.Tensor, ii: torch.Tensor, pieces: torch.Tensor, x: torch.Tensor, mf: torch.Tensor,
+                 cf: torch.Tensor, total: int, chunk: int = 1 << 23) -> None:
+    """`torch_kernels.tiles` in torch ops (the CPU, or a GPU before its Triton kernels are ready).
+
+    Every pixel of every piece in one pass of array ops, `chunk` pixels at a
+    time, no loop over pieces and no host sync: pixel q belongs to the piece
+    whose span of the pieces' running pixel count holds it. total: the pieces'
+    pixels, known to the caller's plan. x: (n, T, T, 3); mf, cf: the flat
+    mask (n * (T-2)**2) and cells (n * K**2) plus one spare element at the end,
+    which takes the writes of pixels that write nothing there.
+    """
+    if total <= 0:
+        return
+    dev = x.device
+    p = pieces.to(torch.int64)
+    slot, y0, x0, h, w, sy, sx, lh, lw, img, index = p.unbind(1)
+    size = h * w
+    end = torch.cumsum(size, 0)
+    t = x.shape[1]
+    tm, k = t - 2, pnet_out(t)
+    xf = x.view(-1, 3)
+    last = len(p) - 1
+    for q0 in range(0, total, chunk):
+        q = torch.arange(q0, min(total, q0 + chunk), device=dev)
+        a = torch.searchsorted(end, q, right=True).clamp(max=last)
+        local = q - (end[a] - size[a])
+        i, j = local // w[a], local % w[a]
+        img_a = img[a]
+        off, H, W = images[img_a, 0], images[img_a, 1], images[img_a, 2]
+        r, c, lha, lwa = sy[a] + i, sx[a] + j, lh[a], lw[a]
+        ys, ye = (r * H) // lha, ((r + 1) * H + lha - 1) // lha
+        xs, xe = (c * W) // lwa, ((c + 1) * W + lwa - 1) // lwa
+        w1 = W + 1
+        g = [ii[off + yy * w1 + xx] for yy, xx in ((ye, xe), (ye, xs), (ys, xe), (ys, xs))]
+        total_ = (g[0] - g[1]) - (g[2] - g[3])
+        v = total_.to(torch.float32)
+        v /= ((ye - ys) * (xe - xs)).to(torch.float32)[:, None]
+        v -= MEAN
+        v *= SCALE
+        ty, tx, sl = y0[a] + i, x0[a] + j, slot[a]
+        xf[(sl * t + ty) * t + tx] = v.to(x.dtype)
+        keep = (i < h[a] - 2) & (j < w[a] - 2)
+        mf[torch.where(keep, (sl * tm + ty) * tm + tx, mf.numel() - 1)] = 0
+        on = (i % 2 == 0) & (j % 2 == 0) & (i // 2 < (h[a] - 1) // 2 - 4) & (j // 2 < (w[a] - 1) // 2 - 4)
+        cf[torch.where(on, (sl * k + ty // 2) * k + tx // 2, cf.numel() - 1)] = index[a].to(torch.int32)
+
 

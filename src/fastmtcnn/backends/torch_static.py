@@ -46,14 +46,16 @@ from ..pipeline import NO_TIMER, crops
 from ..pyramid import Plan, pnet_out
 from .torch_nms import dense_nms
 
-#: capacities per image: PNet candidate slots, RNet crops, RNet survivors, ONet crops, ONet survivors.
-#: The crop capacities are pooled over the batch (n x cap crops in all).
-CAP_NAMES = ("candidates", "rnet crops", "rnet survivors", "onet crops", "onet survivors")
-DEFAULT_CAPS = (2048, 512, 256, 128, 128)
-#: for batches of 8 images or more the pool follows the mean count per image, not one image's maximum
-BATCH_CAPS = (2048, 384, 256, 64, 128)
+#: capacities per image: PNet cells over threshold, candidates (survivors of the NMS within levels),
+#: RNet crops, RNet survivors, ONet crops, ONet survivors. The cells and crops are pooled over the
+#: batch (n x cap in all): the work follows the batch's mean count per image, not its most crowded one.
+CAP_NAMES = ("pnet cells", "candidates", "rnet crops", "rnet survivors", "onet crops", "onet survivors")
+DEFAULT_CAPS = (16384, 2048, 1536, 256, 128, 128)
+#: for batches of 8 images or more (seen on 1080p frames at minsize 20, H100: up to ~8000 cells over
+#: threshold and ~1500 RNet crops in a crowded frame, far fewer on average)
+BATCH_CAPS = (8192, 2048, 1024, 256, 128, 128)
 #: a capacity that was short is doubled for the next calls, up to these
-MAX_CAPS = (16384, 4096, 2048, 1024, 1024)
+MAX_CAPS = (65536, 16384, 4096, 2048, 1024, 1024)
 #: fixed-point steps per NMS (real photos need <= 8; see tests)
 DEFAULT_ITERS = 8
 #: columns of the packed result per slot: box (4), score, landmarks (10), kept
@@ -82,6 +84,52 @@ def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     flat = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
     base = (torch.arange(n, device=idx.device) * x.shape[1])[:, None]
     return flat[(base + idx).reshape(-1)].reshape(n, m, *x.shape[2:])
+
+
+#: (row, column) offsets of the cells that can overlap a cell of the same level by IoU > 0.5: cell boxes
+#: two or more cells apart in both directions, or three in one, overlap by 0.42 at most
+#: (tests/test_torch_backend.py checks this bound over every scale)
+NEIGHBOURS = tuple((dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if (dy, dx) != (0, 0))
+
+
+def level_nms(b: torch.Tensor, key: torch.Tensor, by_key: torch.Tensor, rank: torch.Tensor, valid: torch.Tensor,
+              iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy NMS 0.5 within each pyramid level over a pool of PNet cells, without a (K x K) matrix.
+
+    b: (P, 9) cell boxes; key: (P,) (level group << 42) + (row << 21) + column of each cell (invalid
+    slots larger than any); by_key: the pool sorted by key; rank: each slot's place in greedy order.
+    The boxes of one level sit on a grid, so a cell can only be suppressed by its `NEIGHBOURS`: they are
+    found by binary search in the sorted keys, and the greedy result is the fixed point of
+    keep[i] = valid[i] and no kept earlier neighbour overlaps it by more than 0.5 (as `torch_nms`).
+    -> keep (P,), and whether `iters` steps reached the fixed point.
+    """
+    p = key.shape[0]
+    sorted_keys = key[by_key]
+    dy, dx = _neighbours(key.device)
+    lx, ly = key & ((1 << 21) - 1), (key >> 21) & ((1 << 21) - 1)
+    target = key[:, None] + (dy << 21) + dx  # (P, 24)
+    at = torch.searchsorted(sorted_keys, target).clamp(max=p - 1)
+    j = by_key[at]
+    found = (sorted_keys[at] == target) & (lx[:, None] + dx >= 0) & (ly[:, None] + dy >= 0) & valid[:, None]
+    over = bx.overlap(b[j, :4], b[:, None, :4]) > 0.5
+    edge = found & over & (rank[j] < rank[:, None])  # j suppresses i if kept
+    keep = valid
+    for _ in range(iters):
+        keep = valid & ~(edge & keep[j]).any(dim=1)
+    nxt = valid & ~(edge & keep[j]).any(dim=1)
+    return keep, (nxt == keep).all()
+
+
+_OFFSETS: dict = {}
+
+
+def _neighbours(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`NEIGHBOURS` as (1, 24) int64 row and column offsets on `device`, made once (before any capture:
+    a host-to-device copy cannot be captured)."""
+    if device not in _OFFSETS:
+        _OFFSETS[device] = tuple(torch.tensor([[o[i] for o in NEIGHBOURS]], dtype=torch.int64, device=device)
+                                 for i in (0, 1))
+    return _OFFSETS[device]
 
 
 @dataclass(frozen=True)
@@ -114,6 +162,7 @@ class Inputs:
         self.pieces = torch.zeros((shape.pieces, 11), dtype=torch.int32, device=device)
         self.decode = torch.zeros((shape.pieces, 4), dtype=torch.int64, device=device)
         self.scale = torch.ones(shape.pieces, dtype=torch.float32, device=device)
+        self.pixels = 0  # the pieces' pixels of the batch loaded (the torch fallback of the tile kernel reads it)
 
     def integrals(self) -> Integrals:
         return Integrals(self.ii, self.images[:, 0], self.images[:, 1], self.images[:, 2], ())
@@ -134,6 +183,7 @@ class Inputs:
             pieces[:p, 10] = np.arange(p)
             decode[:p] = np.stack([t["oy"], t["ox"], t["group"], t["image"]], axis=1)
             scale[:p] = t["scale"]
+        self.pixels = int((pieces[:, 3].astype(np.int64) * pieces[:, 4]).sum())
         for dst, src in ((self.images, img), (self.pieces, pieces), (self.decode, decode), (self.scale, scale)):
             dst.copy_(torch.from_numpy(src), non_blocking=False)
 
@@ -151,31 +201,32 @@ class TiledCascade:
         if len(caps) != len(CAP_NAMES):
             raise ValueError(f"caps are {len(CAP_NAMES)} numbers ({', '.join(CAP_NAMES)}), got {caps}")
         self.k = pnet_out(shape.tile)  # PNet cells per tile side
-        self.k1 = min(caps[0], shape.tiles * self.k * self.k)
-        self.r = shape.images * min(caps[1], self.k1)  # RNet crops of the whole batch
-        self.k2 = min(caps[2], self.k1)
-        self.o = shape.images * min(caps[3], self.k2)  # ONet crops of the whole batch
-        self.k3 = min(caps[4], self.k2)
+        self.hits = shape.images * min(caps[0], shape.tiles * self.k * self.k)  # cells over threshold, pooled
+        self.k1 = min(caps[1], caps[0])
+        self.r = shape.images * min(caps[2], self.k1)  # RNet crops of the whole batch
+        self.k2 = min(caps[3], self.k1)
+        self.o = shape.images * min(caps[4], self.k2)  # ONet crops of the whole batch
+        self.k3 = min(caps[5], self.k2)
         self.iters = iters
 
     @property
     def be(self):
         return self._be()
 
-    def _candidates(self, inp: Inputs, reg, prob, cells):
-        """PNet cells over threshold -> per image the best k1 (by score, ties in per-scale order):
-        boxes (n, k1, 9), valid (n, k1), level group (n, k1), and whether every image fit."""
-        n, k1, k = self.shape.images, self.k1, self.k
+    def _candidates(self, inp: Inputs, reg, prob, cells, timer=NO_TIMER):
+        """PNet cells over threshold -> NMS 0.5 within each level (`level_nms`) -> per image the best k1
+        survivors (by score, ties in per-scale order): boxes (n, k1, 9), valid (n, k1), and whether every
+        image fit and the NMS converged."""
+        n, k1, k, pool = self.shape.images, self.k1, self.k, self.hits
         dev = prob.device
         face = prob[:, -1].reshape(-1)
         cell = cells.reshape(-1)
         hit = (face >= self.cfg.thresholds[0]) & (cell >= 0)
-        pool = n * k1
         # compaction without a sync: hit j goes to slot cumsum - 1; a pool too small is flagged below
-        pos = torch.cumsum(hit.to(torch.int64), 0) - 1
-        dump = torch.full_like(pos, pool)
+        pos = torch.cumsum(hit.to(torch.int32), 0) - 1
         at = torch.full((pool + 1,), face.numel(), dtype=torch.int64, device=dev)
-        at.scatter_(0, torch.where(hit & (pos < pool), pos, dump), torch.arange(face.numel(), device=dev))
+        at.scatter_(0, torch.where(hit & (pos < pool), pos, pool).to(torch.int64),
+                    torch.arange(face.numel(), device=dev))
         at = at[:pool]
         valid = at < face.numel()
         at = at.clamp(max=face.numel() - 1)
@@ -185,23 +236,31 @@ class TiledCascade:
         cy, cx = (at // k) % k, at % k
         ly, lx = cy - dec[:, 0], cx - dec[:, 1]
         score = face[at]
-        # order: image, then score (descending), then the per-scale order (group, row, column)
-        key = (dec[:, 2] << 42) + (ly << 21) + lx
-        o1 = torch.sort(torch.where(valid, key, torch.full_like(key, 1 << 62)), stable=True).indices
+        r = reg[at // (k * k), :, cy, cx]  # (pool, 4)
+        b = bx.cells_to_boxes(ly, lx, inp.scale[piece], score, r)
+        # the per-scale order of cells: (level group, row, column); invalid slots last
+        key = torch.where(valid, (dec[:, 2] << 42) + (ly << 21) + lx, torch.full_like(ly, 1 << 62))
+        o1 = torch.sort(key, stable=True).indices
+        # greedy order: image, then score (descending), then the per-scale order
         bits = score.float().view(torch.int32).to(torch.int64)[o1]
-        o2 = torch.sort((img[o1] << 32) + (0x7F800000 - bits), stable=True).indices
-        order = o1[o2]
-        counts = torch.zeros(n + 1, dtype=torch.int64, device=dev).scatter_add_(0, img, torch.ones_like(img))[:n]
-        starts = torch.cumsum(counts, 0) - counts
-        j = torch.arange(k1, device=dev)
-        slot_valid = j[None, :] < counts[:, None]
-        sel = order[(starts[:, None] + j[None, :]).clamp(max=pool - 1)]  # (n, k1) indices into the pool
-        fits = (counts.max() <= k1) & (hit.sum() <= pool)
-        s = sel.reshape(-1)
-        a = at[s]
-        r = reg[a // (k * k), :, cy[s], cx[s]]  # (n * k1, 4)
-        b = bx.cells_to_boxes(ly[s], lx[s], inp.scale[piece[s]], score[s], r).reshape(n, k1, 9)
-        return b, slot_valid & valid[sel], dec[sel.reshape(-1), 2].reshape(n, k1), fits
+        order = o1[torch.sort((img[o1] << 32) + (0x7F800000 - bits), stable=True).indices]
+        rank = torch.empty_like(order).scatter_(0, order, torch.arange(pool, device=dev))
+        with timer("nms"):
+            keep, converged = level_nms(b, key, o1, rank, valid, self.iters)
+        # per image, the first k1 survivors in greedy order go to its slots
+        kept = keep[order]
+        img_o = img[order]
+        before = torch.zeros(n + 1, dtype=torch.int64, device=dev).scatter_add_(0, img_o, kept.to(torch.int64))
+        starts = torch.cumsum(before, 0) - before
+        nth = torch.cumsum(kept.to(torch.int64), 0) - 1 - starts[img_o]
+        ok = kept & (nth < k1) & (img_o < n)
+        slot = torch.full((n * k1 + 1,), pool, dtype=torch.int64, device=dev)
+        slot.scatter_(0, torch.where(ok, img_o * k1 + nth, n * k1), order)
+        slot = slot[:n * k1]
+        filled = slot < pool
+        slot = slot.clamp(max=pool - 1)
+        fits = torch.stack([hit.sum() <= pool, before[:n].max() <= k1])
+        return b[slot].reshape(n, k1, 9), filled.reshape(n, k1), fits, converged
 
     def _refine(self, inp: Inputs, ii, b, valid, pool, size, net, threshold, timer, name):
         """Net outputs for the valid slots of (n, k) boxes, run as one pool of `pool` crops.
@@ -233,7 +292,7 @@ class TiledCascade:
         return b, valid, rest, fits
 
     def run(self, inp: Inputs, timer=NO_TIMER):
-        """The batch in `inp` -> packed (n, K3, 16) float32 result and flags (6,) bool.
+        """The batch in `inp` -> packed (n, K3, 16) float32 result and flags (7,) bool.
 
         The flags: each capacity of `CAP_NAMES` was enough, every NMS converged.
         All True: the result is exact. `timer` (eager runs only) times the stages.
@@ -244,15 +303,14 @@ class TiledCascade:
         fz = be.fused_nms and dev.type == "cuda"
         ii = inp.integrals()
         with timer("pyramid"):
-            x, mask, cells = be.make_tiles(ii, inp.images, inp.pieces, s.tiles, s.tile)
+            x, mask, cells = be.make_tiles(ii, inp.images, inp.pieces, s.tiles, s.tile, total=inp.pixels)
         with timer("pnet"):
             reg, prob = be.pnet(x, mask)
         with timer("candidates"):
-            b, valid, level, fit1 = self._candidates(inp, reg, prob, cells)
+            b, valid, fit1, c1 = self._candidates(inp, reg, prob, cells, timer)
         with timer("nms"):
-            # NMS 0.5 within each level, then 0.7 across levels (slots are in greedy order already)
-            keep, c1 = dense_nms(b, valid, level, 0.5, it, fused=fz)
-            keep, c2 = dense_nms(b, keep, None, 0.7, it, fused=fz)
+            # NMS 0.7 across levels (the 0.5 within each level is done; slots are in greedy order already)
+            keep, c2 = dense_nms(b, valid, None, 0.7, it, fused=fz)
             b = bx.square(bx.apply_pnet_regression(b.reshape(n * self.k1, 9))).reshape(n, self.k1, 5)
         # RNet on the pooled survivors, then per image: the best k2 by score, NMS
         b, valid, (reg,), fit_r = self._refine(inp, ii, b, keep, self.r, 24, be.rnet, cfg.thresholds[1], timer,
@@ -276,7 +334,7 @@ class TiledCascade:
             b = bx.apply_regression(flat, reg.reshape(n * k3, 4)).reshape(n, k3, 5)
             keep, c4 = dense_nms(b, valid, None, 0.7, it, mode="min", plus_one=True, fused=fz)
             out = torch.cat([b, lm, keep[..., None].to(b.dtype)], dim=2)
-        return out, torch.stack([fit1, fit_r, fit2, fit_o, fit3, c1 & c2 & c3 & c4])
+        return out, torch.cat([fit1, torch.stack([fit_r, fit2, fit_o, fit3, c1 & c2 & c3 & c4])])
 
     def packed(self, inp: Inputs, timer=NO_TIMER) -> torch.Tensor:
         """`run` as one flat tensor, the result then the flags: what a CUDA graph captures and copies back."""
