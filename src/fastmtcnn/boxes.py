@@ -9,8 +9,8 @@ implementation step by step, since that is what makes results match.
 from __future__ import annotations
 
 import numpy as np
-from .namespace import array_namespace
 
+from .namespace import array_namespace
 from .pyramid import CELL, STRIDE
 
 

@@ -40,6 +40,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+
 from .namespace import array_namespace
 
 MEAN = 127.5

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import boxes as bx
 from ..crop import Integrals, crops_host, integrals_host, level_rows
-from ..pipeline import NO_TIMER
+from ..pipeline import NO_TIMER, cell_candidates
 from ..pyramid import Canvas, Plan
 
 #: PNet tile sides a photo's plan chooses from (the fewest pixels wins): three shapes for the engines.
@@ -91,10 +91,34 @@ class HostBackend:
     def crops(self, ii: Integrals, frame: np.ndarray, windows: np.ndarray, size: int) -> np.ndarray:
         return crops_host(ii, frame, windows, size)
 
-    def front(self, images: list[np.ndarray], plan: Plan, timer=NO_TIMER):
-        """Integral images and PNet's (reg, prob), made and run tile by tile (one canvas per call)."""
+    def front(self, images: list[np.ndarray], plan: Plan, threshold: float, timer=NO_TIMER):
+        """Integral images and PNet's cells over `threshold` (`pipeline.cell_candidates`), tile by tile.
+
+        Each tile's outputs are reduced to its cells over the threshold as soon
+        as they come: what a photo keeps of PNet is its candidates, not its maps
+        (a 48 MP photo's maps would be ~190 MB).
+        """
         with timer("integral"):
             ii = self.integrals(images)
+        hits = []  # per tile with cells over the threshold: (piece, cy, cx, score, reg (k, 4))
+        for k, reg, prob in self.pnet_tiles(ii, plan, timer):
+            with timer("candidates"):
+                face = prob[0, -1]
+                cy, cx = np.nonzero(face >= threshold)
+                if cy.size:
+                    piece = plan.canvases[k].cell_piece()[cy, cx]
+                    ok = piece >= 0
+                    cy, cx, piece = cy[ok], cx[ok], piece[ok]
+                    hits.append((piece, cy, cx, face[cy, cx], reg[0][:, cy, cx].T))
+        if not hits:
+            return ii, []
+        with timer("candidates"):
+            p, cy, cx, score, r = (np.concatenate([h[i] for h in hits]) for i in range(5))
+            return ii, [cell_candidates(self, plan, p.astype(np.int64), cy, cx, score, r)]
+
+    def pnet_tiles(self, ii: Integrals, plan: Plan, timer=NO_TIMER):
+        """(tile index, reg, prob) of each tile of the plan, in order: each piece of a pyramid level made
+        into a reused tile buffer (`crop.level_rows`), PNet run on it (`_stream`)."""
         ii16: dict[int, np.ndarray] = {}  # the integral modulo 2**16 (crop.level_rows): once per image
 
         def tiles():
@@ -103,7 +127,8 @@ class HostBackend:
                     x, mask = self._tile(ii, canvas, ii16, k % (self.held + 1)), canvas.mask()
                 yield x, mask
 
-        return ii, [([k], None, *out) for k, out in enumerate(self._stream("pnet", tiles(), timer))]
+        for k, (reg, prob) in enumerate(self._stream("pnet", tiles(), timer)):
+            yield k, reg, prob
 
     def _stream(self, net: str, inputs, timer=NO_TIMER):
         """`net`'s outputs for each input tuple, in order. An engine that runs several at once overrides it;

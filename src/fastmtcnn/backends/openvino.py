@@ -81,9 +81,10 @@ ov = _import_openvino()
 #: the one batch size RNet and ONet are compiled for: a batch runs as parts of that size, the last one
 #: padded with zeros, so a process compiles one shape per net (each compile, or load from the model
 #: cache, costs 30-150 ms on 2 cores, which a fresh process pays on its first photo) and a crop's outputs
-#: never depend on what else is in its batch. Measured per crop (2 cores, OpenVINO 2026.4): RNet 39-59 us
-#: at 32-64 crops, 52-74 at 8; ONet 238-290 us at 8-16, 283-317 at 64, 368-425 at 128
-PART = {"rnet": 64, "onet": 16}
+#: never depend on what else is in its batch. Parts run on the streams side by side. Measured per crop
+#: (2 cores, OpenVINO 2026.4): RNet 39-59 us at 32-64 crops, 52-74 at 8; ONet 238-290 us at 8-16, 283-317
+#: at 64, 368-425 at 128; ONet parts of 8 let a photo's few faces use both streams (640x480: 3 vs 5 ms)
+PART = {"rnet": 64, "onet": 8}
 
 #: compiled (net, input shapes, settings) kept per process, least recently used dropped
 CACHE_SIZE = 24
