@@ -279,7 +279,9 @@ class OpenVinoBackend(HostBackend):
                     req = entry.idle.pop() if entry.idle else entry.model.create_infer_request()
                 # by position (image, then mask); the request reads the arrays themselves (no copy): the
                 # caller leaves them alone until `held` more inputs were asked for (`HostBackend.front`)
-                req.start_async(list(arrays), share_inputs=True)
+                for i, a in enumerate(arrays):
+                    req.set_input_tensor(i, ov.Tensor(a, shared_memory=True))
+                req.start_async()
                 flight.append((entry, req, arrays))
             while flight:
                 yield done()
