@@ -1,16 +1,24 @@
 """CPU benchmark: fastmtcnn (OpenVINO and ONNX Runtime) vs the reference facenet-pytorch
 MTCNN, files to results, same photos and settings, in one run.
 
-For each photo size (640x480, 1280x720, a ~2000x1500 group photo, a 12 MP
-photo made by upscaling one of ../shared/data) and minsize (20, 40), each
-engine runs in its own fresh process: the first call (constructor + first
-detect from the file, imports timed apart) is timed there, then warm calls
-are taken in rounds interleaved across the engines' processes (one at a time,
-so machine load hits all alike), and each process reports its peak memory
-(max RSS). Repeated `--fresh` times with new processes; medians. Then a
-folder of 40 mixed photos, whole processes (imports included): our CLI
-(`fastmtcnn detect`, photos overlapped), our API photo after photo, and the
-reference's loop, interleaved. Read the ratios: the machine is shared.
+1. Fresh process, one photo (640x480 and 12 MP): start of the process to the
+   first result, for OpenVINO with an empty model cache (a first process
+   ever), OpenVINO with the cache that process left, ONNX Runtime and the
+   reference; interleaved, `--fresh` times, medians.
+2. For each photo size (640x480, 1280x720, a ~2000x1500 group photo, a 12 MP
+   photo made by upscaling one of ../shared/data) and minsize (20, 40), each
+   engine runs in its own fresh process: the first call (constructor + first
+   detect from the file, imports timed apart) is timed there, then warm calls
+   are taken in rounds interleaved across the engines' processes (one at a
+   time, so machine load hits all alike), and each process reports its peak
+   memory (max RSS). Repeated `--fresh` times with new processes; medians.
+3. Where the time goes on the 12 MP photo, stage by stage, per engine.
+4. A folder of 40 photos of 40 different sizes, whole processes (imports
+   included): our CLI (`fastmtcnn detect`, photos overlapped; OpenVINO also
+   with an empty model cache), our API photo after photo, and the
+   reference's loop, interleaved.
+
+Read the ratios, not the times: the machine may be shared.
 
 The reference runs in its own virtualenv (torch, torchvision, facenet-pytorch;
 README "Benchmarks"), passed as --ref-python.
@@ -117,11 +125,12 @@ def folder_worker(engine: str, folder: str) -> None:
 class Engine:
     """A worker process of one engine on one photo and minsize."""
 
-    def __init__(self, python: str, engine: str, image: Path, minsize: float) -> None:
+    def __init__(self, python: str, engine: str, image: Path, minsize: float, cache: Path | None = None) -> None:
         self.name = engine
         t = time.perf_counter()
         self.proc = subprocess.Popen([python, __file__, "--worker", engine, str(image), str(minsize)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                                     env=_env(cache))
         self.first = self._recv()
         self.first["process_s"] = time.perf_counter() - t  # start-up, imports, first call: the first result
 
@@ -140,6 +149,12 @@ class Engine:
         peak = self._recv()["peak_mb"]
         self.proc.wait()
         return peak
+
+
+def _env(cache: Path | None) -> dict:
+    """The environment of a process of ours: OpenVINO's model cache in `cache` (made empty by the caller
+    for a first process ever), or off."""
+    return {**os.environ, "FASTMTCNN_CACHE_DIR": str(cache) if cache else "off"}
 
 
 def make_photos(data: Path, out: Path) -> dict[str, Path]:
@@ -161,7 +176,8 @@ def make_photos(data: Path, out: Path) -> dict[str, Path]:
 
 
 def make_folder(data: Path, out: Path, n: int = 40) -> Path:
-    """n mixed photos: the test photos as they are, at twice their size, at 1920 wide, and four at 12 MP."""
+    """n photos of n different sizes: the test photos as they are, at twice their size, at 1920 wide, and
+    four at 12 MP (a size already taken is nudged by 2 pixels: every photo is a new size to the detector)."""
     import cv2
 
     folder = out / "folder"
@@ -169,6 +185,7 @@ def make_folder(data: Path, out: Path, n: int = 40) -> Path:
     names = sorted(p.name for p in data.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     plan = [(nm, 1.0) for nm in names] + [(nm, 2.0) for nm in names] + [(nm, "1920") for nm in names[:8]]
     plan += [(nm, "12mp") for nm in ("insightface_t1.jpg", "yolov5_zidane.jpg", "dlib_dogs.jpg", "facerec_biden.jpg")]
+    seen = set()
     for k, (nm, how) in enumerate(plan[:n]):
         img = cv2.imread(str(data / nm), cv2.IMREAD_COLOR)
         h, w = img.shape[:2]
@@ -179,14 +196,18 @@ def make_folder(data: Path, out: Path, n: int = 40) -> Path:
             size = (round(w * s), round(h * s))
         else:
             size = (round(w * how), round(h * how))
+        while size in seen:
+            size = (size[0] + 2, size[1])
+        seen.add(size)
         if size != (w, h):
             img = cv2.resize(img, size, interpolation=cv2.INTER_CUBIC)
         cv2.imwrite(str(folder / f"{k:02d}_{Path(nm).stem}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
     return folder
 
 
-def bench_photo(args, pythons: dict[str, str], path: Path, minsize: float) -> dict:
-    """first call, warm calls, peak memory of each engine on one photo: medians over fresh processes."""
+def bench_photo(args, pythons: dict[str, str], path: Path, minsize: float, cache: Path) -> dict:
+    """first call, warm calls, peak memory of each engine on one photo: medians over fresh processes
+    (OpenVINO's model cache in `cache`, filled by earlier processes: a user's usual state)."""
     first = {e: [] for e in pythons}
     process = {e: [] for e in pythons}
     imports = {e: [] for e in pythons}
@@ -196,7 +217,7 @@ def bench_photo(args, pythons: dict[str, str], path: Path, minsize: float) -> di
     for _ in range(args.fresh):
         engines = {}
         for e, py in pythons.items():  # started one after another: no two first calls overlap
-            engines[e] = Engine(py, e, path, minsize)
+            engines[e] = Engine(py, e, path, minsize, cache)
         for e, en in engines.items():
             first[e].append(en.first["first_s"])
             process[e].append(en.first["process_s"])
@@ -213,20 +234,45 @@ def bench_photo(args, pythons: dict[str, str], path: Path, minsize: float) -> di
             "peak": {e: max(v) for e, v in peak.items()}, "boxes": boxes}
 
 
-def bench_folder(args, pythons: dict[str, str], folder: Path) -> dict:
-    """Whole processes over the folder, interleaved: CLI (overlapped), API loop, reference loop."""
+def bench_fresh(args, pythons: dict[str, str], path: Path, minsize: float, tmp: Path) -> dict:
+    """One photo in a fresh process, start to first result: OpenVINO with an empty model cache (the first
+    process ever), then with the cache that process left; ONNX Runtime; the reference. Interleaved, medians."""
+    runs = {"openvino, empty cache": "openvino", "openvino, cache filled": "openvino", "onnxruntime": "onnxruntime",
+            "reference": "reference"}
+    out = {k: {"process": [], "first": []} for k in runs}
+    for i in range(args.fresh):
+        cache = tmp / f"fresh_cache_{i}"
+        for k, e in runs.items():
+            if k == "openvino, empty cache":
+                shutil.rmtree(cache, ignore_errors=True)
+            en = Engine(pythons[e], e, path, minsize, cache if e == "openvino" else None)
+            out[k]["process"].append(en.first["process_s"])
+            out[k]["first"].append(en.first["first_s"])
+            en.close()
+    return {k: {m: statistics.median(v) for m, v in d.items()} for k, d in out.items()}
+
+
+def bench_folder(args, pythons: dict[str, str], folder: Path, tmp: Path) -> dict:
+    """Whole processes over the folder, interleaved: CLI (overlapped), API loop, reference loop; OpenVINO's
+    CLI also with an empty model cache (a first process ever)."""
     runs = {}
+    warm, cold = tmp / "folder_cache", tmp / "folder_cache_empty"
     for e in pythons:
         if e == "reference":
-            runs["reference loop"] = [pythons[e], __file__, "--folder-worker", e, str(folder)]
+            runs["reference loop"] = ([pythons[e], __file__, "--folder-worker", e, str(folder)], None)
         else:
-            runs[f"{e} CLI"] = [sys.executable, "-m", "fastmtcnn", "detect", str(folder), "-q", "--backend", e]
-            runs[f"{e} loop"] = [sys.executable, __file__, "--folder-worker", e, str(folder)]
+            cli = [sys.executable, "-m", "fastmtcnn", "detect", str(folder), "-q", "--backend", e]
+            runs[f"{e} CLI"] = (cli, warm)
+            if e == "openvino":
+                runs[f"{e} CLI, empty cache"] = (cli, cold)
+            runs[f"{e} loop"] = ([sys.executable, __file__, "--folder-worker", e, str(folder)], warm)
     times = {k: [] for k in runs}
     for _ in range(args.folder_rounds):
-        for k, cmd in runs.items():
+        for k, (cmd, cache) in runs.items():
+            if cache == cold:
+                shutil.rmtree(cold, ignore_errors=True)
             t = time.perf_counter()
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=_env(cache))
             times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -281,37 +327,47 @@ def analyze(path: Path, minsize: float, rounds: int) -> None:
         det = MTCNN(backend=engine, minsize=minsize)
         det.detect(img)
         be, flops = det.backend, {"pnet": 0.0, "rnet": 0.0, "onet": 0.0}
-        infer = be._infer
+        infer, stream = be._infer, be._stream
 
-        def counted(net, *arrays, _infer=infer):
-            flops[net] += net_flops(net, arrays[0].shape)
+        def counted(net, *arrays, _infer=infer):  # RNet/ONet batches
+            if net != "pnet":
+                flops[net] += net_flops(net, arrays[0].shape)
             return _infer(net, *arrays)
 
-        be._infer = counted
+        def counted_stream(net, inputs, timer=None, _stream=stream):  # PNet tiles (made while others run)
+            def counting():
+                for arrays in inputs:
+                    if net == "pnet":
+                        flops[net] += net_flops(net, arrays[0].shape)
+                    yield arrays
+            return _stream(net, counting(), *([timer] if timer is not None else []))
+
+        be._infer, be._stream = counted, counted_stream
         det.timer.enabled = True
         t = time.perf_counter()
         for _ in range(rounds):
             det.detect(img)
         total = (time.perf_counter() - t) / rounds
         st = {k: v / rounds for k, v in det.timer.totals.items()}
-        nets = sum(st.get(k, 0.0) for k in flops)
-        rates = "  ".join(f"{k} {flops[k] / rounds / 1e9:.1f} GFLOP in {st.get(k, 0) * 1e3:.0f} ms = "
-                          f"{flops[k] / rounds / max(st.get(k, 1e-9), 1e-9) / 1e9:.0f} GFLOP/s" for k in flops)
+        # PNet runs while the next tiles are made (OpenVINO's streams): its rate is over both stages
+        spent = {"pnet": st.get("pnet", 0.0) + st.get("pyramid", 0.0), "rnet": st.get("rnet", 0.0),
+                 "onet": st.get("onet", 0.0)}
+        rates = "  ".join(f"{k} {flops[k] / rounds / 1e9:.1f} GFLOP in {spent[k] * 1e3:.0f} ms = "
+                          f"{flops[k] / rounds / max(spent[k], 1e-9) / 1e9:.0f} GFLOP/s" for k in flops)
         stages = " ".join(f"{k} {v * 1e3:.0f}" for k, v in st.items())
-        print(f"  {engine:11s} {total * 1e3:.0f} ms a call; nets {nets / total:.0%} of it; stages (ms): {stages}")
-        pnet_rate = flops["pnet"] / rounds / max(st.get("pnet", 1e-9), 1e-9) / 1e9
-        print(f"  {'':11s} {rates}" + (f"; PNet at {pnet_rate / peak:.0%} of peak" if peak else ""))
+        print(f"  {engine:11s} {total * 1e3:.0f} ms a call; stages (ms): {stages}")
+        pnet_rate = flops["pnet"] / rounds / max(spent["pnet"], 1e-9) / 1e9
+        print(f"  {'':11s} {rates} (PNet: over pyramid + pnet)"
+              + (f"; PNet at {pnet_rate / peak:.0%} of peak" if peak else ""))
 
 
 def resampling(path: Path, minsize: float, rounds: int) -> None:
-    """The resampling of one photo (pyramid levels and RNet/ONet crops), the array-API gathers the
-    CPU backend used before (`crop.resize_frames`, `crop.area_resize`) vs the host path now."""
-    import numpy as np
-
+    """The resampling of one photo (its PNet tiles and RNet/ONet crops): the array-API gathers
+    (`pipeline.canvas_input`, `crop.area_resize`, the torch backend's reference path) vs the host
+    path the CPU backends run (`host.HostBackend._tile`, `crop.crops_host`)."""
     from fastmtcnn import MTCNN, read_image
-    from fastmtcnn.crop import area_resize, crops_host, integral_host
+    from fastmtcnn.crop import area_resize, crops_host
     from fastmtcnn.pipeline import canvas_input
-    from fastmtcnn.pyramid import pnet_bands
 
     img = read_image(path)
     det = MTCNN(minsize=minsize)
@@ -320,19 +376,18 @@ def resampling(path: Path, minsize: float, rounds: int) -> None:
     be.crops = lambda ii, f, w, size: seen.append((f, w, size)) or crops(ii, f, w, size)
     det.detect(img)  # records the crops the cascade asks for
     plan = det.plan(*img.shape[:2])
-    ii = integral_host(img[None])
+    ii = be.integrals([img])
 
     def before():
-        for c in plan.canvases:
-            canvas_input(ii, c, 1)
+        for k in range(len(plan.canvases)):
+            canvas_input(ii, plan, [k])
         for f, w, size in seen:
             area_resize(ii, f, w, size, size)
 
     def now():
-        ii16 = ii[0].astype(np.uint16)
+        state = {}
         for c in plan.canvases:
-            for y0, y1 in pnet_bands(c.h, c.w, be.band_pixels):
-                be._band_input(ii[0], c, y0, y1, ii16)
+            be._tile(ii, c, state)
         for f, w, size in seen:
             crops_host(ii, f, w, size)
 
@@ -343,8 +398,9 @@ def resampling(path: Path, minsize: float, rounds: int) -> None:
             fn()
             times[k].append(time.perf_counter() - t)
     b, n = (statistics.median(times[k]) for k in ("before", "now"))
-    print(f"  resampling (pyramid + {sum(len(w) for _, w, _ in seen)} crops, integral image not included): "
-          f"array-API gathers {b * 1e3:.0f} ms, host path {n * 1e3:.0f} ms = {b / n:.2f}x")
+    print(f"  resampling ({len(plan.canvases)} tiles of {plan.tile}, {sum(len(w) for _, w, _ in seen)} crops, "
+          f"integral image not included): array-API gathers {b * 1e3:.0f} ms, host path {n * 1e3:.0f} ms "
+          f"= {b / n:.2f}x")
 
 
 def machine() -> str:
@@ -370,6 +426,7 @@ def main() -> int:
     ap.add_argument("--minsize", type=float, nargs="+", default=[20, 40])
     ap.add_argument("--sizes", nargs="+", help="only these rows (e.g. 640x480 '12 MP 4032x3024')")
     ap.add_argument("--no-folder", action="store_true")
+    ap.add_argument("--no-fresh", action="store_true", help="skip the fresh-process runs (model cache empty/filled)")
     ap.add_argument("--no-analysis", action="store_true", help="skip 'where the time goes' on the 12 MP photo")
     ap.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
@@ -398,40 +455,58 @@ def main() -> int:
           f"reference facenet-pytorch 2.6.0 on torch {ref.stdout.strip()} ({os.cpu_count()} threads); "
           f"medians of {args.fresh} fresh processes x {args.rounds} warm rounds, interleaved")
     tmp = Path(tempfile.mkdtemp(prefix="bench_cpu_"))
-    report = {"machine": machine(), "photos": [], "folder": None}
+    report = {"machine": machine(), "fresh": {}, "photos": [], "folder": None}
     try:
         every = make_photos(Path(args.data), tmp)
         photos = {k: v for k, v in every.items() if not args.sizes or any(s in k for s in args.sizes)}
+        if not args.no_fresh:
+            print("\nfresh process, one photo, minsize 20: start of the process to the first result, s "
+                  "(first call = constructor + first detect, imports not included), medians")
+            for label in ("640x480", "12 MP 4032x3024"):
+                r = bench_fresh(args, pythons, every[label], 20, tmp)
+                report["fresh"][label] = r
+                ref = r["reference"]
+                print(f"  {label}:")
+                for k, v in r.items():
+                    print(f"    {k:24s} process {v['process']:6.2f}  first call {v['first']:6.2f}   "
+                          f"reference / this: process {ref['process'] / v['process']:5.2f}x  "
+                          f"first call {ref['first'] / v['first']:5.2f}x", flush=True)
+        cache = tmp / "cache"  # the OpenVINO processes of the table share one model cache, as a user's do
+        print("\nper photo: first call = constructor + first detect (s; process = start to first result); warm = "
+              "detect from the file (ms); OpenVINO's model cache filled by the run's earlier processes")
         head = (f"{'photo':17s} {'min':>3s} | {'first call s (process s)':^44s} | {'warm ms':^20s} | "
-                f"{'peak MB':^15s} | {'ref/ov':>13s} {'ref/ort':>6s} | {'ref/ov mem':>10s} | faces")
+                f"{'peak MB':^15s} | {'ref/ov':>6s} {'ref/ort':>7s} {'ref/ov':>6s} {'ref/ort':>7s} | "
+                f"{'ov/ref':>6s} | faces")
         print(head)
         print(f"{'':17s} {'':3s} | {'ov':>14s} {'ort':>14s} {'ref':>14s} | {'ov':>6s} {'ort':>6s} {'ref':>6s} | "
-              f"{'ov':>4s} {'ort':>4s} {'ref':>5s} | {'first':>6s} {'warm':>6s} {'warm':>6s} | {'':10s} |")
+              f"{'ov':>4s} {'ort':>4s} {'ref':>5s} | {'first':>6s} {'first':>7s} {'warm':>6s} {'warm':>7s} | "
+              f"{'mem':>6s} |")
         for label, path in photos.items():
             for ms in args.minsize:
-                r = bench_photo(args, pythons, path, ms)
+                r = bench_photo(args, pythons, path, ms, cache)
                 f, p, w, m = r["first"], r["process"], r["warm"], r["peak"]
                 matched = len(greedy_match(r["boxes"]["reference"], r["boxes"]["openvino"], 0.7))
                 faces = f"{len(r['boxes']['openvino'])}/{len(r['boxes']['reference'])} matched {matched}"
                 print(f"{label:17s} {ms:3.0f} | " + " ".join(f"{f[e]:6.2f} ({p[e]:5.2f})" for e in ENGINES) + " | "
                       + " ".join(f"{w[e] * 1e3:6.0f}" for e in ENGINES) + " | "
                       + " ".join(f"{m[e]:4.0f}" for e in ENGINES[:2]) + f" {m['reference']:5.0f} | "
-                      f"{f['reference'] / f['openvino']:5.2f}x {w['reference'] / w['openvino']:5.2f}x "
-                      f"{w['reference'] / w['onnxruntime']:5.2f}x | {m['openvino'] / m['reference']:9.2f}x | {faces}",
-                      flush=True)
+                      f"{f['reference'] / f['openvino']:5.2f}x {f['reference'] / f['onnxruntime']:6.2f}x "
+                      f"{w['reference'] / w['openvino']:5.2f}x {w['reference'] / w['onnxruntime']:6.2f}x | "
+                      f"{m['openvino'] / m['reference']:5.2f}x | {faces}", flush=True)
                 report["photos"].append({"photo": label, "minsize": ms, **{k: v for k, v in r.items()}})
         if not args.no_analysis:
             analyze(every["12 MP 4032x3024"], 20, args.rounds)
             resampling(every["12 MP 4032x3024"], 20, args.rounds)
         if not args.no_folder:
             folder = make_folder(Path(args.data), tmp)
-            res = bench_folder(args, pythons, folder)
+            res = bench_folder(args, pythons, folder, tmp)
             report["folder"] = res
             n = len(list(folder.iterdir()))
             base = res["reference loop"]
-            print(f"\nfolder of {n} mixed photos (whole processes, imports included; medians of {args.folder_rounds}):")
+            print(f"\nfolder of {n} photos, {n} different sizes (whole processes, imports included; "
+                  f"medians of {args.folder_rounds}):")
             for k, v in res.items():
-                print(f"  {k:18s} {v:7.2f} s   reference / this = {base / v:5.2f}x")
+                print(f"  {k:26s} {v:7.2f} s   reference / this = {base / v:5.2f}x")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:

@@ -8,6 +8,11 @@ depend on what else shares its RNet/ONet batch.
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -74,12 +79,18 @@ def test_compiled_shapes_are_a_bounded_cache_and_results_survive_eviction(shared
     _same_faces(det.detect(img), want, "after eviction")
 
 
-@pytest.mark.parametrize("n", [1, 7, 8, 9, 63, 64, 65, 300, 512, 513])
-def test_batches_split_into_a_few_compiled_sizes(ovb, n):
-    parts = ovb.batch_parts(n)
-    assert set(parts) <= set(ovb.BATCH_PARTS)
-    assert n <= sum(parts) < n + 8, "at most 7 padded crops"
-    assert parts == sorted(parts, reverse=True)
+def test_rnet_and_onet_compile_one_batch_size_each_whatever_the_batches(ovb, monkeypatch):
+    """A fresh process pays for every compiled shape on its first photo: batches of any size run as parts
+    of one compiled size per net (`PART`), the last part padded, and give one output row per crop."""
+    monkeypatch.setattr(ovb, "_compiled", type(ovb._compiled)())
+    be = ovb.OpenVinoBackend()
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 7, 15, 16, 17, 63, 64, 65, 300):
+        for net, size in (("rnet", 24), ("onet", 48)):
+            outs = be._infer(net, rng.uniform(-1, 1, (n, 3, size, size)).astype(np.float32))
+            assert [o.shape[0] for o in outs] == [n] * len(outs)
+    shapes = {(net, shape) for net, (shape,), *_ in ovb._compiled}
+    assert shapes == {("rnet", (ovb.PART["rnet"], 3, 24, 24)), ("onet", (ovb.PART["onet"], 3, 48, 48))}
 
 
 def test_a_crops_outputs_do_not_depend_on_its_batch(ovb):
@@ -92,3 +103,53 @@ def test_a_crops_outputs_do_not_depend_on_its_batch(ovb):
             for alone, within in zip(be._infer(net, x[a:b]), whole):
                 np.testing.assert_array_equal(alone, within[a:b], err_msg=f"{net} crops {a}:{b}")
         assert [o.shape[0] for o in be._infer(net, x[:0])] == [0] * len(whole)
+
+
+_CACHE_RUN = """
+import json, sys
+from fastmtcnn import MTCNN
+from fastmtcnn.backends import openvino as ovb
+det = MTCNN()
+faces = det.detect(sys.argv[1])
+print(json.dumps({"boxes": faces.boxes.tolist(), "cache": det.backend.cache_dir,
+                  "graphs_read": ovb._model.cache_info().currsize}))
+"""
+
+
+def _cache_run(shared_data, env_dir) -> dict:
+    """A fresh process's first photo with FASTMTCNN_CACHE_DIR=env_dir: its faces, its cache folder, and how
+    many ONNX graphs it had to read (0: every net came from the cache)."""
+    env = {**os.environ, "FASTMTCNN_CACHE_DIR": str(env_dir)}
+    p = subprocess.run([sys.executable, "-c", _CACHE_RUN, str(shared_data / "bob_multiple-faces.jpg")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_compiled_nets_are_kept_on_disk_for_the_next_process(shared_data, ovb, tmp_path):
+    """Issue #17: a new process skips compiling. The first process compiles and writes one file per net
+    and shape under $FASTMTCNN_CACHE_DIR/openvino; the next reads no ONNX graph at all and finds the same
+    faces; a damaged file is compiled again and replaced; 'off' or an unwritable folder writes nothing."""
+    first = _cache_run(shared_data, tmp_path)
+    folder = tmp_path / "openvino"
+    assert first["cache"] == str(folder) and first["graphs_read"] == 3
+    blobs = sorted(folder.glob("*.blob"))
+    assert {b.name.split("-")[0] for b in blobs} == {"pnet", "rnet", "onet"}
+    assert not list(folder.glob(".tmp-*")), "no half-written files left"
+    second = _cache_run(shared_data, tmp_path)
+    assert second["graphs_read"] == 0, "every net imported from its file"
+    np.testing.assert_array_equal(second["boxes"], first["boxes"])
+    assert len(first["boxes"]) > 5
+    for b in blobs:
+        b.write_bytes(b"not a compiled net")
+    third = _cache_run(shared_data, tmp_path)
+    np.testing.assert_array_equal(third["boxes"], first["boxes"])
+    assert all(b.stat().st_size > 1000 for b in blobs), "damaged files replaced"
+
+    off = _cache_run(shared_data, "off")
+    assert off["cache"] is None and off["graphs_read"] == 3
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    unwritable = _cache_run(shared_data, blocker / "cache")  # a folder below a file cannot be made
+    assert unwritable["cache"] is None
+    np.testing.assert_array_equal(unwritable["boxes"], first["boxes"])

@@ -18,7 +18,7 @@ from fastmtcnn import read_image
 from fastmtcnn.backends.onnxruntime import OrtBackend
 from fastmtcnn.crop import (area_bins, area_resize, crops_host, integral_image, integrals, integrals_host,
                             level_rows, resize_region)
-from fastmtcnn.pipeline import pnet_front
+from fastmtcnn.pipeline import pnet_candidates, pnet_front
 from fastmtcnn.pyramid import level_size, make_plan, pyramid_scales
 
 
@@ -159,8 +159,9 @@ def test_sums_past_2_to_the_31_wrap_and_stay_exact():
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("packed", [True, False], ids=["tiles", "per-scale"])
 def test_host_tiles_equal_the_array_api_tiles(shared_data, engine, packed):
-    """The CPU engines' `front` (pieces resampled into a reused tile buffer) gives the array-API canvases'
-    PNet outputs (`pipeline.pnet_front`), on a batch of two photos of different sizes."""
+    """The CPU engines' tiles (pieces resampled into reused tile buffers, several in flight on OpenVINO's
+    streams) give the array-API canvases' PNet outputs (`pipeline.pnet_front`), on a batch of two photos of
+    different sizes; and their `front` keeps exactly the candidates that `pipeline.pnet_candidates` finds."""
     if engine == "openvino":
         pytest.importorskip("openvino")
         from fastmtcnn.backends.openvino import OpenVinoBackend as Engine
@@ -169,13 +170,24 @@ def test_host_tiles_equal_the_array_api_tiles(shared_data, engine, packed):
     be = Engine()
     images = [read_image(shared_data / n) for n in ("insightface_t1.jpg", "bob_multiple-faces.jpg")]
     plan = make_plan([im.shape[:2] for im in images], 20, 0.709, 256 if packed else None)
-    ii, tiled = be.front(images, plan)
+    ii = be.integrals(images)
     np.testing.assert_array_equal(ii.flat, integrals(images).flat)
+    tiled = list(be.pnet_tiles(ii, plan))
     _, whole = pnet_front(be, images, plan)  # the array-API canvases
-    assert len(tiled) == len(plan.canvases) == sum(len(ids) for ids, *_ in whole)
-    for (ids, _, reg, prob), (ids_w, _, reg_w, prob_w) in zip(tiled, (m for m in whole for _ in m[0])):
-        k = ids[0]
+    assert [k for k, *_ in tiled] == list(range(len(plan.canvases)))
+    assert len(tiled) == sum(len(ids) for ids, *_ in whole)
+    for (k, reg, prob), (ids_w, _, reg_w, prob_w) in zip(tiled, (m for m in whole for _ in m[0])):
         j = ids_w.index(k)
         valid = plan.canvases[k].cell_piece() >= 0
         np.testing.assert_allclose(prob[0][:, valid], prob_w[j][:, valid], atol=1e-5, rtol=0)
         np.testing.assert_allclose(reg[0][:, valid], reg_w[j][:, valid], atol=1e-5, rtol=0)
+    # the candidates the front keeps, tile by tile, are the shared pipeline's on the same outputs
+    threshold = 0.6
+    ii_f, (got,) = be.front(images, plan, threshold)
+    np.testing.assert_array_equal(ii_f.flat, ii.flat)
+    want = [pnet_candidates(be, [k], None, reg, prob, plan, threshold) for k, reg, prob in tiled]
+    want = [np.concatenate([w[i] for w in want]) for i in range(4)]
+    order_got, order_want = np.argsort(got[3]), np.argsort(want[3])
+    assert len(got[0]) == len(want[0]) > 100
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a[order_got], b[order_want])

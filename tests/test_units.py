@@ -201,6 +201,31 @@ def test_nms_equals_box_by_box_greedy_nms_on_random_boxes(mode, plus_one, thr):
     assert 30 < len(got) < 270  # the case is not trivial: much is suppressed, much is kept
 
 
+def test_nms_gives_the_same_picks_through_its_box_by_box_pass_and_small_pair_chunks(monkeypatch):
+    """`nms` solves the greedy rule as a fixed point and falls back to a box-by-box pass after
+    `_NMS_ROUNDS` rounds (long suppression chains), sweeping pairs in chunks of `_NMS_PAIRS`: each way
+    gives the box-by-box greedy picks, on jittered clusters and on a chain where every box suppresses
+    the next (its fixed point needs as many rounds as boxes)."""
+    import fastmtcnn.boxes as boxes_module
+
+    rng = np.random.default_rng(3)
+    centre = np.repeat(rng.uniform(0, 300, (20, 2)), 12, axis=0)
+    side = np.repeat(rng.uniform(12, 80, 20), 12)[:, None] * rng.uniform(0.8, 1.2, (240, 2))
+    xy = centre + rng.normal(0, 0.15, (240, 2)) * side - side / 2
+    clusters = np.concatenate([xy, xy + side], axis=1).astype(np.float32)
+    x = np.arange(100, dtype=np.float32) * 2  # each box overlaps its neighbours: IoU 8/12 > 0.5
+    chain = np.stack([x, np.zeros_like(x), x + 10, np.full_like(x, 10)], axis=1)
+    for b, s in ((clusters, rng.permutation(240).astype(np.float32)), (chain, -x)):
+        g = np.arange(len(b)) % 2 if len(b) == 240 else np.zeros(len(b), np.int64)
+        want = _naive_nms(b.astype(np.float64).tolist(), s.tolist(), 0.5, g.tolist(), "union", False)
+        assert nms(b, s, 0.5, groups=g).tolist() == want
+        monkeypatch.setattr(boxes_module, "_NMS_ROUNDS", 0)
+        monkeypatch.setattr(boxes_module, "_NMS_PAIRS", 7)
+        assert nms(b, s, 0.5, groups=g).tolist() == want
+        monkeypatch.undo()
+    assert nms(chain, -x, 0.5).tolist() == list(range(0, 100, 2)), "the chain keeps every other box"
+
+
 # --------------------------------------------------------------------------- area resize
 
 

@@ -19,11 +19,11 @@ from functools import lru_cache
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
-from array_api_compat import array_namespace
 
 from . import boxes as bx
 from .config import Config
 from .crop import Integrals, area_resize, resize_region
+from .namespace import array_namespace
 from .pyramid import Plan, make_plan
 
 #: RNet/ONet batches are padded up to one of these sizes (8, 12, 16, 24, 32, 48, ...: at most a third
@@ -69,7 +69,8 @@ class Backend(Protocol):
     canvas: Callable[..., Any] | None
     #: crops(ii, frame, windows, size) -> `crop.area_resize`'s numbers, e.g. in one kernel
     crops: Callable[..., Any] | None
-    #: front(images, plan, timer) -> what `pnet_front` returns, e.g. made and run tile by tile
+    #: front(images, plan, threshold, timer) -> (`Integrals` of the images, candidates as `cell_candidates`
+    #: gives, in parts): PNet and its cells over the threshold, e.g. made and run tile by tile
     front: Callable[..., Any] | None
     #: overlap: True when two calls may run at once from two threads (`MTCNN.detect_batch` then keeps
     #: two images in flight: the engines release the GIL); False for a GPU backend, whose batches do that
@@ -165,22 +166,29 @@ _KEY_BITS = 21
 
 
 def pnet_candidates(be: Backend, ids: Sequence[int], cells, reg, prob, plan: Plan, threshold: float):
-    """PNet cells over threshold -> boxes (n, 9), image index, level group (image * levels + level), sort key.
+    """PNet cells over threshold -> boxes (n, 9), image index, level group (image * levels + level), sort key
+    (`cell_candidates`)."""
+    xp = array_namespace(prob)
+    cells = be.asarray(canvas_cells(plan, ids)) if cells is None else cells
+    face = prob[:, -1, :, :]  # PNet gives P(face) as its last (only) channel
+    t, cy, cx = xp.nonzero((face >= threshold) & (cells >= 0))
+    r = reg[t, :, cy, cx]  # advanced indices around a slice: (k, 4)
+    return cell_candidates(be, plan, cells[t, cy, cx], cy, cx, face[t, cy, cx], r)
+
+
+def cell_candidates(be: Backend, plan: Plan, p, cy, cx, score, reg):
+    """PNet cells (piece p of the plan, cell cy, cx of its canvas; score, reg (k, 4)) -> boxes (k, 9), image
+    index, level group (image * levels + level), sort key.
 
     The key orders candidates as a per-scale run lists them (image, level,
     row, column), wherever the tiles put them: NMS breaks ties between equal
     scores by that order.
     """
-    xp = array_namespace(prob)
-    cells = be.asarray(canvas_cells(plan, ids)) if cells is None else cells
-    face = prob[:, -1, :, :]  # PNet gives P(face) as its last (only) channel
-    t, cy, cx = xp.nonzero((face >= threshold) & (cells >= 0))
-    p = cells[t, cy, cx]
+    xp = array_namespace(score)
     tab = {k: be.asarray(v) for k, v in plan.tables.items() if k != "rect"}
     ly = cy - xp.take(tab["oy"], p, axis=0)
     lx = cx - xp.take(tab["ox"], p, axis=0)
-    r = reg[t, :, cy, cx]  # advanced indices around a slice: (k, 4)
-    b = bx.cells_to_boxes(ly, lx, xp.take(tab["scale"], p, axis=0), face[t, cy, cx], r)
+    b = bx.cells_to_boxes(ly, lx, xp.take(tab["scale"], p, axis=0), score, reg)
     group = xp.take(tab["group"], p, axis=0)
     key = (group * (1 << _KEY_BITS) + xp.astype(ly, xp.int64)) * (1 << _KEY_BITS) + xp.astype(lx, xp.int64)
     return b, xp.take(tab["image"], p, axis=0), group, key
@@ -190,6 +198,13 @@ def stage1(be: Backend, maps, plan: Plan, cfg: Config, timer: StageTimer = NO_TI
     """PNet outputs of all canvases -> squared candidate boxes (m, 5) and their image index."""
     with timer("candidates"):
         parts = [pnet_candidates(be, *m, plan, cfg.thresholds[0]) for m in maps]
+    return candidates_nms(be, parts, timer)
+
+
+def candidates_nms(be: Backend, parts, timer: StageTimer = NO_TIMER):
+    """Candidates (`cell_candidates`' outputs, in parts) -> squared boxes (m, 5) and their image index:
+    NMS per level, then per image, in the reference's order."""
+    with timer("candidates"):
         xp = array_namespace(parts[0][0])
         b, f, g, key = (xp.concat([p[k] for p in parts], axis=0) for k in range(4))
         if b.shape[0] == 0:
@@ -296,10 +311,15 @@ def detect_images(be: Backend, images, cfg: Config, timer: StageTimer = NO_TIMER
 
 def _cascade(be: Backend, images, cfg: Config, timer: StageTimer = NO_TIMER):
     plan = batch_plan(be, [im.shape[:2] for im in images], cfg)
-    ii, maps = pnet_front(be, images, plan, timer) if be.front is None else be.front(images, plan, timer)
+    if be.front is None:
+        ii, maps = pnet_front(be, images, plan, timer)
+        with timer("candidates"):
+            parts = [pnet_candidates(be, *m, plan, cfg.thresholds[0]) for m in maps]
+    else:
+        ii, parts = be.front(images, plan, cfg.thresholds[0], timer)
     xp = array_namespace(ii.flat)
-    if plan.canvases:
-        b, f = stage1(be, maps, plan, cfg, timer)
+    if parts:
+        b, f = candidates_nms(be, parts, timer)
     else:  # images smaller than minsize allows: nothing to look at
         b = xp.zeros((0, 5), dtype=xp.float32, device=getattr(ii.flat, "device", None))
         f = xp.zeros(0, dtype=xp.int64, device=getattr(ii.flat, "device", None))

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import boxes as bx
 from ..crop import Integrals, crops_host, integrals_host, level_rows
-from ..pipeline import NO_TIMER
+from ..pipeline import NO_TIMER, cell_candidates
 from ..pyramid import Canvas, Plan
 
 #: PNet tile sides a photo's plan chooses from (the fewest pixels wins): three shapes for the engines.
@@ -40,6 +40,9 @@ class HostBackend:
     canvas = detect_images = None  # `front` makes the PNet input itself; the shared cascade for the rest
     tiles = HOST_TILES
     overlap = True  # thread-safe: `MTCNN.detect_batch` runs two images at once
+    #: PNet inputs `_stream` may still be reading when it asks for the next one (tiles take that many + 1
+    #: buffers in turn); 0: one call at a time
+    held = 0
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -88,22 +91,55 @@ class HostBackend:
     def crops(self, ii: Integrals, frame: np.ndarray, windows: np.ndarray, size: int) -> np.ndarray:
         return crops_host(ii, frame, windows, size)
 
-    def front(self, images: list[np.ndarray], plan: Plan, timer=NO_TIMER):
-        """Integral images and PNet's (reg, prob), made and run tile by tile (one canvas per call)."""
+    def front(self, images: list[np.ndarray], plan: Plan, threshold: float, timer=NO_TIMER):
+        """Integral images and PNet's cells over `threshold` (`pipeline.cell_candidates`), tile by tile.
+
+        Each tile's outputs are reduced to its cells over the threshold as soon
+        as they come: what a photo keeps of PNet is its candidates, not its maps
+        (a 48 MP photo's maps would be ~190 MB).
+        """
         with timer("integral"):
             ii = self.integrals(images)
-        ii16: dict[int, np.ndarray] = {}  # the integral modulo 2**16 (crop.level_rows): once per image
-        maps = []
-        for k, canvas in enumerate(plan.canvases):
-            with timer("pyramid"):
-                x = self._tile(ii, canvas, ii16)
-                mask = canvas.mask()
-            with timer("pnet"):
-                maps.append(([k], None, *self.pnet(x, mask)))
-        return ii, maps
+        hits = []  # per tile with cells over the threshold: (piece, cy, cx, score, reg (k, 4))
+        for k, reg, prob in self.pnet_tiles(ii, plan, timer):
+            with timer("candidates"):
+                face = prob[0, -1]
+                cy, cx = np.nonzero(face >= threshold)
+                if cy.size:
+                    piece = plan.canvases[k].cell_piece()[cy, cx]
+                    ok = piece >= 0
+                    cy, cx, piece = cy[ok], cx[ok], piece[ok]
+                    hits.append((piece, cy, cx, face[cy, cx], reg[0][:, cy, cx].T))
+        if not hits:
+            return ii, []
+        with timer("candidates"):
+            p, cy, cx, score, r = (np.concatenate([h[i] for h in hits]) for i in range(5))
+            return ii, [cell_candidates(self, plan, p.astype(np.int64), cy, cx, score, r)]
 
-    def _tile(self, ii: Integrals, canvas: Canvas, ii16: dict[int, np.ndarray]) -> np.ndarray:
-        """The canvas's PNet input (1, 3, h, w) in this thread's reused buffer.
+    def pnet_tiles(self, ii: Integrals, plan: Plan, timer=NO_TIMER):
+        """(tile index, reg, prob) of each tile of the plan, in order: each piece of a pyramid level made
+        into a reused tile buffer (`crop.level_rows`), PNet run on it (`_stream`)."""
+        ii16: dict[int, np.ndarray] = {}  # the integral modulo 2**16 (crop.level_rows): once per image
+
+        def tiles():
+            for k, canvas in enumerate(plan.canvases):
+                with timer("pyramid"):
+                    x, mask = self._tile(ii, canvas, ii16, k % (self.held + 1)), canvas.mask()
+                yield x, mask
+
+        for k, (reg, prob) in enumerate(self._stream("pnet", tiles(), timer)):
+            yield k, reg, prob
+
+    def _stream(self, net: str, inputs, timer=NO_TIMER):
+        """`net`'s outputs for each input tuple, in order. An engine that runs several at once overrides it;
+        it may still read an input's arrays until `held` more inputs have been asked for."""
+        for arrays in inputs:
+            with timer(net):
+                out = self._infer(net, *arrays)
+            yield out
+
+    def _tile(self, ii: Integrals, canvas: Canvas, ii16: dict[int, np.ndarray], slot: int = 0) -> np.ndarray:
+        """The canvas's PNet input (1, 3, h, w) in this thread's reused buffer `slot` (of `held` + 1).
 
         Pixels outside every piece keep whatever an earlier tile left there,
         always a normalized pixel in [-1, 1] (or the first zeros): the mask's
@@ -111,9 +147,10 @@ class HostBackend:
         they never reach a valid cell and need no clearing.
         """
         shape = (1, 3, canvas.h, canvas.w)
-        x = getattr(self._local, "tile", None)
-        if x is None or x.shape != shape:
-            x = self._local.tile = np.zeros(shape, np.float32)
+        ring = getattr(self._local, "tiles", None)
+        if ring is None or ring[0].shape != shape:
+            ring = self._local.tiles = [np.zeros(shape, np.float32) for _ in range(self.held + 1)]
+        x = ring[slot]
         for p in canvas.pieces:
             if p.image not in ii16:
                 ii16[p.image] = ii.image(p.image).astype(np.uint16)

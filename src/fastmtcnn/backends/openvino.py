@@ -25,41 +25,76 @@ unwritable folder) turns it off, quietly. `cache_dir` overrides both.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import sys
 import tempfile
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
-import openvino as ov
 
 from ..nets import onnx_path
+from ..pipeline import NO_TIMER
 from .host import HostBackend
 
-#: RNet/ONet batch sizes compiled: OpenVINO's kernels for batches of 8 to 64
-#: give every crop bit for bit the same outputs whatever the batch (checked for
-#: each output), while 128 and up take another path (differences of 3e-7); so a
-#: photo's faces never depend on what else is in its batch, at most 4 shapes per
-#: net are compiled, and the cost is small (RNet 512 crops: 73 ms in parts of 64
-#: vs 63 ms in one batch; ONet the same).
-BATCH_PARTS = (64, 32, 16, 8)
+
+def _import_openvino():
+    """`import openvino`, without importing its model converter (`openvino.tools.ovc`) until asked for.
+
+    Why: OpenVINO's package imports its converter eagerly, and that looks up
+    installed packages' metadata and starts telemetry: 110-160 ms of every
+    process (measured on 2 cores; `import openvino` 170-230 ms, 64-88 without
+    it), more than ONNX Runtime's whole import, for a tool this backend never
+    uses. `openvino.convert_model` still works: it is imported on first use.
+    """
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    name = "openvino.tools.ovc"
+    sys.modules[name] = None  # its import raises ImportError, which openvino's __init__ tolerates
+    try:
+        import openvino
+    except ImportError:  # an OpenVINO that needs it at import: the plain import
+        del sys.modules[name]
+        import openvino
+    else:
+        del sys.modules[name]
+        if "convert_model" not in vars(openvino):
+            def __getattr__(attr: str):
+                if attr == "convert_model":
+                    from openvino.tools.ovc import convert_model
+
+                    openvino.convert_model = convert_model
+                    return convert_model
+                raise AttributeError(f"module 'openvino' has no attribute {attr!r}")
+
+            openvino.__getattr__ = __getattr__
+    return openvino
+
+
+ov = _import_openvino()
+
+#: the one batch size RNet and ONet are compiled for: a batch runs as parts of that size, the last one
+#: padded with zeros, so a process compiles one shape per net (each compile, or load from the model
+#: cache, costs 30-150 ms on 2 cores, which a fresh process pays on its first photo) and a crop's outputs
+#: never depend on what else is in its batch. Parts run on the streams side by side. Measured per crop
+#: (2 cores, OpenVINO 2026.4): RNet 39-59 us at 32-64 crops, 52-74 at 8; ONet 238-290 us at 8-16, 283-317
+#: at 64, 368-425 at 128; ONet parts of 8 let a photo's few faces use both streams (640x480: 3 vs 5 ms)
+PART = {"rnet": 64, "onet": 8}
 
 #: compiled (net, input shapes, settings) kept per process, least recently used dropped
 CACHE_SIZE = 24
 
-
-def batch_parts(n: int) -> list[int]:
-    """Sizes (from `BATCH_PARTS`, largest first) whose sum is n rounded up to a multiple of 8."""
-    rest = -(-n // 8) * 8
-    parts = [64] * (rest // 64)
-    rest %= 64
-    for size in BATCH_PARTS[1:]:
-        if rest >= size:
-            parts.append(size)
-            rest -= size
-    return parts
+#: OpenVINO streams, each on its share of the cores: the host keeps as many requests in flight (PNet
+#: tiles, RNet/ONet parts) and makes the next tile meanwhile. Measured on 2 cores (PNet on 256 tiles):
+#: two 1-thread streams 40-48 ns per pixel on a loaded machine where one 2-thread request took 56-74,
+#: and making the tiles overlaps with the nets instead of waiting for them (12 MP: 627-964 vs 1062-1118
+#: ms for the tiles and PNet), with the same outputs bit for bit
+STREAMS = 2
 
 
 # pybind11 sets up its numpy bridge on the first tensor read; when two threads do that
@@ -79,31 +114,81 @@ def default_cache_dir() -> str | None:
     if env is not None and env.strip().lower() in OFF:
         return None
     if env:
-        root = Path(env)
+        root = Path(env).expanduser()
     else:
         root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastmtcnn"
-    folder = root / "openvino"
+    return writable(str(root / "openvino"))
+
+
+@lru_cache(maxsize=None)
+def writable(folder: str) -> str | None:
+    """`folder` (made if need be) when files can be written in it, else None: the cache is then off."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        Path(folder).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError:
         return None
-    return str(folder)
+    return folder
 
 
 @lru_cache(maxsize=None)
-def _core(cache_dir: str | None) -> ov.Core:
-    core = ov.Core()
-    if cache_dir:
-        core.set_property({"CACHE_DIR": cache_dir})
-    return core
+def _core() -> ov.Core:
+    return ov.Core()
 
 
 @lru_cache(maxsize=None)
 def _model(net: str) -> ov.Model:
     """The shipped graph as read by OpenVINO (cloned before each reshape)."""
-    return _core(None).read_model(str(onnx_path(net)))
+    return _core().read_model(str(onnx_path(net)))
+
+
+@lru_cache(maxsize=None)
+def _identity(net: str) -> str:
+    """What a compiled net depends on besides its shapes and settings: the graph's bytes, OpenVINO, the CPU."""
+    h = hashlib.sha256(onnx_path(net).read_bytes())
+    h.update(ov.get_version().encode())
+    h.update(str(_core().get_property("CPU", "FULL_DEVICE_NAME")).encode())
+    return h.hexdigest()
+
+
+def _blob_path(cache_dir: str, net: str, shapes: tuple, config: tuple) -> Path:
+    key = hashlib.sha256(repr((_identity(net), shapes, config)).encode()).hexdigest()[:32]
+    return Path(cache_dir) / f"{net}-{key}.blob"
+
+
+def _compile(net: str, shapes: tuple, config: tuple, cache_dir: str | None) -> ov.CompiledModel:
+    """`net` for these input shapes and settings: loaded from `cache_dir`, or compiled (and kept there).
+
+    Why our own files rather than OpenVINO's CACHE_DIR: OpenVINO finds a cached
+    net by hashing the model, so every process would read the ONNX graphs
+    first (its ONNX frontend: 100-370 ms on 2 cores); a file named by the
+    graph's bytes, OpenVINO's version, the CPU, the shapes and the settings
+    is imported directly (measured: three nets ready in ~200 ms vs ~370-520).
+    A file that cannot be read, written or imported is compiled afresh, quietly.
+    """
+    path = _blob_path(cache_dir, net, shapes, config) if cache_dir else None
+    if path is not None and path.is_file():
+        try:
+            return _core().import_model(path.read_bytes(), "CPU", dict(config))
+        except Exception:  # noqa: BLE001 - a stale or damaged file: compile again and replace it
+            pass
+    model = _model(net).clone()
+    model.reshape({p.get_any_name(): list(s) for p, s in zip(model.inputs, shapes)})
+    compiled = _core().compile_model(model, "CPU", dict(config))
+    if path is not None:
+        tmp = None
+        try:  # a whole file or none: written aside, then renamed (processes may share the folder)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as f:
+                tmp = f.name
+                blob = compiled.export_model()  # io.BytesIO (OpenVINO 2023.1 on), bytes before
+                f.write(blob.getvalue() if hasattr(blob, "getvalue") else blob)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError):
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+    return compiled
 
 
 class _Compiled:
@@ -132,9 +217,7 @@ def _entry(net: str, shapes: tuple, config: tuple, cache_dir: str | None) -> _Co
             _compiled.move_to_end(key)
     with entry.lock:  # one compile per shape, even when two threads ask at once
         if entry.model is None:
-            model = _model(net).clone()
-            model.reshape({p.get_any_name(): list(s) for p, s in zip(model.inputs, shapes)})
-            entry.model = _core(cache_dir).compile_model(model, "CPU", dict(config))
+            entry.model = _compile(net, shapes, config, cache_dir)
     return entry
 
 
@@ -144,40 +227,78 @@ class OpenVinoBackend(HostBackend):
     def __init__(self, threads: int | None = None, cache_dir: str | bool | None = None) -> None:
         """cache_dir: a folder for compiled nets, False for none, None for `default_cache_dir`."""
         super().__init__()
-        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+        self.streams = STREAMS if threads is None else max(1, min(STREAMS, int(threads)))
+        config = {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.streams, "INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.config = tuple(sorted(config.items()))
+        self.held = self.streams
         if cache_dir is None:
-            cache_dir = default_cache_dir()
-        self.cache_dir = str(cache_dir) if cache_dir else None
-        self._inputs = {k: [p.get_any_name() for p in _model(k).inputs] for k in ("pnet", "rnet", "onet")}
+            self.cache_dir = default_cache_dir()
+        else:
+            self.cache_dir = writable(str(Path(cache_dir).expanduser())) if cache_dir else None
+        # RNet and ONet have one shape each (`PART`): load or compile them now, aside, so that a fresh
+        # process's first photo finds them ready (it reads and decodes its image, runs PNet meanwhile)
+        threading.Thread(target=self._prepare, name="fastmtcnn-openvino-prepare").start()
+
+    def _prepare(self) -> None:
+        for net, size in (("rnet", 24), ("onet", 48)):
+            try:
+                _entry(net, ((PART[net], 3, size, size),), self.config, self.cache_dir)
+            except Exception:  # noqa: BLE001 - the first photo will compile it again and say what fails
+                return
 
     def compiled(self) -> list:
         """The compiled nets this backend's settings have in the process cache (for tests and reports)."""
         with _compiled_lock:
             return [e.model for k, e in _compiled.items() if k[2] == self.config and e.model is not None]
 
-    def _run(self, net: str, arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-        arrays = tuple(np.ascontiguousarray(a, np.float32) for a in arrays)
-        entry = _entry(net, tuple(a.shape for a in arrays), self.config, self.cache_dir)
-        with entry.lock:
-            req = entry.idle.pop() if entry.idle else entry.model.create_infer_request()
+    def _stream(self, net: str, inputs: Iterable[tuple[np.ndarray, ...]], timer=NO_TIMER,
+                ) -> Iterator[tuple[np.ndarray, ...]]:
+        """`net`'s outputs for each input tuple, in order, with up to `streams` requests in flight: while
+        they run (each on its OpenVINO stream), the caller makes the next input (`HostBackend.front`)."""
+        flight: deque[tuple[_Compiled, ov.InferRequest, tuple]] = deque()
+
+        def done():
+            entry, req, _ = flight.popleft()
+            try:
+                with timer(net):
+                    req.wait()
+                return tuple(t.data.copy() for t in req.output_tensors)
+            finally:
+                with entry.lock:
+                    entry.idle.append(req)
+
         try:
-            req.infer(dict(zip(self._inputs[net], arrays)))
-            return tuple(t.data.copy() for t in req.output_tensors)
+            for arrays in inputs:
+                arrays = tuple(np.ascontiguousarray(a, np.float32) for a in arrays)
+                if len(flight) == self.streams:
+                    yield done()
+                entry = _entry(net, tuple(a.shape for a in arrays), self.config, self.cache_dir)
+                with entry.lock:
+                    req = entry.idle.pop() if entry.idle else entry.model.create_infer_request()
+                # by position (image, then mask); the request reads the arrays themselves (no copy): the
+                # caller leaves them alone until `held` more inputs were asked for (`HostBackend.front`)
+                for i, a in enumerate(arrays):
+                    req.set_input_tensor(i, ov.Tensor(a, shared_memory=True))
+                req.start_async()
+                flight.append((entry, req, arrays))
+            while flight:
+                yield done()
         finally:
-            with entry.lock:
-                entry.idle.append(req)
+            while flight:  # the caller stopped early (an error): let the requests finish, keep them
+                entry, req, _ = flight.popleft()
+                req.wait()
+                with entry.lock:
+                    entry.idle.append(req)
 
     def _infer(self, net: str, *arrays: np.ndarray) -> tuple:
         if net == "pnet":
-            return self._run(net, arrays)
+            return next(self._stream(net, [arrays]))
         (x,) = arrays
-        n = x.shape[0]
-        parts = batch_parts(max(n, 1))
-        if sum(parts) != n:  # zeros for the padding (and for n = 0: outputs of the right shapes)
-            x = np.concatenate([x, np.zeros((sum(parts) - n,) + x.shape[1:], np.float32)])
-        starts = np.cumsum([0] + parts)
-        outs = [self._run(net, (x[a:b],)) for a, b in zip(starts[:-1], starts[1:])]
+        n, part = x.shape[0], PART[net]
+        padded = max(1, -(-n // part)) * part
+        if padded != n:  # zeros for the padding (and for n = 0: outputs of the right shapes)
+            x = np.concatenate([x, np.zeros((padded - n,) + x.shape[1:], np.float32)])
+        outs = list(self._stream(net, ((x[a:a + part],) for a in range(0, padded, part))))
         return tuple(np.concatenate(o)[:n] for o in zip(*outs))
