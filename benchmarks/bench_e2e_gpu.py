@@ -3,27 +3,32 @@
 Run on a CUDA machine (facenet-pytorch 2.6.0 installed; PyNvVideoCodec for
 the NVDEC rows):
 
-    python benchmarks/bench_e2e_gpu.py [--data ../shared/data] [--jobs video streams folder start]
+    python benchmarks/bench_e2e_gpu.py [--data ../shared/data] [--jobs start folders newclip decode video streams]
 
-Jobs (each printed as a table, all measured in this one run):
+Jobs (each printed as a table, all measured in this one run). The first three are the user's job, in fresh
+processes, first pass included (issues 17 and 18); the others are the engine's figures:
+- start: a fresh process to its first result: the API (timed from the end of
+  `import torch`) and the CLI's `detect`/`video --device cuda`, first with an
+  empty Triton cache, then with the one it left;
+- folders: `fastmtcnn detect DIR -q --device cuda` in a fresh process on 384
+  JPEGs each of its own size (1024 wide, heights 600-1398), 384 of one size
+  and 520 of 1920x1080 (made from DATA's photos); rate from the first result
+  line to the last; the warm second pass in this process beside it;
+  facenet-pytorch one photo at a time (its README's way) on 32 of them;
+- newclip: the 1080p clip through a fresh `fastmtcnn video` (its end record's
+  FPS) and, in one process, its first run vs warm runs; facenet-pytorch beside;
+- decode: NVDEC alone, 1-4 sessions, vs OpenCV;
 - video: each H.264 clip of DATA/video, minsize 40 and 20: frames/s of a
   warm process over the whole file (decode included), time to the first
   frame's result, default settings vs the best flags, and facenet-pytorch on
   the same frames the way its README shows (PIL frames, `detect`, batches of 16);
-- streams: 16 copies of one clip at once in one process;
-- folder: ~500 JPEGs of mixed sizes made from DATA's photos (6 sizes,
-  640x480 to 4000x3000, names shuffled), `detect_photos` (nvJPEG, size
-  groups) with default settings and the best flags vs facenet-pytorch one by
-  one (on a subset: it is slow);
-- start: time from a fresh process's start to its first result, with the
-  command users run (`fastmtcnn detect`/`video ... --device cuda`).
+- streams: 16 copies of one clip at once in one process.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -42,30 +47,104 @@ from e2e_video import run_video_job  # noqa: E402
 from fastmtcnn import MTCNN  # noqa: E402
 from fastmtcnn.photos import detect_photos  # noqa: E402
 
-FOLDER_SIZES = ((640, 480), (1280, 720), (1920, 1080), (2048, 1536), (3264, 2448), (4000, 3000))
 #: the best flags we know per job; "default" is what a user gets with --device cuda
 BEST = dict(fp16=True, graphs=True)
 
 
-def make_folder(data: Path, root: Path, variants: int = 6) -> list[str]:
-    """~500 JPEGs: every photo of `data` centre-cropped to each size's aspect, resized, in `variants` versions."""
-    photos = sorted(p for p in data.iterdir() if p.suffix.lower() in (".jpg", ".png"))
-    rng = random.Random(0)
-    paths = []
-    for p in photos:
-        img = cv2.imread(str(p))
-        for w, h in FOLDER_SIZES:
-            ih, iw = img.shape[:2]
-            s = min(iw / w, ih / h)
-            cw, ch = int(w * s), int(h * s)
-            crop = img[(ih - ch) // 2:(ih - ch) // 2 + ch, (iw - cw) // 2:(iw - cw) // 2 + cw]
-            out = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if s > 1 else cv2.INTER_CUBIC)
-            for v in range(variants):
-                im = out[:, ::-1] if v % 2 else out
-                name = root / f"{rng.getrandbits(40):010x}.jpg"
-                cv2.imwrite(str(name), np.ascontiguousarray(im), [cv2.IMWRITE_JPEG_QUALITY, 75 + 4 * v])
-                paths.append(str(name))
-    return sorted(paths)  # a folder's listing order: sizes interleaved at random
+def fit(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    """`img` centre-cropped to w:h and resized to w x h."""
+    ih, iw = img.shape[:2]
+    s = min(iw / w, ih / h)
+    cw, ch = int(w * s), int(h * s)
+    crop = img[(ih - ch) // 2:(ih - ch) // 2 + ch, (iw - cw) // 2:(iw - cw) // 2 + cw]
+    return cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if s > 1 else cv2.INTER_CUBIC)
+
+
+def make_folders(data: Path, root: Path, count: int = 384, hd: int = 520) -> dict[str, Path]:
+    """The user's folders, made from DATA's photos (as issue 17 sets them):
+    - mixed: `count` JPEGs each of its own size, 1024 wide, heights 600-1398 (as WIDER FACE's validation set);
+    - same: `count` JPEGs of 1024x1000, the same photos;
+    - hd: `hd` JPEGs of 1920x1080."""
+    photos = [cv2.imread(str(p)) for p in sorted(data.iterdir()) if p.suffix.lower() in (".jpg", ".png")]
+    heights = np.random.default_rng(0).permutation(np.arange(600, 1400, 2))[:count]
+    dirs = {name: root / name for name in ("mixed", "same", "hd")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    q = [cv2.IMWRITE_JPEG_QUALITY, 90]
+    for i, h in enumerate(heights):
+        img = photos[i % len(photos)]
+        cv2.imwrite(str(dirs["mixed"] / f"{i:04d}.jpg"), fit(img, 1024, int(h)), q)
+        cv2.imwrite(str(dirs["same"] / f"{i:04d}.jpg"), fit(img, 1024, 1000), q)
+    for i in range(hd):
+        cv2.imwrite(str(dirs["hd"] / f"{i:04d}.jpg"), fit(photos[i % len(photos)], 1920, 1080), q)
+    return dirs
+
+
+def fresh(args: list[str], env: dict | None = None, timeout: float = 300) -> tuple[list[tuple[float, str]], int, str]:
+    """Runs `python ARGS` as a fresh process -> (stdout lines with their seconds since the start, exit, stderr).
+
+    stdout unbuffered, as a terminal shows it: a line's time is when the user would see it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {}),
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    t = time.perf_counter()
+    p = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=ROOT, env=env)
+    lines = [(time.perf_counter() - t, line.rstrip("\n")) for line in p.stdout]
+    err = p.communicate(timeout=timeout)[1]
+    return lines, p.returncode, err
+
+
+def job_folders(data: Path, facenet_photos: int) -> list[dict]:
+    """Issue 17's job: `fastmtcnn detect DIR --device cuda` in a fresh process per folder, rate from its first
+    result line to its last; the same folder's warm second pass in this process (the engine's figure); and
+    facenet-pytorch one photo at a time, as its README shows."""
+    from PIL import Image
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = make_folders(data, Path(tmp))
+        print("\n== folders: a fresh `fastmtcnn detect DIR -q --device cuda` each; rate from first result to last ==",
+              flush=True)
+        print(f"{'folder':>7} {'JPEGs':>6} {'sizes':>6} {'first s':>8} {'img/s':>7} {'+start':>7} {'warm':>7} "
+              f"{'facenet':>8} {'ratio':>7} {'faces':>6}")
+        fn = facenet(20)
+        for name, d in dirs.items():
+            paths = sorted(str(p) for p in d.glob("*.jpg"))
+            sizes = len({Image.open(p).size for p in paths})
+            lines, rc, err = fresh(["-m", "fastmtcnn", "detect", str(d), "-q", "--device", "cuda"])
+            times = [t for t, line in lines if line.startswith(str(d))]
+            faces = sum(int(line.split(": ")[1].split()[0]) for t, line in lines
+                        if line.startswith(str(d)) and ": " in line and line.split(": ")[1][:1].isdigit())
+            if rc or len(times) != len(paths):
+                print(f"{name}: exit {rc}, {len(times)} of {len(paths)} results\n{err[-2000:]}", flush=True)
+            rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+            overall = len(times) / times[-1] if times else 0.0
+            det = MTCNN(device="cuda")
+            for _ in range(2):  # the warm second pass: the engine's figure, beside the user's
+                t = time.perf_counter()
+                for _r in detect_photos(det, paths):
+                    pass
+                sync()
+                warm = len(paths) / (time.perf_counter() - t)
+            del det
+            sub = paths[:facenet_photos]
+            fn.detect(Image.open(sub[0]).convert("RGB"))
+            t = time.perf_counter()
+            for p in sub:  # facenet-pytorch's README: PIL image in, mtcnn.detect(img)
+                fn.detect(Image.open(p).convert("RGB"))
+            sync()
+            f_rate = len(sub) / (time.perf_counter() - t)
+            row = dict(job="folders", folder=name, photos=len(paths), sizes=sizes, first=times[0] if times else None,
+                       rate=rate, overall=overall, warm=warm, facenet=f_rate, ratio=rate / f_rate, faces=faces,
+                       rc=rc)
+            rows.append(row)
+            print(f"{name:>7} {len(paths):>6} {sizes:>6} {row['first'] or 0:8.2f} {rate:7.0f} {overall:7.0f} "
+                  f"{warm:7.0f} {f_rate:8.1f} {rate / f_rate:6.0f}x {faces:>6}", flush=True)
+    by = {r["folder"]: r["rate"] for r in rows}
+    if by.get("same"):
+        print(f"mixed sizes / one size: {by['mixed'] / by['same']:.2f} (goal >= 0.8); "
+              "img/s counts from the first result line to the last, +start from the process start", flush=True)
+    return rows
 
 
 def facenet(minsize: float):
@@ -78,56 +157,6 @@ def sync():
     import torch
 
     torch.cuda.synchronize()
-
-
-def job_folder(data: Path, minsizes, subset: int) -> list[dict]:
-    from PIL import Image
-
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = make_folder(data, Path(tmp))
-        dims = [Image.open(p).size for p in paths]
-        print(f"\n== folder: {len(paths)} JPEGs, {len(set(dims))} sizes (640x480 .. 4000x3000) ==", flush=True)
-        import torch
-
-        from fastmtcnn.photos import _read, decode_on_gpu
-
-        for rnd in range(2):  # reading + nvJPEG alone: the floor of this job
-            t = time.perf_counter()
-            for i in range(0, len(paths), 32):
-                chunk = paths[i:i + 32]
-                decode_on_gpu([(p, _read(p)) for p in chunk], torch.device("cuda"))
-            sync()
-            dec = len(paths) / (time.perf_counter() - t)
-        mp = sum(w * h for w, h in dims) / 1e6
-        print(f"read + nvJPEG decode alone (one thread): {dec:.1f} img/s, {mp * dec / len(paths):.0f} MP/s", flush=True)
-        rows.append(dict(job="folder-decode", rate=dec, megapixels=mp))
-        print(f"{'minsize':>7} {'settings':>9} {'img/s':>8} {'first s':>8} {'faces':>6} "
-              f"{'facenet img/s':>13} {'ratio':>7}")
-        for minsize in minsizes:
-            fn = facenet(minsize)
-            fn.detect(Image.open(paths[0]).convert("RGB"))
-            sub = paths[::max(1, len(paths) // subset)][:subset]
-            t = time.perf_counter()
-            for p in sub:  # facenet-pytorch's README: PIL image in, mtcnn.detect(img)
-                fn.detect(Image.open(p).convert("RGB"))
-            f_rate = len(sub) / (time.perf_counter() - t)
-            for name, opts in (("default", {}), ("best", BEST)):
-                det = MTCNN(minsize=minsize, device="cuda", **opts)
-                for rnd in range(2):  # the first pass pays captures (graphs) and the nvJPEG set-up
-                    t = time.perf_counter()
-                    first = None
-                    faces = 0
-                    for r in detect_photos(det, paths):
-                        first = first or time.perf_counter() - t
-                        faces += len(r.faces) if r.ok else 0
-                    dt = time.perf_counter() - t
-                rate = len(paths) / dt
-                rows.append(dict(job="folder", minsize=minsize, settings=name, rate=rate, first=first, faces=faces,
-                                 facenet=f_rate, ratio=rate / f_rate))
-                print(f"{minsize:>7} {name:>9} {rate:8.1f} {first:8.3f} {faces:>6} "
-                      f"{f_rate:13.1f} {rate / f_rate:6.1f}x", flush=True)
-    return rows
 
 
 def facenet_video(clip: Path, minsize: float, frames: int, batch: int = 16) -> tuple[float, float]:
@@ -203,28 +232,71 @@ def job_decode(data: Path) -> list[dict]:
     return rows
 
 
+API_PROBE = """
+import sys, time
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+from fastmtcnn import MTCNN
+faces = MTCNN(device="cuda").detect(sys.argv[1])
+t2 = time.perf_counter()
+heavy = [m for m in ("torch._dynamo", "sympy", "torch.distributed.fsdp", "torchvision") if m in sys.modules]
+print(f"{len(faces)} faces; import torch {t1 - t0:.2f} s; first result {t2 - t1:.2f} s after it; loaded: {heavy}")
+"""
+
+
 def job_start(data: Path) -> list[dict]:
-    """Wall time from process start to the first result line, fresh processes (Triton's disk cache as found)."""
+    """Issue 18's job: fresh processes to their first result. Round 1 with an empty Triton cache (a fresh
+    machine: nothing may wait for Triton to compile), round 2 with the cache it left. The API's first result is
+    timed from the end of `import torch` inside the process; the CLI's from the process start, beside the
+    API process's own start-to-result time."""
     rows = []
     photo = data / "bob_multiple-faces.jpg"
     clip = next(iter(sorted((data / "video").glob("*1080p*.mp4"))), None)
-    cmds = {"detect photo": ["detect", str(photo), "-q"]}
+    cmds = {"API detect": ["-c", API_PROBE, str(photo)],
+            "CLI detect": ["-m", "fastmtcnn", "detect", str(photo), "-q", "--device", "cuda"]}
     if clip is not None:
-        cmds["video 1080p"] = ["video", str(clip), "--json", "-", "--max-frames", "1"]
-    print("\n== start: fresh process to first result ==", flush=True)
-    for name, args in cmds.items():
-        for rnd in range(2):
-            t = time.perf_counter()
-            p = subprocess.Popen([sys.executable, "-m", "fastmtcnn", *args, "--device", "cuda"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                 env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                     [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])})
-            first = p.stdout.readline()
-            t_first = time.perf_counter() - t
-            p.communicate(timeout=300)
-            rows.append(dict(job="start", what=name, round=rnd, first=t_first, rc=p.returncode))
-            print(f"{name:>14} run {rnd + 1}: {t_first:6.2f} s to '{first.strip()[:60]}' (exit {p.returncode})",
-                  flush=True)
+        cmds["CLI video"] = ["-m", "fastmtcnn", "video", str(clip), "--json", "-", "--max-frames", "1",
+                             "--device", "cuda"]
+    print("\n== start: a fresh process to its first result ==", flush=True)
+    with tempfile.TemporaryDirectory() as cache:
+        for rnd, state in enumerate(("empty Triton cache", "Triton cache filled")):
+            api = None
+            for name, args in cmds.items():
+                lines, rc, err = fresh(args, env={"TRITON_CACHE_DIR": cache})
+                t_first, first = lines[0] if lines else (float("nan"), err.strip()[-200:])
+                api = t_first if name.startswith("API") else api
+                rows.append(dict(job="start", what=name, cache=state, first=t_first, line=first[:120], rc=rc))
+                extra = f", {t_first - api:+.2f} s vs the API" if api is not None and name.startswith("CLI") else ""
+                print(f"{state:>20} {name:>10}: {t_first:6.2f} s to '{first.strip()[:110]}' (exit {rc}){extra}",
+                      flush=True)
+    return rows
+
+
+def job_newclip(data: Path, facenet_frames: int) -> list[dict]:
+    """Issue 17's video job: a clip this process has not seen, through `fastmtcnn video` in a fresh process (its
+    end record's FPS), and here: the first run vs warm runs in one process, facenet-pytorch beside."""
+    rows = []
+    clip = next(iter(sorted((data / "video").glob("*1080p*.mp4"))))
+    print(f"\n== a new clip: {clip.name} ==", flush=True)
+    for minsize in (20, 40):
+        lines, rc, err = fresh(["-m", "fastmtcnn", "video", str(clip), "--json", "-", "--minsize", str(minsize),
+                                "--device", "cuda"])
+        end = json.loads(lines[-1][1]) if lines and lines[-1][1].startswith("{") else {}
+        cli = end.get("mean_fps", 0.0)
+        det = MTCNN(device="cuda", minsize=minsize)
+        runs = [run_video_job([clip], det) for _ in range(3)]
+        warm = max(r.fps for r in runs[1:])
+        f_fps, _ = facenet_video(clip, minsize, facenet_frames)
+        rows.append(dict(job="newclip", minsize=minsize, cli_fps=cli, first_fps=runs[0].fps, warm_fps=warm,
+                         frames=runs[0].frames, facenet=f_fps, rc=rc))
+        print(f"minsize {minsize}: CLI fresh process {cli:.0f} fps (exit {rc}); in one process first run "
+              f"{runs[0].fps:.0f}, warm {warm:.0f} fps: first/warm {runs[0].fps / warm:.2f}, CLI/warm {cli / warm:.2f} "
+              f"(goal >= 0.8); facenet-pytorch {f_fps:.1f} fps, ours/facenet {cli / f_fps:.0f}x (CLI), "
+              f"{warm / f_fps:.0f}x (warm)", flush=True)
+        if rc:
+            print(err[-2000:], flush=True)
+        del det
     return rows
 
 
@@ -232,9 +304,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("FASTMTCNN_SHARED_DATA",
                                                                         ROOT.parent / "shared" / "data")))
-    ap.add_argument("--jobs", nargs="+", default=["start", "decode", "video", "streams", "folder"])
+    ap.add_argument("--jobs", nargs="+", default=["start", "folders", "newclip", "decode", "video", "streams"])
     ap.add_argument("--minsize", type=float, nargs="+", default=[40, 20])
-    ap.add_argument("--facenet-subset", type=int, default=40, help="photos facenet-pytorch runs in the folder job")
+    ap.add_argument("--facenet-subset", type=int, default=32, help="photos facenet-pytorch runs per folder")
     ap.add_argument("--facenet-frames", type=int, default=150, help="frames facenet-pytorch runs per clip")
     ap.add_argument("--clips", default="", help="only the clips whose name holds this (e.g. 1080p)")
     ap.add_argument("--extra-clips", type=Path, nargs="*", default=[],
@@ -254,7 +326,8 @@ def main() -> int:
         "video": lambda: job_video(args.data, args.minsize, args.facenet_frames, clips=args.clips,
                                    extra=tuple(args.extra_clips)),
         "streams": lambda: job_video(args.data, [40], args.facenet_frames, copies=16),
-        "folder": lambda: job_folder(args.data, args.minsize, args.facenet_subset),
+        "folders": lambda: job_folders(args.data, args.facenet_subset),
+        "newclip": lambda: job_newclip(args.data, args.facenet_frames),
     }
     for name, job in jobs.items():
         if name in args.jobs:
