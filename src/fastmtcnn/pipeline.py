@@ -194,13 +194,6 @@ def cell_candidates(be: Backend, plan: Plan, p, cy, cx, score, reg):
     return b, xp.take(tab["image"], p, axis=0), group, key
 
 
-def stage1(be: Backend, maps, plan: Plan, cfg: Config, timer: StageTimer = NO_TIMER):
-    """PNet outputs of all canvases -> squared candidate boxes (m, 5) and their image index."""
-    with timer("candidates"):
-        parts = [pnet_candidates(be, *m, plan, cfg.thresholds[0]) for m in maps]
-    return candidates_nms(be, parts, timer)
-
-
 def candidates_nms(be: Backend, parts, timer: StageTimer = NO_TIMER):
     """Candidates (`cell_candidates`' outputs, in parts) -> squared boxes (m, 5) and their image index:
     NMS per level, then per image, in the reference's order."""

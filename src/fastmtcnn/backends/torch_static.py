@@ -11,7 +11,7 @@ can be captured as one CUDA graph:
 * PNet: the batch's pyramid levels in tiles of one size (`pyramid`), made by
   one kernel from a small table of pieces (`TorchBackend.canvas`);
 * candidates: the PNet cells over threshold, compacted into a pool, ordered
-  per image by score (ties in the per-scale order of `pipeline.stage1`) and
+  per image by score (ties in the per-scale order of `pipeline.cell_candidates`' key) and
   cut to K1 slots per image;
 * NMS: a dense suppression matrix per image over slots already in greedy
   order, solved by the fixed-point iteration of `torch_nms.dense_nms` (a
