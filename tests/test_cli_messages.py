@@ -12,6 +12,7 @@ import importlib.util
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import cv2
@@ -103,6 +104,24 @@ def test_the_cpu_default_keeps_device_cpu_and_torch_on_the_cpu_is_named(shared_d
     assert len(cpu["faces"]) == len(torch_cpu["faces"]) == 1
     for a, b in zip(cpu["faces"][0]["box"], torch_cpu["faces"][0]["box"]):
         assert abs(a - b) < 0.05  # the same face from both engines (float32 on both)
+
+
+def test_without_openvino_the_default_is_onnx_runtime_and_naming_openvino_is_one_line(shared_data, monkeypatch,
+                                                                                   capsys):
+    """Where no OpenVINO is installed (some platforms; the GPU test machine) the CPU default falls back to ONNX
+    Runtime, and asking for OpenVINO by name is a one-line error, not a traceback."""
+    from fastmtcnn import MTCNN
+    from fastmtcnn.backends.onnxruntime import OrtBackend
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now fails, as where it is missing
+    monkeypatch.delitem(sys.modules, "fastmtcnn.backends.openvino", raising=False)
+    det = MTCNN()
+    assert isinstance(det.backend, OrtBackend)
+    assert len(det.detect(shared_data / PORTRAIT)) == 1
+    assert main(["detect", str(shared_data / PORTRAIT), "-q"]) == 0
+    assert capsys.readouterr().out.startswith(str(shared_data / PORTRAIT) + ": 1 face")
+    assert main(["detect", str(shared_data / PORTRAIT), "--backend", "openvino"]) == 2
+    assert "the openvino backend needs OpenVINO: pip install openvino" in _one_line_error(capsys)
 
 
 @pytest.mark.parametrize("library, flags", [

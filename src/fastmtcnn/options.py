@@ -10,7 +10,8 @@ A value that only one component reads (e.g. the torch backend's
 Backend choice, when `backend` is not named: a device other than the CPU
 (`device="cuda"`, `"cuda:1"`) means the torch backend, `providers=` means
 ONNX Runtime, anything else (`device="cpu"` included) the fast CPU default,
-OpenVINO. The torch backend on the CPU (parity tests) is asked for by name:
+OpenVINO (ONNX Runtime where OpenVINO is not installed: `backends.cpu_default`).
+The torch backend on the CPU (parity tests) is asked for by name:
 `backend="torch", device="cpu"`.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends import BACKENDS, DEFAULT
+from .backends import BACKENDS, cpu_default
 
 ALIASES = {"ort": "onnxruntime", "ov": "openvino"}
 
@@ -70,7 +71,7 @@ def check(backend: str | None = None, *, device=None, providers: list | None = N
     name = ALIASES.get(backend, backend) if isinstance(backend, str) else backend
     if name is None:
         name = "torch" if device is not None and not is_cpu(device) else (
-            "onnxruntime" if providers is not None else DEFAULT)
+            "onnxruntime" if providers is not None else cpu_default())
     elif name not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     torch_asked = [k for k in TORCH_ONLY if options.get(k) not in _UNASKED]

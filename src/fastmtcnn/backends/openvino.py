@@ -52,7 +52,7 @@ def _import_openvino():
     it), more than ONNX Runtime's whole import, for a tool this backend never
     uses. `openvino.convert_model` still works: it is imported on first use.
     """
-    if "openvino" in sys.modules:
+    if sys.modules.get("openvino") is not None:
         return sys.modules["openvino"]
     name = "openvino.tools.ovc"
     sys.modules[name] = None  # its import raises ImportError, which openvino's __init__ tolerates
