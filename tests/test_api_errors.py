@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from fastmtcnn import MTCNN, Detections, ImageError, read_image
+from fastmtcnn.backends import cpu_default
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,7 +113,7 @@ def test_device_cpu_keeps_the_cpu_default_and_torch_on_the_cpu_is_named(shared_d
     """A user writing device="cpu" wants the CPU: the fast default engine, unless torch is named."""
     photo = shared_data / "matplotlib_grace_hopper.jpg"
     cpu = MTCNN(device="cpu")
-    assert cpu.backend.name == detector.backend.name == "openvino"
+    assert cpu.backend.name == detector.backend.name == cpu_default()
     assert cpu.detect(photo).to_list() == detector.detect(photo).to_list()
     assert MTCNN(backend="onnxruntime", device="cpu").backend.name == "onnxruntime"
     pytest.importorskip("torch")
@@ -128,7 +129,7 @@ def test_device_cpu_keeps_the_cpu_default_and_torch_on_the_cpu_is_named(shared_d
     (dict(device="cuda:1", backend="onnxruntime"), "providers=['CUDAExecutionProvider']"),
     (dict(device="cuda", providers=["CUDAExecutionProvider"]), "device= and providers= both given"),
     (dict(device="cpu", providers=["CPUExecutionProvider"]), "device= and providers= both given"),
-    (dict(fp16=True), "fp16= is an option of the torch backend (device='cuda'), not of openvino"),
+    (dict(fp16=True), f"fp16= is an option of the torch backend (device='cuda'), not of {cpu_default()}"),
     (dict(graphs=True, pinned=True, backend="onnxruntime"), "graphs= and pinned= are options of the torch backend"),
     (dict(backend="torch", fp16=True), "fp16= needs a CUDA device (device='cuda'), got device='cpu'"),
     (dict(backend="torch", device="cpu", graphs=True), "graphs= needs a CUDA device"),
@@ -145,5 +146,5 @@ def test_options_that_contradict_each_other_are_one_line_value_errors(options, w
 
 def test_options_that_ask_for_nothing_are_accepted_by_every_backend():
     # fp16=False is what the CPU engines do anyway; graphs "auto"/False: no graphs where there are none
-    assert MTCNN(fp16=False, graphs=False).backend.name == "openvino"
+    assert MTCNN(fp16=False, graphs=False).backend.name == cpu_default()
     assert MTCNN(backend="onnxruntime", graphs="auto").backend.name == "onnxruntime"

@@ -6,6 +6,7 @@ import pickle
 import pytest
 
 from fastmtcnn import MTCNN, PRESETS
+from fastmtcnn.backends import cpu_default
 from fastmtcnn.cli import build_parser, detector_spec
 from fastmtcnn.detector_spec import DetectorSpec
 
@@ -44,7 +45,7 @@ def test_device_alone_chooses_the_backend_in_the_spec_as_in_mtcnn():
     """Batch workers and Ray actors build from the spec: device="cuda" alone must mean the GPU there too."""
     assert DetectorSpec(options={"device": "cuda"}).choice.backend == "torch"
     assert DetectorSpec(options={"device": "cuda:1"}).uses_gpu
-    assert DetectorSpec(options={"device": "cpu"}).choice.backend == "openvino"
+    assert DetectorSpec(options={"device": "cpu"}).choice.backend == cpu_default()
     assert not DetectorSpec(options={"device": "cpu"}).uses_gpu
     assert DetectorSpec(options={"providers": ["CPUExecutionProvider"]}).choice.backend == "onnxruntime"
     args = build_parser().parse_args(["detect", "x.jpg", "--device", "cuda", "--fp32", "--graphs", "off"])

@@ -39,6 +39,7 @@ def top(modules: set[str]) -> set[str]:
 
 @pytest.mark.parametrize("backend, other", [("openvino", "onnxruntime"), ("onnxruntime", "openvino")])
 def test_import_and_a_cpu_detection_load_no_optional_package(shared_data, backend, other):
+    pytest.importorskip(backend)
     marks = loaded(f"import fastmtcnn\nmark('import')\n"
                    f"faces = fastmtcnn.MTCNN(backend={backend!r}).detect({str(shared_data / PORTRAIT)!r})\n"
                    "assert len(faces) == 1, len(faces)\nmark('detect')\n")

@@ -207,6 +207,7 @@ def test_mask_is_what_makes_tiled_cells_exact(shared_data, backend):
 
 @pytest.fixture(scope="module", params=["openvino", "onnxruntime"])
 def tiled_and_per_scale(request) -> tuple[MTCNN, MTCNN]:
+    pytest.importorskip(request.param)
     return MTCNN(packed=True, backend=request.param), MTCNN(packed=False, backend=request.param)
 
 
