@@ -35,9 +35,9 @@ PX = 1e-2
 SCORE = 1e-4
 MIN_IOU = 0.7
 CPU_ENGINES = ("onnxruntime", "openvino")
-# fp16 landmarks vs the reference, as a fraction of the box side: README and docs/gpu.md say 0.27% on
-# average and 1.9% at most (H200); held at those figures as printed (to their last digit, rounded)
-FP16_LANDMARKS_MEAN = 0.00275
+# fp16 landmarks vs the reference, as a fraction of the box side: README and docs/gpu.md say 0.28% on
+# average and 1.9% at most (H200, tiled cascade); held at those figures as printed (to their last digit, rounded)
+FP16_LANDMARKS_MEAN = 0.00285
 FP16_LANDMARKS_MAX = 0.0195
 
 

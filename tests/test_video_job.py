@@ -175,13 +175,19 @@ def test_tracking_on_nvdec_frames_gives_the_faces_of_opencv_frames(shared_data):
 
     if unavailable(torch.device("cuda")):
         pytest.skip(unavailable(torch.device("cuda")))
-    gpu = MTCNN(minsize=40, backend="torch", device="cuda")
+    # fp32: in fp16 a frame's faces may move with the frames that share its batch, which the two decoders
+    # group differently (docs/gpu.md); the frames themselves are bit-identical (tests/test_nvdec.py)
+    gpu = MTCNN(minsize=40, backend="torch", device="cuda", fp16=False)
     clip = str(shared_data / "video" / "group_720p_h264.mp4")
     runs = {}
     for decoder in ("nvdec", "opencv"):
         with StreamDetector(gpu, [clip, clip], decoder=decoder, track_every=5, max_frames=30) as streams:
             runs[decoder] = [(r.source, r.index, r.tracked, r.faces) for r in streams]
         assert {st.decoder for st in streams.stats.values()} == {decoder}
+        for source in {x[0] for x in runs[decoder]}:  # each source's frames in order, each once
+            assert [x[1] for x in runs[decoder] if x[0] == source] == list(range(30))
+        # the two sources' results interleave as their decoders deliver: compared source by source
+        runs[decoder].sort(key=lambda x: (x[0], x[1]))
     assert [x[:3] for x in runs["nvdec"]] == [x[:3] for x in runs["opencv"]]
     assert sum(t for _, _, t, _ in runs["nvdec"]) > 30  # most frames tracked
     for (*_, fa), (*_, fb) in zip(runs["nvdec"], runs["opencv"]):
