@@ -107,36 +107,52 @@ def test_jpeg_coding_reads_the_frame_header(shared_data, tmp_path):
 
 @pytest.mark.gpu
 def test_gpu_nvjpeg_photos_give_the_cpu_decoder_detections(folder, monkeypatch):
+    """After a first window decoded on the CPU (the first result does not wait for nvJPEG to start), every
+    complete baseline JPEG is decoded by nvJPEG into GPU memory, without importing torchvision's package
+    (it imports torch._dynamo, sympy and torch.distributed: seconds), and finds the CPU decoder's faces."""
+    import subprocess
+    import sys
+
     torch = pytest.importorskip("torch")
-    tvio = pytest.importorskip("torchvision.io")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     from fastmtcnn import photos
     from fastmtcnn.metrics import greedy_match, iou_matrix
 
+    if photos.nvjpeg_decoder() is None:
+        pytest.skip("needs torchvision (nvJPEG)")
     MIN_IOU = 0.7
+    code = ("import sys, torch\nbefore = set(sys.modules)\nfrom fastmtcnn import MTCNN\n"
+            "from fastmtcnn.photos import detect_photos, nvjpeg_decoder\n"
+            f"got = list(detect_photos(MTCNN(device='cuda'), {folder!r}))\nassert nvjpeg_decoder() is not None\n"
+            "print(sorted(m for m in set(sys.modules) - before if m.startswith(('torchvision', 'torch._dynamo'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[-2] == "[]", out.stdout[-500:]
 
-    # who decoded what: nvJPEG (torchvision's decode_jpeg on the GPU) or the CPU fallback
+    # who decoded what: nvJPEG (torchvision's op on the GPU) or the CPU fallback
     on_gpu, on_cpu = [], []
-    nvjpeg, cpu = tvio.decode_jpeg, photos._decode_cpu
+    nvjpeg, cpu = photos.nvjpeg_decode, photos._decode_cpu
 
-    def counted_nvjpeg(data, *args, **kwargs):
-        out = nvjpeg(data, *args, **kwargs)
-        on_gpu.extend(out if isinstance(out, list) else [out])
+    def counted_nvjpeg(raw, device):
+        out = nvjpeg(raw, device)
+        on_gpu.extend(out)
         return out
 
     def counted_cpu(item, *args, **kwargs):
         on_cpu.append(item[0])
         return cpu(item, *args, **kwargs)
 
-    monkeypatch.setattr(tvio, "decode_jpeg", counted_nvjpeg)
+    monkeypatch.setattr(photos, "nvjpeg_decode", counted_nvjpeg)
     monkeypatch.setattr(photos, "_decode_cpu", counted_cpu)
     det = MTCNN(backend="torch", device="cuda", fp16=False)
     got = list(detect_photos(det, folder))
     assert [r.path for r in got] == folder
+    first = set(folder[:photos.FIRST_WINDOW])
+    assert first <= set(on_cpu)
     coding = {p: jpeg_coding(open(p, "rb").read()) for p in folder if p.endswith(".jpg") and os.path.getsize(p)}
-    baseline = [r.path for r in got if r.ok and coding.get(r.path) == "baseline"]
-    # every complete baseline JPEG was decoded by nvJPEG itself, into GPU memory; none fell back to the CPU
+    baseline = [r.path for r in got if r.ok and coding.get(r.path) == "baseline" and r.path not in first]
+    # every complete baseline JPEG after the first window was decoded by nvJPEG itself, into GPU memory
     assert len(baseline) >= 10 and not set(baseline) & set(on_cpu), sorted(set(baseline) & set(on_cpu))
     assert len(on_gpu) >= len(baseline) and all(t.is_cuda for t in on_gpu)
     assert all(isinstance(r.image, torch.Tensor) and r.image.is_cuda for r in got if r.path in baseline)
@@ -164,3 +180,13 @@ def test_gpu_nvjpeg_photos_give_the_cpu_decoder_detections(folder, monkeypatch):
           f"mean {ious.mean():.4f}, {(ious >= 0.99).mean():.1%} at >= 0.99")
     assert len(ious) >= 0.98 * n_cpu and len(ious) >= 0.98 * n_gpu
     assert ious.mean() >= 0.99
+
+
+def test_chunks_give_a_first_chunk_of_its_own_size_then_n():
+    """The GPU folder job's first window is small (its result does not wait for nvJPEG to start)."""
+    from fastmtcnn.overlap import chunks
+
+    assert [len(c) for c in chunks(range(150), 64, first=8)] == [8, 64, 64, 14]
+    assert [len(c) for c in chunks(range(5), 64, first=8)] == [5]
+    assert [len(c) for c in chunks(range(10), 4)] == [4, 4, 2]
+    assert [x for c in chunks(range(150), 64, first=8) for x in c] == list(range(150))

@@ -65,8 +65,10 @@ def _call(fn, item):
         return e
 
 
-def chunks(items: Iterable[T], n: int) -> Iterator[list[T]]:
-    """Lists of n items (the last may be shorter), read from items as they are needed."""
+def chunks(items: Iterable[T], n: int, first: int | None = None) -> Iterator[list[T]]:
+    """Lists of n items (the first of `first`, the last may be shorter), read from items as they are needed."""
     it = iter(items)
-    while chunk := list(islice(it, n)):
+    size = first or n
+    while chunk := list(islice(it, size)):
         yield chunk
+        size = n

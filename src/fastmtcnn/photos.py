@@ -3,13 +3,17 @@
 Files are read ahead on threads, decoded, and detected a window at a time:
 each window is one `detect_batch` call, whatever the photos' sizes (their
 pyramids share PNet tiles of one shape, `pyramid`). On a CUDA torch detector
-JPEGs are decoded on the GPU by nvJPEG (`torchvision.io.decode_jpeg(device=
-"cuda")`, one batched call per window) and never leave it; other formats,
-and files nvJPEG rejects, go through the CPU decoder (`images.decode_image`)
-with its error messages. A bad file is an error result, never a crash or a gap.
+JPEGs are decoded on the GPU by nvJPEG (torchvision's op, one batched call
+per window) and never leave it; other formats, and files nvJPEG rejects, go
+through the CPU decoder (`images.decode_image`) with its error messages. The
+first window is small and decoded on the CPU: the first result does not wait
+for nvJPEG to start (0.6-1 s), which happens meanwhile, on the next window.
+A bad file is an error result, never a crash or a gap.
 """
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,16 +67,62 @@ def _decode_cpu(item: tuple[str, np.ndarray | ImageError], exif: bool = False) -
         return e
 
 
-def nvjpeg_available(det) -> bool:
-    """True when `det` runs on CUDA and torchvision can decode JPEGs there."""
-    be = det.backend
-    if be.name != "torch" or be.device.type != "cuda":
-        return False
+#: photos in the first window of a GPU folder job (decoded on the CPU; later windows: `GPU_WINDOW`, nvJPEG)
+FIRST_WINDOW = 8
+GPU_WINDOW = 64
+#: torchvision's ImageReadMode.RGB, as its `image` ops take it
+_RGB = 3
+_decoder: list = []  # [decode function or None], once found
+
+
+def nvjpeg_decoder() -> Callable | None:
+    """torchvision's nvJPEG op as (encoded uint8 CPU tensors, device) -> RGB (3, H, W) tensors there; None
+    without torchvision.
+
+    Why not `torchvision.io.decode_jpeg`: importing torchvision's package
+    imports torch._dynamo, sympy and torch.distributed (its ops register with
+    torch.compile), 3-7 s in a fresh process, more than a folder's whole
+    detection job. Its `image` extension alone holds the op and loads in
+    milliseconds; where it will not load alone, the package is imported.
+    """
+    if not _decoder:
+        _decoder.append(_find_nvjpeg())
+    return _decoder[0]
+
+
+def _find_nvjpeg() -> Callable | None:
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    import torch
+
+    finder = importlib.machinery.FileFinder(
+        spec.submodule_search_locations[0],
+        (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES))
+    ext = finder.find_spec("image")
     try:
-        from torchvision.io import decode_jpeg  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        if ext is None or not ext.origin:
+            raise OSError("no image extension")
+        torch.ops.load_library(ext.origin)
+        op = torch.ops.image.decode_jpegs_cuda
+        return lambda raw, device: op(raw, _RGB, torch.device(device))
+    except (OSError, RuntimeError, AttributeError):
+        try:
+            from torchvision.io import ImageReadMode, decode_jpeg
+        except ImportError:
+            return None
+        return lambda raw, device: decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+
+
+def nvjpeg_decode(raw: list, device) -> list:
+    """Encoded JPEGs (uint8 CPU tensors) -> RGB (3, H, W) tensors on `device`, by nvJPEG."""
+    return nvjpeg_decoder()(raw, device)
+
+
+def nvjpeg_available(det) -> bool:
+    """True when `det` runs on CUDA and torchvision's nvJPEG op is there."""
+    be = det.backend
+    return be.name == "torch" and be.device.type == "cuda" and nvjpeg_decoder() is not None
 
 
 def decode_on_gpu(items: list[tuple[str, np.ndarray | ImageError]], device, consumer=None) -> list:
@@ -104,7 +154,6 @@ def decode_on_gpu(items: list[tuple[str, np.ndarray | ImageError]], device, cons
 
 def _decode_on_gpu(items: list[tuple[str, np.ndarray | ImageError]], device) -> list:
     import torch  # optional (GPU extra): imported when nvJPEG is used
-    from torchvision.io import ImageReadMode, decode_jpeg
 
     out: list = [None] * len(items)
     jpegs = []
@@ -120,12 +169,12 @@ def _decode_on_gpu(items: list[tuple[str, np.ndarray | ImageError]], device) -> 
     if jpegs:
         raw = [torch.from_numpy(items[i][1]) for i in jpegs]
         try:
-            decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+            decoded = nvjpeg_decode(raw, device)
         except RuntimeError:
             decoded = []
             for t in raw:
                 try:
-                    decoded.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
+                    decoded.append(nvjpeg_decode([t], device)[0])
                 except RuntimeError:
                     decoded.append(None)
         for i, t in zip(jpegs, decoded):
@@ -156,30 +205,33 @@ def detect_photos(det, paths: Iterable[str], *, window: int | None = None, reade
     """Faces in image files, yielded in input order; every path gets a result or an error.
 
     window: files read, decoded and detected together (default 64 with nvJPEG:
-    one fixed-shape GPU call; else twice the readers); the next window is read
-    and decoded on other threads while this one is detected. readers: threads
+    one fixed-shape GPU call, after a first window of 8 decoded on the CPU;
+    else twice the readers); the next window is read and decoded on other
+    threads while this one is detected. readers: threads
     reading (and, without nvJPEG, decoding). reader: path -> file bytes
     (uint8), raising ImageError (default: local files; `batch` reads URIs too).
     """
     exif = det.exif
     gpu = nvjpeg_available(det) and not exif  # nvJPEG does not turn photos by their EXIF tag
     readers = readers or min(8, os.cpu_count() or 2)
-    window = window or (64 if gpu else 2 * readers)
+    first = FIRST_WINDOW if gpu and window is None else None
+    window = window or (GPU_WINDOW if gpu else 2 * readers)
     with ThreadPoolExecutor(readers, thread_name_prefix="fastmtcnn-read") as pool:
+        consumer = None
         if gpu:
             import torch
 
             consumer = torch.cuda.current_stream(det.backend.device)
 
-            def decode(chunk: list[str]) -> list:
-                data = list(pool.map(lambda p: _read(p, reader), chunk))
-                return decode_on_gpu(list(zip(chunk, data)), det.backend.device, consumer)
-        else:
-            def decode(chunk: list[str]) -> list:  # OpenCV releases the GIL: decode on the reader threads
+        def decode(job: tuple[int, list[str]]) -> list:
+            i, chunk = job
+            if consumer is None or (first and i == 0):  # OpenCV releases the GIL: decode on the reader threads
                 return list(pool.map(lambda p: _decode_cpu((p, _read(p, reader)), exif), chunk))
+            data = list(pool.map(lambda p: _read(p, reader), chunk))
+            return decode_on_gpu(list(zip(chunk, data)), det.backend.device, consumer)
 
         # two windows in flight: one decodes while the one before is detected
-        for chunk, images in overlapped(decode, chunks(paths, window), workers=2, ahead=2):
+        for (_, chunk), images in overlapped(decode, enumerate(chunks(paths, window, first)), workers=2, ahead=2):
             if isinstance(images, BaseException):
                 raise images  # not a bad file (those are ImageError entries): the GPU or the reader pool failed
             for path, im, res in zip(chunk, images, detect_window(det, images)):

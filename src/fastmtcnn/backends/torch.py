@@ -12,6 +12,7 @@ documented on `TorchBackend`.
 """
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import threading
 import warnings
@@ -40,6 +41,19 @@ MAX_PIXELS = 128 << 20
 #: with graphs="auto", calls of at most this many images are captured as CUDA graphs (when their shape
 #: comes back); larger ones run the same fixed-shape kernels eagerly
 GRAPH_IMAGES = 4
+
+#: set at interpreter exit: kernel warm-ups stop at their next step. A daemon thread still inside Triton's
+#: compiler when Python finalizes aborts the process ("terminate called without an active exception")
+_EXITING = threading.Event()
+_WARMUPS: set[threading.Thread] = set()
+
+
+@atexit.register
+def _stop_warmups() -> None:
+    """Let running kernel warm-ups finish the step they are in (one kernel) and stop, before Python finalizes."""
+    _EXITING.set()
+    for t in list(_WARMUPS):
+        t.join()
 
 
 def _pow2(n: int, least: int = 1) -> int:
@@ -156,31 +170,46 @@ class TorchBackend:
 
     def _compile_kernels(self) -> None:
         """Compile (or load from Triton's disk cache) every kernel on tiny inputs, on a side stream, then turn
-        them on. Runs on a background thread: calls meanwhile use torch ops, with the same numbers."""
+        them on. Runs on a background thread: calls meanwhile use torch ops, with the same numbers. At exit it
+        stops between kernels (`_stop_warmups`): a one-photo process waits for one compile at most."""
         try:
             with torch.cuda.device(self.device), torch.cuda.stream(torch.cuda.Stream(self.device)):
-                img = torch.zeros((1, 40, 40, 3), dtype=torch.uint8, device=self.device)
-                ii = self._integrals_with(img, use=True, force=True)
-                plan = batch_plan(self, [(40, 40)], Config(minsize=12))
-                x, mask, cells = self.canvas(ii, plan, list(range(len(plan.canvases))), kernels=True)
-                with torch.inference_mode():
-                    self._fused[0](x, mask) if self._fused else None
-                    win = torch.tensor([[0, 24, 0, 24]], device=self.device)
-                    f = torch.zeros(1, dtype=torch.int64, device=self.device)
-                    for size, net in ((24, 1), (48, 2)):
-                        c = torch_kernels.crops(ii.flat, _image_table(ii), f, win, size, self.dtype, MEAN, SCALE)
-                        if self._fused:
-                            self._fused[net](c.contiguous(memory_format=torch.channels_last))
-                    b = torch.rand((1, 64, 5), device=self.device) * 10
-                    b[..., 2:4] += 10
-                    valid = torch.ones((1, 64), dtype=torch.bool, device=self.device)
-                    for mode, add in (("union", 0.0), ("min", 1.0)):
-                        torch_kernels.greedy_keep(b, bx.box_area(b, add), valid, None, 0.5, mode, add, 2)
-                    torch_kernels.greedy_keep(b, bx.box_area(b), valid, valid.to(torch.int64), 0.5, "union", 0.0, 2)
+                for step in self._kernel_steps():
+                    if _EXITING.is_set():
+                        return
+                    with torch.inference_mode():
+                        step()
                 torch.cuda.current_stream(self.device).synchronize()
             self._compiled = True
         except Exception as e:  # noqa: BLE001 - any compiler or driver error: torch ops from now on, exactly
             self._kernels_failed(e)
+        finally:
+            _WARMUPS.discard(threading.current_thread())
+
+    def _kernel_steps(self):
+        """Every Triton kernel once, on tiny inputs: one step per kernel (or pair)."""
+        dev = self.device
+        img = torch.zeros((1, 40, 40, 3), dtype=torch.uint8, device=dev)
+        ii = self._integrals_with(img, use=True, force=True)
+        yield lambda: None
+        plan = batch_plan(self, [(40, 40)], Config(minsize=12))
+        x, mask, _ = self.canvas(ii, plan, list(range(len(plan.canvases))), kernels=True)
+        if self._fused:
+            yield lambda: self._fused[0](x, mask)
+        win = torch.tensor([[0, 24, 0, 24]], device=dev)
+        f = torch.zeros(1, dtype=torch.int64, device=dev)
+        for size, net in ((24, 1), (48, 2)):
+            c = torch_kernels.crops(ii.flat, _image_table(ii), f, win, size, self.dtype, MEAN, SCALE)
+            if self._fused:
+                yield lambda c=c, net=net: self._fused[net](c.contiguous(memory_format=torch.channels_last))
+        b = torch.rand((1, 64, 5), device=dev) * 10
+        b[..., 2:4] += 10
+        valid = torch.ones((1, 64), dtype=torch.bool, device=dev)
+        for mode, add in (("union", 0.0), ("min", 1.0)):
+            yield lambda mode=mode, add=add: torch_kernels.greedy_keep(b, bx.box_area(b, add), valid, None, 0.5,
+                                                                       mode, add, 2)
+        yield lambda: torch_kernels.greedy_keep(b, bx.box_area(b), valid, valid.to(torch.int64), 0.5, "union",
+                                                0.0, 2)
 
     def _kernels_failed(self, e: Exception) -> None:
         """A Triton kernel failed to compile or run here: warn once, use the torch versions from now on."""
@@ -199,7 +228,8 @@ class TorchBackend:
         return None
 
     def _start_warmup(self) -> None:
-        if self.warmup is not None and self.warmup.ident is None:
+        if self.warmup is not None and self.warmup.ident is None and not _EXITING.is_set():
+            _WARMUPS.add(self.warmup)
             self.warmup.start()
 
     @contextmanager
