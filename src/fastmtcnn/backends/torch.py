@@ -191,7 +191,7 @@ class TorchBackend:
         dev = self.device
         img = torch.zeros((1, 40, 40, 3), dtype=torch.uint8, device=dev)
         ii = self._integrals_with(img, use=True, force=True)
-        yield lambda: None
+        yield lambda: None  # the integral's kernels ran just now: a place to stop
         plan = batch_plan(self, [(40, 40)], Config(minsize=12))
         x, mask, _ = self.canvas(ii, plan, list(range(len(plan.canvases))), kernels=True)
         if self._fused:
