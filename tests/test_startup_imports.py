@@ -110,3 +110,21 @@ def test_gpu_detection_imports_no_dynamo_sympy_or_distributed_beyond_torch(share
     for when in ("first", "kernels"):
         new = marks[when] - marks["torch"]
         assert not {m for m in new if m.partition(".")[0] == "sympy" or m.startswith(heavy)}, when
+
+
+@pytest.mark.gpu
+def test_gpu_a_one_photo_script_ends_cleanly_while_the_kernels_still_compile(shared_data, tmp_path):
+    """A script that detects one photo and ends at once, with an empty Triton cache (the kernel warm-up is
+    then compiling for seconds), exits 0 with no compiler or C++ runtime noise: the warm-up stops between
+    kernels at exit. It aborted before (SIGABRT, "terminate called without an active exception" on an H100)."""
+    import os
+
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    code = f"import fastmtcnn\nprint(len(fastmtcnn.MTCNN(device='cuda').detect({str(shared_data / PORTRAIT)!r})))"
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path / "triton")}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.split() == ["1"]
+    assert not any(s in p.stderr for s in ("terminate called", "fatal error", "ld returned")), p.stderr[-3000:]
