@@ -8,11 +8,13 @@ know what to build.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from . import options as opts
 from .config import Config, resolve
-from .detector import MTCNN
+
+if TYPE_CHECKING:  # imported by `build`: the command line parses its flags before OpenCV's import
+    from .detector import MTCNN
 
 
 @dataclass(frozen=True)
@@ -63,5 +65,7 @@ class DetectorSpec:
         return replace(self, options={**self.options, **options})
 
     def build(self) -> MTCNN:
+        from .detector import MTCNN
+
         return MTCNN(self.minsize, self.factor, self.thresholds, self.max_batch, self.packed, preset=self.preset,
                      backend=self.backend, exif=self.exif, **self.options)

@@ -8,8 +8,6 @@ import time
 
 from ..cli import add_detector_args, detector_from_args
 from . import annotated_suffix, error_text, input_paths, open_output, output_dir, plural, progress, unique_stem
-from ..images import ImageError
-from ..photos import detect_photos
 
 
 def register(sub) -> None:
@@ -28,6 +26,9 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..images import ImageError
+    from ..photos import detect_photos
+
     det = detector_from_args(args)
     paths = input_paths(args.paths)
     save_dir = output_dir(args.save_dir, "--save-dir") if args.save_dir else None
