@@ -105,6 +105,7 @@ def test_import_help_and_a_bad_flag_load_neither_opencv_nor_numpy():
     import fastmtcnn
 
     assert set(fastmtcnn.__all__) <= set(dir(fastmtcnn))
+    assert all(getattr(fastmtcnn, name) is not None for name in fastmtcnn.__all__)  # each one resolves
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         fastmtcnn.Nope  # noqa: B018
 
