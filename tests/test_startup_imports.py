@@ -146,3 +146,34 @@ def test_gpu_a_one_photo_script_ends_cleanly_while_the_kernels_still_compile(sha
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.split() == ["1"]
     assert not any(s in p.stderr for s in ("terminate called", "fatal error", "ld returned")), p.stderr[-3000:]
+
+
+@pytest.mark.gpu
+def test_gpu_a_folder_job_waits_for_cached_kernels_only_when_an_earlier_process_compiled_them(shared_data,
+                                                                                               tmp_path):
+    """Issue #17: a folder job whose Triton kernels an earlier process compiled on this machine waits for
+    them (they load from Triton's cache) before its first window, so its first pass runs at the warm rate;
+    with no such process before it, its first window runs at once on torch ops, as before."""
+    import os
+
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    photos = sorted(str(p) for p in shared_data.glob("*.jpg"))
+    assert len(photos) > 9
+    code = ("import json, sys\nimport fastmtcnn.photos as ph\nfrom fastmtcnn import MTCNN\n"
+            "det = MTCNN(device='cuda')\nseen = []\ndw = ph.detect_window\n"
+            "def spy(d, images):\n    seen.append(det.backend._compiled)\n    return dw(d, images)\n"
+            "ph.detect_window = spy\ncached = det.backend.kernels_cached()\n"
+            f"n = sum(r.ok for r in ph.detect_photos(det, {photos!r}))\n"
+            "ready = det.backend.wait_for_kernels(300)\n"
+            "print(json.dumps([cached, seen[0], n, ready, det.backend.kernels_cached()]))\n")
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path / "triton"), "FASTMTCNN_CACHE_DIR": str(tmp_path / "fm")}
+
+    def run() -> list:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=400, env=env)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    assert run() == [False, False, len(photos), True, True]  # compiled aside; noted once in use
+    assert run() == [True, True, len(photos), True, True]  # loaded from the cache before the first window

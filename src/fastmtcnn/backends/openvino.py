@@ -38,6 +38,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from .. import cache
 from ..nets import onnx_path
 from ..pipeline import NO_TIMER
 from .host import HostBackend
@@ -104,32 +105,9 @@ STREAMS = 2
 ov.Tensor(np.zeros(1, np.float32)).data
 
 
-OFF = ("", "0", "off", "none", "false")
-
-
-@lru_cache(maxsize=None)
 def default_cache_dir() -> str | None:
     """Where compiled nets are kept between processes, or None when that folder cannot be written."""
-    env = os.environ.get("FASTMTCNN_CACHE_DIR")
-    if env is not None and env.strip().lower() in OFF:
-        return None
-    if env:
-        root = Path(env).expanduser()
-    else:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastmtcnn"
-    return writable(str(root / "openvino"))
-
-
-@lru_cache(maxsize=None)
-def writable(folder: str) -> str | None:
-    """`folder` (made if need be) when files can be written in it, else None: the cache is then off."""
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError:
-        return None
-    return folder
+    return cache.folder("openvino")
 
 
 @lru_cache(maxsize=None)
@@ -236,7 +214,7 @@ class OpenVinoBackend(HostBackend):
         if cache_dir is None:
             self.cache_dir = default_cache_dir()
         else:
-            self.cache_dir = writable(str(Path(cache_dir).expanduser())) if cache_dir else None
+            self.cache_dir = cache.writable(str(Path(cache_dir).expanduser())) if cache_dir else None
         # RNet and ONet have one shape each (`PART`): load or compile them now, aside, so that a fresh
         # process's first photo finds them ready (it reads and decodes its image, runs PNet meanwhile)
         threading.Thread(target=self._prepare, name="fastmtcnn-openvino-prepare").start()

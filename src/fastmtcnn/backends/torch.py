@@ -13,15 +13,20 @@ documented on `TorchBackend`.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import hashlib
 import importlib.util
+import os
 import threading
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import boxes as bx
+from .. import cache
 from ..config import Config
 from ..crop import MEAN, SCALE, Integrals, area_resize, integral_image
 from ..nets import PNET_MASK_VALUE, torch_nets
@@ -41,6 +46,9 @@ MAX_PIXELS = 128 << 20
 #: with graphs="auto", calls of at most this many images are captured as CUDA graphs (when their shape
 #: comes back); larger ones run the same fixed-shape kernels eagerly
 GRAPH_IMAGES = 4
+
+#: longest a long job waits for kernels loading from Triton's cache (`TorchBackend.wait_for_kernels`)
+KERNEL_WAIT = 5.0
 
 #: set at interpreter exit: kernel warm-ups stop at their next step. A daemon thread still inside Triton's
 #: compiler when Python finalizes aborts the process ("terminate called without an active exception")
@@ -181,6 +189,7 @@ class TorchBackend:
                         step()
                 torch.cuda.current_stream(self.device).synchronize()
             self._compiled = True
+            self._note_cached()
         except Exception as e:  # noqa: BLE001 - any compiler or driver error: torch ops from now on, exactly
             self._kernels_failed(e)
         finally:
@@ -226,6 +235,47 @@ class TorchBackend:
                     raise
                 self._kernels_failed(e)
         return None
+
+    def _cached_note(self) -> Path | None:
+        """The file that says Triton's disk cache holds every kernel of this backend (written after a
+        warm-up): named by the kernels' sources, Triton, torch, the GPU and Triton's cache folder."""
+        if not self.kernels:
+            return None
+        where = cache.folder("triton")
+        if where is None:
+            return None
+        h = hashlib.sha256()
+        for f in (Path(__file__), Path(torch_kernels.__file__)):
+            h.update(f.read_bytes())
+        h.update(repr((torch_kernels.triton.__version__, torch.__version__, torch.version.cuda,
+                       torch.cuda.get_device_capability(self.device), self.dtype, self.fused_nets,
+                       os.environ.get("TRITON_CACHE_DIR"), os.environ.get("TRITON_HOME"))).encode())
+        return Path(where) / f"kernels-{h.hexdigest()[:32]}"
+
+    def _note_cached(self) -> None:
+        with contextlib.suppress(OSError):
+            if (note := self._cached_note()) is not None:
+                note.touch()
+
+    def kernels_cached(self) -> bool:
+        """Whether an earlier process compiled this backend's Triton kernels on this machine: loading them
+        from Triton's cache then takes a fraction of a second, not the ~13 s of compiling."""
+        note = self._cached_note()
+        return note is not None and note.is_file()
+
+    def wait_for_kernels(self, timeout: float = KERNEL_WAIT) -> bool:
+        """Start the kernel warm-up and wait up to `timeout` s for it; whether the kernels are in use.
+
+        Why: a long job (a folder) whose kernels load from Triton's cache runs its first pass at the warm
+        rate when it waits for them first; loading them aside, on a thread, while the job runs shares the
+        interpreter with it, and the kernels were measured to be still loading at the end of a 384-photo
+        pass. A job whose kernels must be compiled (`kernels_cached` False) should not wait: that is ~13 s.
+        """
+        if self.warmup is None:
+            return self._compiled
+        self._start_warmup()
+        self.warmup.join(timeout)
+        return self._compiled
 
     def _start_warmup(self) -> None:
         if self.warmup is not None and self.warmup.ident is None and not _EXITING.is_set():
