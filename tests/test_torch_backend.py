@@ -216,6 +216,34 @@ def test_tiled_cascade_gives_the_shared_pipeline_results_and_flags_overflow(phot
         np.testing.assert_allclose(gl, wl, atol=1e-4)
 
 
+def test_eager_calls_pad_their_tile_count_to_a_few_sizes_and_give_each_photo_its_own_faces(photos):
+    """A window of new sizes must not be a new cuDNN shape: an eager call's PNet batch (its tiles) is padded
+    to a bucket, with empty tiles, and every photo still gets exactly what it gets alone."""
+    import cv2
+
+    from fastmtcnn.backends.torch import tile_bucket
+    from fastmtcnn.pipeline import batch_plan
+
+    assert [tile_bucket(n) for n in (1, 8, 9, 11, 17, 65, 100, 129, 195, 257)] == [
+        1, 8, 10, 12, 20, 80, 112, 160, 224, 320]
+    assert sorted({tile_bucket(n) for n in range(65, 129)}) == [80, 96, 112, 128]  # four shapes an octave
+    names = ["bob_multiple-faces.jpg", "dlib_2007_007763.jpg", "insightface_t1.jpg", "yolov5_zidane.jpg",
+             "dlib_2008_001322.jpg"]
+    imgs = [cv2.resize(photos[k], (900 - 60 * i, 700 + 40 * i), interpolation=cv2.INTER_AREA)
+            for i, k in enumerate(names)]
+    det = MTCNN(minsize=20, backend="torch", device="cpu", fixed_shapes=True)
+    be = det.backend
+    plan = batch_plan(be, [im.shape[:2] for im in imgs], det.config)
+    shape = be._shape(plan, sum((h + 1) * (w + 1) for h, w in plan.sizes), graphed=False)
+    assert shape.tiles == tile_bucket(len(plan.canvases)) > len(plan.canvases)  # padded tiles in this call
+    got = det.detect_batch(imgs)
+    assert be.graph_stats == {"captures": 0, "replays": 0, "fallbacks": 0, "eager": 1}
+    alone = MTCNN(minsize=20, backend="torch", device="cpu")  # the shared pipeline, photo by photo
+    assert sum(len(g) for g in got) >= 30
+    for name, im, g in zip(names, imgs, got):
+        assert_same_detections(alone.detect(im), g, name)
+
+
 def test_level_nms_neighbours_hold_every_pair_of_cells_that_can_overlap_by_half():
     """The fixed-shape NMS within a level looks only at a cell's `NEIGHBOURS`: every other pair of cell
     boxes of one level must overlap by 0.5 or less, at every scale a pyramid can have."""

@@ -243,9 +243,9 @@ class Plan:
     def pieces(self) -> tuple[Piece, ...]:
         return tuple(p for c in self.canvases for p in c.pieces)
 
-    @property
+    @cached_property
     def levels(self) -> int:
-        """Most levels of any image: level ids are image * levels + level."""
+        """Most levels of any image: level ids are image * levels + level (cached: read once per piece)."""
         return max((len(s) for s in self.scales), default=0)
 
     @property
