@@ -76,10 +76,12 @@ def tile_bucket(n: int, steps: int = TILE_STEPS) -> int:
     """n rounded up to one of `steps` sizes per octave (.., 64, 80, 96, 112, 128, 160, ..; exact up to 2 * steps).
 
     Why: cuDNN makes an execution plan for every new input shape it meets, and
-    a window of photos of new sizes has a new tile count; with exact counts the
-    first pass over a folder of mixed sizes paid that in every window (H200:
-    64 photos in 150-200 ms, 66 ms once met). Padding costs at most a quarter
-    more PNet tiles (empty ones), and a process meets a few shapes.
+    a window of photos of new sizes has a new tile count. A first pass over a
+    folder of mixed sizes took 150-200 ms a window of 64 against 66 ms once
+    met, while a one-size folder's first pass ran near its warm rate (H200,
+    before this padding; its own effect is not yet timed on a GPU). Padding
+    costs at most a quarter more PNet tiles (empty ones); a process meets a
+    few shapes.
     """
     n = int(n)
     if n <= 2 * steps:
