@@ -140,7 +140,11 @@ def _shelves(sizes: Sequence[tuple[int, int]], width: int) -> tuple[list[tuple[i
     height = 0
     for i in order:
         h, w = sizes[i]
-        shelf = next((s for s in shelves[-_LOOKBACK:] if s[1] + w <= width), None)
+        shelf = None
+        for s in shelves[-_LOOKBACK:]:  # a plain loop: this runs for every level of every new batch
+            if s[1] + w <= width:
+                shelf = s
+                break
         if shelf is None:
             shelf = [height, 0]
             height += h
@@ -201,9 +205,11 @@ def _windows(places, sizes, tile: int, cols: int) -> set[tuple[int, int]]:
     step = tile - 10
     used = set()
     for (y, x), (h, w) in zip(places, sizes):
-        for r in range(y // step, (y + h - 11) // step + 1):
-            for c in range(x // step, min(cols, (x + w - 11) // step + 1)):
-                used.add((r, c))
+        r0, r1, c0, c1 = y // step, (y + h - 11) // step, x // step, min(cols - 1, (x + w - 11) // step)
+        if r0 == r1 and c0 == c1:  # most levels lie in one window
+            used.add((r0, c0))
+            continue
+        used.update((r, c) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1))
     return used
 
 
