@@ -68,12 +68,12 @@ def _pow2(n: int, least: int = 1) -> int:
     return max(least, 1 << max(0, int(n) - 1).bit_length())
 
 
-#: sizes per octave an eager call's PNet batch (its tile count) is padded to (`tile_bucket`)
+#: sizes per octave an eager call's PNet batch (its tile count) is padded to (`tile_bucket`); a power of two
 TILE_STEPS = 4
 
 
-def tile_bucket(n: int, steps: int = TILE_STEPS) -> int:
-    """n rounded up to one of `steps` sizes per octave (.., 64, 80, 96, 112, 128, 160, ..; exact up to 2 * steps).
+def tile_bucket(n: int) -> int:
+    """n rounded up to one of `TILE_STEPS` sizes an octave (.., 64, 80, 96, 112, 128, 160, ..; exact up to 8).
 
     Why: cuDNN makes an execution plan for every new input shape it meets, and
     a window of photos of new sizes has a new tile count. A first pass over a
@@ -84,9 +84,9 @@ def tile_bucket(n: int, steps: int = TILE_STEPS) -> int:
     few shapes.
     """
     n = int(n)
-    if n <= 2 * steps:
+    if n <= 2 * TILE_STEPS:
         return max(n, 1)
-    step = 1 << ((n - 1).bit_length() - (steps.bit_length() - 1) - 1)
+    step = 1 << ((n - 1).bit_length() - TILE_STEPS.bit_length())  # an octave (2^k, 2^(k+1)] in TILE_STEPS steps
     return -(-n // step) * step
 
 
@@ -540,7 +540,7 @@ class TorchBackend:
         captured for them (a captured shape then serves every batch that fits)."""
         n, t, p = len(plan.sizes), len(plan.canvases), len(plan.pieces)
         if not graphed:
-            return Shape(n, tile_bucket(t) if TILE_STEPS else max(t, 1), max(p, 1), max(rows, 1), self.tiles)
+            return Shape(n, tile_bucket(t), max(p, 1), max(rows, 1), self.tiles)
         have = [k[0] for k, v in self._graphs.entries.items() if v and k[0].holds(plan, rows)]
         if have:
             return min(have, key=lambda s: (s.tiles, s.rows))
