@@ -92,7 +92,7 @@ def test_video_job_writes_the_cli_records_and_videos(det, clips, tmp_path, capsy
         frames, end = _records(tmp_path / "lib" / f"{name}.jsonl")
         cli_frames, cli_end = _records(tmp_path / "cli" / f"{name}.jsonl")
         assert frames == cli_frames
-        assert [{**e, "mean_fps": 0} for e in end] == [{**e, "mean_fps": 0} for e in cli_end]
+        assert [{**e, "mean_fps": 0, "first_s": 0} for e in end] == [{**e, "mean_fps": 0, "first_s": 0} for e in cli_end]
         images = read_all(path)
         expect = [{"source": name, "frame": i, "time": i / 10, "width": im.shape[1], "height": im.shape[0],
                    "mode": "track" if tracked else "full", "faces": faces}
@@ -100,9 +100,12 @@ def test_video_job_writes_the_cli_records_and_videos(det, clips, tmp_path, capsy
         assert frames == expect
         n_faces = sum(len(r["faces"]) for r in frames)
         assert n_faces > 0 and end == [{"source": name, "end": "end of file", "frames": len(images),
-                                        "faces": n_faces, "mean_fps": end[0]["mean_fps"], "read": len(images),
+                                        "faces": n_faces, "mean_fps": end[0]["mean_fps"],
+                                        "first_s": end[0]["first_s"], "read": len(images),
                                         "dropped": 0,
                                         "reconnects": 0, "decoder": "opencv"}]
+        # the first result comes after the start and before the last one (mean_fps counts from the start)
+        assert 0 < end[0]["first_s"] <= len(images) / end[0]["mean_fps"] + 1e-3
         assert stats[name].frames == len(images) and stats[name].tracking.frames == len(images)
         assert job.outputs[name].written == str(tmp_path / "videos" / f"{name}.mp4")
         assert len(read_all(job.outputs[name].written)) == len(images)

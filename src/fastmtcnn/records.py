@@ -6,7 +6,11 @@ same records with these functions. Records of several sources in one stream
 carry `"source": NAME` first.
 
     frame: {"frame", "time", "width", "height", ["mode"], "faces": [{"box", "score", "landmarks"}]}
-    end:   {"end", "frames", "faces", "mean_fps", "dropped", "reconnects", ["decoder"], ["error"]}
+    end:   {"end", "frames", "faces", "mean_fps", ["first_s"], "read", "dropped", "reconnects", ["decoder"], ["error"]}
+
+`mean_fps` counts from the job's start (start-up included); `first_s` is the
+seconds from the start to the first result, so a short clip's rate after its
+start-up is (frames - 1) / (frames / mean_fps - first_s).
 """
 from __future__ import annotations
 
@@ -37,8 +41,10 @@ def end_text(stats) -> str:
 def end_record(stats, *, source: str | None = None) -> dict:
     """The last record of a source, from its `streams.SourceStats`."""
     rec = {"source": source} if source else {}
-    rec.update(end=end_text(stats), frames=stats.frames, faces=stats.faces, mean_fps=round(stats.fps, 3),
-               read=stats.read, dropped=stats.dropped, reconnects=stats.reconnects)
+    rec.update(end=end_text(stats), frames=stats.frames, faces=stats.faces, mean_fps=round(stats.fps, 3))
+    if stats.first_result_s is not None:
+        rec["first_s"] = round(stats.first_result_s, 3)
+    rec.update(read=stats.read, dropped=stats.dropped, reconnects=stats.reconnects)
     if stats.decoder:
         rec["decoder"] = stats.decoder
     if stats.error:
