@@ -162,30 +162,6 @@ def test_stream_detector_gives_every_frame_of_every_source_in_order_with_frame_b
     assert sorted(ended) == [("a", 9), ("a-2", 9), ("b", 7)]  # each after its last result
 
 
-def test_a_long_file_job_waits_for_cached_kernels_before_its_first_batch_and_a_short_one_does_not(
-        clips, monkeypatch):
-    """Files with more frames than KERNEL_WAIT_FRAMES (up to max_frames) wait for kernels an earlier process
-    compiled: loading starts with the job, the detector waits once, before its first batch; results unchanged."""
-    import fastmtcnn.streams as streams
-
-    a, b = clips
-    det = MTCNN(minsize=40)
-    calls = []
-    monkeypatch.setattr(det.backend, "kernels_cached", lambda: True, raising=False)
-    monkeypatch.setattr(det.backend, "wait_for_kernels", lambda timeout=None: calls.append(timeout), raising=False)
-    monkeypatch.setattr(streams, "KERNEL_WAIT_FRAMES", 15)
-    got = [r.faces for r in StreamDetector(det, [str(a), str(b)], chunk=4)]  # 9 + 7 frames: long
-    assert calls == [0, None]  # started with the job, waited for once
-    expect = _per_frame(det, a) + _per_frame(det, b)
-    assert len(got) == 16 and sum(map(len, got)) == sum(map(len, expect))
-    calls.clear()
-    list(StreamDetector(det, [str(a), str(b)], chunk=4, max_frames=7))  # 7 + 7 frames: short
-    assert calls == []
-    monkeypatch.setattr(det.backend, "kernels_cached", lambda: False, raising=False)
-    list(StreamDetector(det, [str(a), str(b)], chunk=4))  # long, nothing cached: no wait (a compile is ~13 s)
-    assert calls == []
-
-
 def test_stream_detector_run_calls_back_per_source(clips):
     a, b = clips
     counts = {"a": 0, "b": 0}

@@ -46,8 +46,6 @@ from .sources import (Frame, FrameReader, SourceError, SourceSpec, to_stderr, op
 from .track import Tracker, TrackStats, track_many
 
 DECODERS = ("auto", "opencv", "nvdec")
-#: a job of files with more frames than this waits for Triton kernels that load from the disk cache (`_long_file_job`)
-KERNEL_WAIT_FRAMES = 240
 
 
 class StreamResult(NamedTuple):
@@ -312,8 +310,6 @@ class StreamDetector:
         self._caller_waiting = False  # the caller waits for the next batch of results
         self._threads: list[threading.Thread] = []
         self._t0: float | None = None
-        self._max_frames = max_frames
-        self._wait_kernels = False  # set in `start`
 
     # -- stage 2: gather frames of all sources into batches -----------------------------------------
     def _gather(self) -> None:
@@ -411,9 +407,6 @@ class StreamDetector:
                         import torch
 
                         frames.record_stream(torch.cuda.current_stream(frames.device))
-                if self._wait_kernels:
-                    self.detector.backend.wait_for_kernels()
-                    self._wait_kernels = False
                 self._detect_batch(batch)
                 batch.groups = []  # frees the stacked frames before the next batch is gathered
                 self._count_live(batch, +1)
@@ -451,28 +444,10 @@ class StreamDetector:
     def _put(self, q: queue.Queue, item) -> bool:
         return put_until(q, item, self._stop)
 
-    def _long_file_job(self) -> bool:
-        """Files only, with more frames in all than KERNEL_WAIT_FRAMES (headers' counts, up to max_frames).
-
-        Why: such a job, like a folder of photos (`photos.detect_photos`), runs
-        nearer its warm rate when it waits for Triton kernels an earlier process
-        compiled (they load in about a second) than when they load on a thread
-        beside it; a live source or a short clip answers first instead."""
-        total = 0
-        for r in self.readers.values():
-            n = r.expected_frames
-            if r.spec.live or n is None:
-                return False
-            total += min(n, self._max_frames or n)
-        return total > KERNEL_WAIT_FRAMES
-
     # -- stage 4: the caller --------------------------------------------------------------------------
     def start(self) -> "StreamDetector":
         if self._t0 is None:
             self._t0 = time.perf_counter()
-            self._wait_kernels = self._long_file_job() and getattr(self.detector.backend, "kernels_cached", bool)()
-            if self._wait_kernels:
-                self.detector.backend.wait_for_kernels(0)  # they load while the sources open and decode
             for r in self.readers.values():
                 r.start()
             for target, name in ((self._gather, "fastmtcnn-gather"), (self._detect, "fastmtcnn-detect")):
