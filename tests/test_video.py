@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 
@@ -47,7 +48,11 @@ def test_video_file_gives_reference_faces_in_every_frame_and_writes_annotated_vi
         if ref:
             assert len(greedy_match(np.array([f["box"] for f in ref]), got, min_iou=0.7)) == len(ref)
     assert end == [end[0]] and end[0]["frames"] == 12 and end[0]["faces"] == 8 and end[0]["end"] == "end of file"
-    assert "12 frames, 8 faces" in capsys.readouterr().out
+    summary = capsys.readouterr().out
+    assert "12 frames, 8 faces" in summary
+    # the summary says when the first result came, as the end record does
+    first = re.search(r"first result after ([0-9.]+)s\)", summary)
+    assert first and abs(float(first.group(1)) - end[0]["first_s"]) <= 0.006
     written = read_all(out)
     assert len(written) == 12 and written[0].shape == (512, 512, 3)
     # the overlay is there: the face box edge is drawn in green

@@ -61,7 +61,8 @@ def test_several_files_at_once_write_per_source_outputs_with_every_frame(clips, 
         assert [r["faces"] for r in frames] == expect
         assert all(r["source"] == name for r in frames)
         assert end == [{"source": name, "end": "end of file", "frames": n, "faces": sum(map(len, expect)),
-                        "mean_fps": end[0]["mean_fps"], "first_s": end[0]["first_s"], "read": n, "dropped": 0, "reconnects": 0, "decoder": "opencv"}]
+                        "mean_fps": end[0]["mean_fps"], "first_s": end[0]["first_s"],
+                        "read": n, "dropped": 0, "reconnects": 0, "decoder": "opencv"}]
         written = read_all(out / f"{name}.mp4")
         assert len(written) == n and written[0].shape == read_all(path)[0].shape
         assert f"{path}: {n} frames, {end[0]['faces']} faces" in stdout and f"-> {out / name}.mp4" in stdout

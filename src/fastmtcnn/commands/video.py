@@ -97,7 +97,8 @@ def _run(args: argparse.Namespace) -> int:
         if st.error:
             failed = True
             print(f"error: {in_flag_terms(st.error)}", file=sys.stderr)
-        line = f"{st.spec}: {st.frames} frames, {st.faces} faces, mean {st.fps:.2f} FPS ({st.wall_s:.1f}s)"
+        line = f"{st.spec}: {st.frames} frames, {st.faces} faces, mean {st.fps:.2f} FPS ({st.wall_s:.1f}s"
+        line += f", first result after {st.first_result_s:.2f}s)" if st.first_result_s is not None else ")"
         if st.spec.live:
             line += f", {st.dropped} stale frames dropped"
             if st.reconnects:
