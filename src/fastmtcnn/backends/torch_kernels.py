@@ -44,9 +44,29 @@ def available(device: torch.device) -> bool:
     return triton is not None and device.type == "cuda"
 
 
+def _jit(*, sizes: tuple[str, ...], views: tuple[str, ...] = ()):
+    """`triton.jit` for a kernel whose `sizes` (int arguments) and `views` (pointers into a larger buffer)
+    change with the images: one compiled kernel serves them all.
+
+    Why: Triton compiles a kernel again for every new pattern of its int
+    arguments (equal to 1, divisible by 16) and of its pointers' 16-byte
+    alignment. The integral's sizes and its offset in a batch's buffer change
+    with every photo size, and the warm-up (40x40) meets none of a real
+    photo's patterns: each new one was a compile (or a load from Triton's
+    cache) in the middle of a job, the "shape the process has not met". The
+    price: the integral's byte loads are not vectorized (its input is read
+    once; checked in the PTX for sm_90); the epilogues' row counts only bound
+    a mask.
+    """
+    try:
+        return triton.jit(do_not_specialize=sizes, do_not_specialize_on_alignment=views)
+    except TypeError:  # a Triton from before do_not_specialize_on_alignment (3.2)
+        return triton.jit(do_not_specialize=sizes)
+
+
 if triton is not None:
 
-    @triton.jit
+    @_jit(sizes=("H", "RW", "ORW"), views=("x_ptr", "out_ptr"))
     def _column_scan(x_ptr, out_ptr, H, RW, ORW, ROWS: tl.constexpr, BLOCK: tl.constexpr):
         # x: (N, H, RW) uint8 rows of W*3; out: (N, H+1, ORW) int32 with ORW = (W+1)*3.
         # Tiles of ROWS x BLOCK: a scan down each tile plus the carry of the tiles above.
@@ -64,7 +84,7 @@ if triton is not None:
             tl.store(dst + (h0 + 1 + r) * ORW + offs[None, :], tl.cumsum(v, axis=0) + carry[None, :], mask=mm)
             carry += tl.sum(v, axis=0)
 
-    @triton.jit
+    @_jit(sizes=("W1",), views=("out_ptr",))
     def _row_scan(out_ptr, W1, BLOCK: tl.constexpr):
         # in place: each row (W1 pixels x 3 channels, column 0 zero) -> prefix sums along W
         row = out_ptr + tl.program_id(0).to(tl.int64) * W1 * 3
@@ -260,7 +280,7 @@ def greedy_keep(b: torch.Tensor, area: torch.Tensor, valid: torch.Tensor, group:
 
 if triton is not None:
 
-    @triton.jit
+    @_jit(sizes=("R",))
     def _bias_prelu(x_ptr, b_ptr, w_ptr, out_ptr, R, C: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr):
         # NHWC rows of C channels: prelu(x + bias), each step rounded to the tensor's dtype as torch does
         r = tl.program_id(0) * BR + tl.arange(0, BR)
@@ -275,7 +295,7 @@ if triton is not None:
         t = tl.where(t > 0, t, a * t)
         tl.store(out_ptr + off, t.to(dt), mask=m)
 
-    @triton.jit
+    @_jit(sizes=("MN",))
     def _bias_prelu_pool(x_ptr, b_ptr, w_ptr, m_ptr, out_ptr, H, W, Ho, Wo, MN, C: tl.constexpr, BC: tl.constexpr,
                          BP: tl.constexpr, K: tl.constexpr, S: tl.constexpr, HAS_MASK: tl.constexpr):
         # conv epilogue, NHWC: max pooling (K x K, stride S, ceil mode) of prelu(x + bias) (+ mask: PNet's
