@@ -80,6 +80,31 @@ def test_mixed_size_folder_gives_the_one_by_one_results_in_input_order(folder, d
         assert max(calls) > 1
 
 
+def test_a_fixed_shape_folder_job_plans_each_window_on_a_reader_thread(folder, monkeypatch):
+    """The plan of a window (its tiles, for photos of many sizes) is made while the window before is
+    detected, on the thread that decoded it: the detecting thread finds every plan made; faces unchanged."""
+    pytest.importorskip("torch")
+    import threading
+
+    from fastmtcnn import pipeline
+
+    det = MTCNN(minsize=40, backend="torch", device="cpu", fixed_shapes=True)
+    made = []
+    make_plan = pipeline.make_plan
+    monkeypatch.setattr(pipeline, "make_plan",
+                        lambda *a, **k: made.append(threading.current_thread()) or make_plan(*a, **k))
+    pipeline.plan_for.cache_clear()
+    got = list(detect_photos(det, folder, window=5))
+    monkeypatch.undo()
+    assert [r.path for r in got] == folder and sum(not r.ok for r in got) == 3
+    assert made and threading.main_thread() not in made  # every plan was made ahead, by a reader
+    pipeline.plan_for.cache_clear()
+    for r in got[:8]:
+        if r.ok:  # the same faces as a call that plans for itself
+            want = det.detect(r.rgb())
+            np.testing.assert_allclose(r.faces.boxes, want.boxes, atol=1e-3, rtol=0)
+
+
 def jpeg_coding(data: bytes) -> str | None:
     """'baseline' or 'progressive' from a JPEG's frame header (SOFn marker), None if it is not a JPEG."""
     if data[:2] != b"\xff\xd8":

@@ -132,6 +132,13 @@ class MTCNN:
             results[i] = det
         return results
 
+    def plan_ahead(self, images) -> None:
+        """Make and cache the plan of a coming `detect_batch(images)` on this thread (a reader's, say), so
+        that the call does not wait for it; nothing on engines that plan photo by photo (the CPU ones)."""
+        plan = getattr(self.backend, "plan_ahead", None)
+        if plan is not None:
+            plan([tuple(int(v) for v in im.shape[:2]) for im in images], self.config)
+
     def _detect_one(self, image) -> Detections:
         return self._run([as_image(image, exif=self.exif)])[0]
 

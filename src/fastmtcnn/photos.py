@@ -238,9 +238,13 @@ def detect_photos(det, paths: Iterable[str], *, window: int | None = None, reade
         def decode(job: tuple[int, list[str]]) -> list:
             i, chunk = job
             if consumer is None or (first and i == 0):  # OpenCV releases the GIL: decode on the reader threads
-                return list(pool.map(lambda p: _decode_cpu((p, _read(p, reader)), exif), chunk))
-            data = list(pool.map(lambda p: _read(p, reader), chunk))
-            return decode_on_gpu(list(zip(chunk, data)), det.backend.device, consumer)
+                images = list(pool.map(lambda p: _decode_cpu((p, _read(p, reader)), exif), chunk))
+            else:
+                data = list(pool.map(lambda p: _read(p, reader), chunk))
+                images = decode_on_gpu(list(zip(chunk, data)), det.backend.device, consumer)
+            # the window's plan too, here, while the window before runs (`MTCNN.plan_ahead`)
+            det.plan_ahead([im for im in images if not isinstance(im, ImageError)])
+            return images
 
         # two windows in flight: one decodes while the one before is detected
         for (_, chunk), images in overlapped(decode, enumerate(chunks(paths, window, first)), workers=2, ahead=2):

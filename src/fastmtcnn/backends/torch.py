@@ -482,7 +482,7 @@ class TorchBackend:
         out: list = []
         pending = []  # (chunk size, cascade, key, flat result on the device, replayed) of each chunk
         with torch.inference_mode():
-            for a, b in self._chunks(images):
+            for a, b in self._chunks([im.shape[:2] for im in images]):
                 pending.append(self._run_chunk(images[a:b], cfg, timer))
             host = torch.cat([p[3] for p in pending]).cpu().numpy() if pending else np.zeros(0, np.float32)
         at = 0
@@ -495,18 +495,33 @@ class TorchBackend:
         self._start_warmup()
         return out
 
-    def _chunks(self, images) -> list[tuple[int, int]]:
-        """[a, b) ranges of at most `graph_batch` images and `MAX_PIXELS` pixels (one image alone may be more)."""
+    def _chunks(self, sizes) -> list[tuple[int, int]]:
+        """[a, b) ranges of images of these (H, W) sizes: at most `graph_batch` images and `MAX_PIXELS`
+        pixels each (one image alone may be more)."""
         out, a, px = [], 0, 0
-        for i, im in enumerate(images):
-            p = int(im.shape[0]) * int(im.shape[1])
+        for i, (h, w) in enumerate(sizes):
+            p = int(h) * int(w)
             if i > a and (i - a >= self.graph_batch or px + p > MAX_PIXELS):
                 out.append((a, i))
                 a, px = i, 0
             px += p
-        if a < len(images):
-            out.append((a, len(images)))
+        if a < len(sizes):
+            out.append((a, len(sizes)))
         return out
+
+    def plan_ahead(self, sizes, cfg) -> None:
+        """Plan a coming call of images of these (H, W) sizes: its chunks' plans and tables, cached
+        (`pipeline.plan_for`), so that the call finds them made.
+
+        Why: planning is Python on the host (a window of 64 new sizes: ~12 ms
+        on a 2-core CPU) and the GPU waits for it; a folder's reader thread
+        plans the next window while the GPU runs this one (`photos.detect_photos`).
+        """
+        if not self.fixed_shapes or not cfg.use_packed:
+            return
+        sizes = [tuple(s) for s in sizes]
+        for a, b in self._chunks(sizes):
+            batch_plan(self, sizes[a:b], cfg).tables  # noqa: B018 - made and cached here
 
     def _run_chunk(self, images, cfg, timer: StageTimer):
         """Queue one chunk's fixed-shape cascade (eager or a graph replay) -> (images, cascade, key, flat result)."""
