@@ -137,7 +137,7 @@ class MTCNN:
         that the call does not wait for it; nothing on engines that plan photo by photo (the CPU ones)."""
         plan = getattr(self.backend, "plan_ahead", None)
         if plan is not None:
-            plan([tuple(int(v) for v in im.shape[:2]) for im in images], self.config)
+            plan([im.shape[:2] for im in images], self.config)  # `batch_plan` makes them ints
 
     def _detect_one(self, image) -> Detections:
         return self._run([as_image(image, exif=self.exif)])[0]

@@ -79,7 +79,8 @@ def tile_bucket(n: int) -> int:
     a window of photos of new sizes has a new tile count. A first pass over a
     folder of mixed sizes took 150-200 ms a window of 64 against 66 ms once
     met, while a one-size folder's first pass ran near its warm rate (H200,
-    before this padding; its own effect is not yet timed on a GPU). Padding
+    before this padding). With it, that folder's first pass ran at 545 img/s
+    against 483 with exact counts (H100, fresh processes, one run). Padding
     costs at most a quarter more PNet tiles (empty ones); a process meets a
     few shapes.
     """
@@ -519,7 +520,6 @@ class TorchBackend:
         """
         if not self.fixed_shapes or not cfg.use_packed:
             return
-        sizes = [tuple(s) for s in sizes]
         for a, b in self._chunks(sizes):
             batch_plan(self, sizes[a:b], cfg).tables  # noqa: B018 - made and cached here
 
