@@ -237,7 +237,7 @@ def test_eager_calls_pad_their_tile_count_to_a_few_sizes_and_give_each_photo_its
     shape = be._shape(plan, sum((h + 1) * (w + 1) for h, w in plan.sizes), graphed=False)
     assert shape.tiles == tile_bucket(len(plan.canvases)) > len(plan.canvases)  # padded tiles in this call
     got = det.detect_batch(imgs)
-    assert be.graph_stats == {"captures": 0, "replays": 0, "fallbacks": 0, "eager": 1}
+    assert be.graph_stats == {"captures": 0, "replays": 0, "fallbacks": 0, "eager": 1, "reruns": 0}
     alone = MTCNN(minsize=20, backend="torch", device="cpu")  # the shared pipeline, photo by photo
     assert sum(len(g) for g in got) >= 30
     for name, im, g in zip(names, imgs, got):
@@ -265,17 +265,47 @@ def test_level_nms_neighbours_hold_every_pair_of_cells_that_can_overlap_by_half(
     assert len(NEIGHBOURS) == 24
 
 
-def test_fixed_shape_calls_redo_overflowing_images_exactly_and_grow_the_capacity(photos):
-    """A capacity too small for an image: its chunk goes to the shared pipeline (same faces), the short
-    capacity is doubled for later calls."""
+def test_fixed_shape_calls_rerun_a_chunk_with_the_short_capacity_doubled_then_fall_back_exactly(photos):
+    """A capacity too small for a chunk: the chunk runs again with the short capacity doubled (kept for
+    later calls), not photo by photo through the shared pipeline (whose pyramid levels are new shapes to
+    cuDNN); still short after `RETRIES` doublings, the shared pipeline does it. Same faces either way."""
+    from fastmtcnn.backends.torch import RETRIES
+
     imgs = [photos["bob_multiple-faces.jpg"], photos["yolov5_zidane.jpg"]]
     want = MTCNN(minsize=40, backend="torch", device="cpu").detect_batch(imgs)
-    det = MTCNN(minsize=40, backend="torch", device="cpu", fixed_shapes=True, caps=(64, 1024, 512, 128, 64, 64))
+    det = MTCNN(minsize=40, backend="torch", device="cpu", fixed_shapes=True, caps=(256, 1024, 512, 128, 64, 64))
     got = det.detect_batch(imgs)
-    assert det.backend.graph_stats["fallbacks"] == 1
-    assert det.backend._caps[det.config][0][0] == 128
-    for a, b in zip(want, got):
-        assert_same_detections(a, b, "redone")
+    assert det.backend.graph_stats == {"captures": 0, "replays": 0, "fallbacks": 0, "eager": 1, "reruns": 1}
+    assert det.backend._caps[det.config][0][0] == 512
+    tiny = MTCNN(minsize=40, backend="torch", device="cpu", fixed_shapes=True, caps=(8, 1024, 512, 128, 64, 64))
+    redone = tiny.detect_batch(imgs)  # 8 -> 16 -> 32 cells: short still, so the shared pipeline
+    assert tiny.backend.graph_stats["fallbacks"] == 1 and tiny.backend.graph_stats["reruns"] == RETRIES
+    assert tiny.backend._caps[tiny.config][0][0] == 8 << (RETRIES + 1)  # and room for the next call
+    for a, b, c in zip(want, got, redone):
+        assert_same_detections(a, b, "rerun")
+        assert_same_detections(a, c, "redone")
+
+
+def test_a_window_with_a_crowded_photo_runs_at_the_default_capacities_without_a_rerun(photos):
+    """dlib_2008_002079 at 1024x1398 has more than 2048 PNet candidates after the NMS within levels (the old
+    default): a folder window holding it was redone photo by photo, on every fresh process. The batch
+    default holds it."""
+    import cv2
+
+    names = ["dlib_2008_002079.jpg", "bob_multiple-faces.jpg", "yolov5_zidane.jpg", "insightface_t1.jpg",
+             "dlib_2007_007763.jpg", "dlib_2008_001322.jpg", "skimage_astronaut.png", "facerec_biden.jpg"]
+    def fit(im, w, h):  # centre crop to w:h, then resize (as benchmarks/bench_e2e_gpu.py makes its folders)
+        s = min(im.shape[1] / w, im.shape[0] / h)
+        y, x = (im.shape[0] - int(h * s)) // 2, (im.shape[1] - int(w * s)) // 2
+        return cv2.resize(im[y:y + int(h * s), x:x + int(w * s)], (w, h), interpolation=cv2.INTER_CUBIC)
+
+    imgs = [fit(photos[k], 1024, 1398 - 2 * i) for i, k in enumerate(names)]
+    det = MTCNN(backend="torch", device="cpu", fixed_shapes=True)
+    got = det.detect_batch(imgs)
+    assert det.backend.graph_stats == {"captures": 0, "replays": 0, "fallbacks": 0, "eager": 1, "reruns": 0}
+    alone = MTCNN(backend="torch", device="cpu")
+    for name, im, g in zip(names, imgs, got):
+        assert_same_detections(alone.detect(im), g, name)
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA")

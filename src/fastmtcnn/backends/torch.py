@@ -47,6 +47,10 @@ MAX_PIXELS = 128 << 20
 #: comes back); larger ones run the same fixed-shape kernels eagerly
 GRAPH_IMAGES = 4
 
+#: fixed-shape reruns of a chunk whose capacities were short, each with the short ones doubled, before
+#: its images go to the shared pipeline
+RETRIES = 2
+
 #: longest a long job waits for kernels loading from Triton's cache (`TorchBackend.wait_for_kernels`)
 KERNEL_WAIT = 5.0
 
@@ -183,7 +187,7 @@ class TorchBackend:
         budget = int(graph_memory * torch.cuda.get_device_properties(self.device).total_memory) if cuda else None
         self._graphs = ShapeCache(budget=budget)  # (Shape, cfg) -> (cascade, graph, inputs, result) | False
         self._caps: dict = {}  # per config: (capacities, NMS steps), grown on overflow
-        self.graph_stats = {"captures": 0, "replays": 0, "fallbacks": 0, "eager": 0}
+        self.graph_stats = {"captures": 0, "replays": 0, "fallbacks": 0, "eager": 0, "reruns": 0}
         self.warmup: threading.Thread | None = None
         if self.kernels:  # started after the first call (`_start_warmup`): the first result never shares the GIL
             self.warmup = threading.Thread(target=self._compile_kernels, name="fastmtcnn-triton", daemon=True)
@@ -473,9 +477,10 @@ class TorchBackend:
     def detect_images(self, images, cfg, timer: StageTimer = NO_TIMER):
         """The fixed-shape cascade (`TiledCascade`) over the batch, in chunks; None declines the call.
 
-        A None entry leaves that image to the shared pipeline: an image whose
-        candidates overflowed a capacity, or an NMS that did not converge (the
-        capacity that was short is doubled for later calls). With the timer on
+        A chunk whose candidates overflowed a capacity, or whose NMS did not
+        converge, runs again with the short capacity doubled (kept for later
+        calls), up to `RETRIES` times; a None entry then leaves that image to
+        the shared pipeline. With the timer on
         (the profiler) the cascade runs eagerly, stage by stage, synchronized.
         """
         if not self.fixed_shapes or not cfg.use_packed:
@@ -483,16 +488,23 @@ class TorchBackend:
         out: list = []
         pending = []  # (chunk size, cascade, key, flat result on the device, replayed) of each chunk
         with torch.inference_mode():
-            for a, b in self._chunks([im.shape[:2] for im in images]):
+            ranges = self._chunks([im.shape[:2] for im in images])
+            for a, b in ranges:
                 pending.append(self._run_chunk(images[a:b], cfg, timer))
             host = torch.cat([p[3] for p in pending]).cpu().numpy() if pending else np.zeros(0, np.float32)
-        at = 0
-        for m, cascade, key, flat, replayed in pending:
-            rows, flags = cascade.split(host[at:at + flat.numel()])
-            at += flat.numel()
-            if flags.all():
-                self.graph_stats["replays" if replayed else "eager"] += 1
-            out.extend(self._chunk_result(key, cascade, rows, flags, m))
+            at = 0
+            for (a, b), (m, cascade, key, flat, replayed) in zip(ranges, pending):
+                rows, flags = cascade.split(host[at:at + flat.numel()])
+                at += flat.numel()
+                tries = 0
+                while not flags.all() and self._grow(key, flags) and tries < RETRIES:  # (grown for later calls)
+                    tries += 1
+                    # again with the grown capacities: one more fixed-shape run of the chunk, not the
+                    # shared pipeline photo by photo (each photo's pyramid levels new shapes to cuDNN)
+                    self.graph_stats["reruns"] += 1
+                    m, cascade, key, flat, replayed = self._run_chunk(images[a:b], cfg, timer)
+                    rows, flags = cascade.split(flat.cpu().numpy())
+                out.extend(self._chunk_result(cascade, rows, flags, m, replayed))
         self._start_warmup()
         return out
 
@@ -554,8 +566,8 @@ class TorchBackend:
         """The capacities a batch runs with: its own counts, or rounded up to buckets when a graph may be
         captured for them (a captured shape then serves every batch that fits)."""
         n, t, p = len(plan.sizes), len(plan.canvases), len(plan.pieces)
-        if not graphed:
-            return Shape(n, tile_bucket(t), max(p, 1), max(rows, 1), self.tiles)
+        if not graphed:  # images bucketed too: RNet's and ONet's pools are per image (a folder's last window)
+            return Shape(bucket(n, self.graph_batch), tile_bucket(t), max(p, 1), max(rows, 1), self.tiles)
         have = [k[0] for k, v in self._graphs.entries.items() if v and k[0].holds(plan, rows)]
         if have:
             return min(have, key=lambda s: (s.tiles, s.rows))
@@ -589,16 +601,25 @@ class TorchBackend:
         self._graphs.put(key, value, max(0, torch.cuda.memory_reserved(self.device) - before))
         return value
 
-    def _chunk_result(self, key, cascade, rows, flags, m: int) -> list:
-        """Per-image results of a chunk; None for every image when a flag is down (and more room for later)."""
+    def _grow(self, key, flags: np.ndarray) -> bool:
+        """Double the capacities a chunk found short (up to `MAX_CAPS`), and the NMS steps if one did not
+        converge, for this and later calls; whether anything grew."""
+        cfg, caps, iters = key[1], key[2], key[3]
+        grown = tuple(min(2 * c, hi) if not ok else c for c, ok, hi in zip(caps, flags[:-1], MAX_CAPS))
+        more = iters if flags[-1] else iters + 4
+        self._graphs.pop(key)
+        if (grown, more) == (caps, iters):
+            return False
+        self._caps[cfg] = (grown, more)
+        return True
+
+    def _chunk_result(self, cascade, rows, flags, m: int, replayed: bool) -> list:
+        """Per-image results of a chunk; None for every image when a flag is still down (the shared
+        pipeline then does them)."""
         if flags.all():
+            self.graph_stats["replays" if replayed else "eager"] += 1
             return cascade.unpack(rows[:m])
         self.graph_stats["fallbacks"] += 1
-        cfg = key[1]
-        caps, iters = self._caps[cfg]
-        caps = tuple(min(2 * c, hi) if not ok else c for c, ok, hi in zip(caps, flags[:-1], MAX_CAPS))
-        self._caps[cfg] = (caps, iters if flags[-1] else iters + 4)
-        self._graphs.pop(key)
         return [None] * m
 
     # ------------------------------------------------------------------ the rest
