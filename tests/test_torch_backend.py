@@ -221,12 +221,13 @@ def test_eager_calls_pad_their_tile_count_to_a_few_sizes_and_give_each_photo_its
     to a bucket, with empty tiles, and every photo still gets exactly what it gets alone."""
     import cv2
 
-    from fastmtcnn.backends.torch import tile_bucket
+    from fastmtcnn.backends.torch import PNET_CHUNK, tile_bucket
     from fastmtcnn.pipeline import batch_plan
 
-    assert [tile_bucket(n) for n in (1, 8, 9, 11, 17, 65, 100, 129, 195, 257)] == [
-        1, 8, 10, 12, 20, 80, 112, 160, 224, 320]
-    assert sorted({tile_bucket(n) for n in range(65, 129)}) == [80, 96, 112, 128]  # four shapes an octave
+    assert [tile_bucket(n) for n in (1, 8, 9, 11, 17, 33, 63, 65, 100, 129, 195, 257)] == [
+        1, 8, 10, 12, 20, 40, 64, 128, 128, 192, 256, 320]
+    assert sorted({tile_bucket(n) for n in range(33, 65)}) == [40, 48, 56, 64]  # four shapes an octave
+    assert {tile_bucket(n) % PNET_CHUNK for n in range(PNET_CHUNK, 2000)} == {0}  # past it, whole chunks
     names = ["bob_multiple-faces.jpg", "dlib_2007_007763.jpg", "insightface_t1.jpg", "yolov5_zidane.jpg",
              "dlib_2008_001322.jpg"]
     imgs = [cv2.resize(photos[k], (900 - 60 * i, 700 + 40 * i), interpolation=cv2.INTER_AREA)
@@ -240,6 +241,33 @@ def test_eager_calls_pad_their_tile_count_to_a_few_sizes_and_give_each_photo_its
     assert be.graph_stats == {"captures": 0, "replays": 0, "fallbacks": 0, "eager": 1, "reruns": 0}
     alone = MTCNN(minsize=20, backend="torch", device="cpu")  # the shared pipeline, photo by photo
     assert sum(len(g) for g in got) >= 30
+    for name, im, g in zip(names, imgs, got):
+        assert_same_detections(alone.detect(im), g, name)
+
+
+def test_pnet_runs_a_window_of_many_tiles_in_chunks_of_one_shape_with_the_same_faces(photos):
+    """Past `PNET_CHUNK` tiles a call's PNet runs in chunks of exactly that many tiles (cuDNN meets one
+    shape whatever the window's photo sizes), and every photo still gets what it gets alone."""
+    import cv2
+
+    from fastmtcnn.backends.torch import PNET_CHUNK
+    from fastmtcnn.pipeline import batch_plan
+
+    names = ["bob_multiple-faces.jpg", "yolov5_zidane.jpg", "insightface_t1.jpg", "dlib_2007_007763.jpg"]
+    imgs = [cv2.resize(photos[k], (700 + 30 * i, 560 - 20 * i), interpolation=cv2.INTER_AREA)
+            for i, k in enumerate(names)]
+    det = MTCNN(minsize=20, backend="torch", device="cpu", fixed_shapes=True, tile=96)
+    be = det.backend
+    tiles = len(batch_plan(be, [im.shape[:2] for im in imgs], det.config).canvases)
+    assert tiles > 2 * PNET_CHUNK and tiles % PNET_CHUNK  # several chunks, the last one padded
+    calls = []
+    net = be._net
+    be._net = lambda k, *args: (calls.append((k, args[0].shape[0])), net(k, *args))[1]
+    got = det.detect_batch(imgs)
+    pnet_calls = [n for k, n in calls if k == 0]
+    assert pnet_calls == [PNET_CHUNK] * -(-tiles // PNET_CHUNK), pnet_calls
+    alone = MTCNN(minsize=20, backend="torch", device="cpu")
+    assert sum(len(g) for g in got) >= 15
     for name, im, g in zip(names, imgs, got):
         assert_same_detections(alone.detect(im), g, name)
 

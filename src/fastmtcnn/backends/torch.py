@@ -72,23 +72,31 @@ def _pow2(n: int, least: int = 1) -> int:
     return max(least, 1 << max(0, int(n) - 1).bit_length())
 
 
+#: tiles per PNet call past this many: a larger batch runs in chunks of it (`TorchBackend.pnet`)
+PNET_CHUNK = 64
+
 #: sizes per octave an eager call's PNet batch (its tile count) is padded to (`tile_bucket`); a power of two
 TILE_STEPS = 4
 
 
 def tile_bucket(n: int) -> int:
-    """n rounded up to one of `TILE_STEPS` sizes an octave (.., 64, 80, 96, 112, 128, 160, ..; exact up to 8).
+    """n rounded up to a multiple of `PNET_CHUNK` past it; below, to one of `TILE_STEPS` sizes an octave
+    (.., 16, 20, 24, 28, 32, 40, 48, 56, 64; exact up to 8).
 
     Why: cuDNN makes an execution plan for every new input shape it meets, and
     a window of photos of new sizes has a new tile count. A first pass over a
     folder of mixed sizes took 150-200 ms a window of 64 against 66 ms once
     met, while a one-size folder's first pass ran near its warm rate (H200,
-    before this padding). With it, that folder's first pass ran at 545 img/s
-    against 483 with exact counts (H100, fresh processes, one run). Padding
-    costs at most a quarter more PNet tiles (empty ones); a process meets a
-    few shapes.
+    before this padding). Four sizes an octave: that folder's first pass ran
+    at 545 img/s against 483 with exact counts (H100, fresh processes, one
+    run), and with the kernels ready its windows still took 195, 80, 70, 110,
+    75 ms against 60 warm. Past `PNET_CHUNK` tiles PNet runs in chunks of
+    that many (`TorchBackend.pnet`): one shape, whatever the window. Padding
+    costs fewer than `PNET_CHUNK` empty tiles (a quarter below it).
     """
     n = int(n)
+    if n > PNET_CHUNK:  # PNet runs in chunks of PNET_CHUNK tiles: one shape for every count past it
+        return -(-n // PNET_CHUNK) * PNET_CHUNK
     if n <= 2 * TILE_STEPS:
         return max(n, 1)
     step = 1 << ((n - 1).bit_length() - TILE_STEPS.bit_length())  # an octave (2^k, 2^(k+1)] in TILE_STEPS steps
@@ -464,7 +472,19 @@ class TorchBackend:
             torch.backends.cudnn.allow_tf32 = prev
 
     def pnet(self, x, mask):
-        return self._net(0, x, mask)
+        """PNet over tiles; a batch of more than `PNET_CHUNK` tiles (a multiple of it, `_shape`) in chunks
+        of that many, so that the convolutions meet one shape whatever the tile count."""
+        n, c = x.shape[0], PNET_CHUNK
+        if n <= c or n % c:
+            return self._net(0, x, mask)
+        out = None
+        for i in range(0, n, c):
+            part = self._net(0, x[i:i + c], mask[i:i + c])
+            if out is None:
+                out = tuple(torch.empty((n, *p.shape[1:]), dtype=p.dtype, device=p.device) for p in part)
+            for o, p in zip(out, part):
+                o[i:i + c].copy_(p)
+        return out
 
     def rnet(self, x):
         return self._net(1, x)
