@@ -50,9 +50,11 @@ from .torch_nms import dense_nms
 #: RNet crops, RNet survivors, ONet crops, ONet survivors. The cells and crops are pooled over the
 #: batch (n x cap in all): the work follows the batch's mean count per image, not its most crowded one.
 CAP_NAMES = ("pnet cells", "candidates", "rnet crops", "rnet survivors", "onet crops", "onet survivors")
-DEFAULT_CAPS = (16384, 4096, 1536, 256, 128, 128)
+DEFAULT_CAPS = (16384, 2048, 1536, 256, 128, 128)
 #: for batches of 8 images or more (seen on 1080p frames at minsize 20, H100: up to ~8000 cells over
-#: threshold and ~1500 RNet crops in a crowded frame, far fewer on average)
+#: threshold and ~1500 RNet crops in a crowded frame, far fewer on average). 4096 candidates: a crowded
+#: photo of the test set at 1024x1398 has more than 2048, and a folder's window holding it ran again
+#: (smaller batches, a stream's frames, keep 2048: a short one runs again once, with it doubled)
 BATCH_CAPS = (8192, 4096, 1024, 256, 128, 128)
 #: a capacity that was short is doubled for the next calls, up to these
 MAX_CAPS = (65536, 16384, 4096, 2048, 1024, 1024)
