@@ -194,7 +194,7 @@ class TorchBackend:
         self._staged = None  # event: the last upload from the staging buffer is done
         budget = int(graph_memory * torch.cuda.get_device_properties(self.device).total_memory) if cuda else None
         self._graphs = ShapeCache(budget=budget)  # (Shape, cfg) -> (cascade, graph, inputs, result) | False
-        self._caps: dict = {}  # per config: (capacities, NMS steps), grown on overflow
+        self._caps: dict = {}  # per (config, starting capacities): (capacities, NMS steps), grown on overflow
         self.graph_stats = {"captures": 0, "replays": 0, "fallbacks": 0, "eager": 0, "reruns": 0}
         self.warmup: threading.Thread | None = None
         if self.kernels:  # started after the first call (`_start_warmup`): the first result never shares the GIL
@@ -559,13 +559,14 @@ class TorchBackend:
         """Queue one chunk's fixed-shape cascade (eager or a graph replay) -> (images, cascade, key, flat result)."""
         plan = batch_plan(self, [im.shape[:2] for im in images], cfg)
         rows = sum((h + 1) * (w + 1) for h, w in plan.sizes)
-        caps, iters = self._caps.setdefault(cfg, (self.caps or default_caps(len(images)), DEFAULT_ITERS))
+        ck = self._caps_key(cfg, len(images))
+        caps, iters = self.capacities(cfg, len(images))
         # "auto": graphs for small batches (a stream's frames), where launches cost more than the work; a
         # large batch's kernels are long enough for the host to queue ahead of them, graph or not
         graphed = not timer.enabled and (self.graph_mode == "always" or (
             self.graph_mode == "auto" and len(images) <= GRAPH_IMAGES))
         shape = self._shape(plan, rows, graphed)
-        key = (shape, cfg, caps, iters)
+        key = (shape, ck, caps, iters)
         entry = self._graphs.get(key) if graphed else None
         # "auto" captures only once the Triton kernels are ready (a graph is captured once, with them):
         # until then the same fixed-shape call runs eagerly, never waiting for the compiler
@@ -600,7 +601,7 @@ class TorchBackend:
         inp.load(plan, off)
 
     def _capture(self, key, images, plan: Plan):
-        shape, cfg, caps, iters = key
+        shape, (cfg, _), caps, iters = key
         cascade = TiledCascade(self, cfg, shape, caps, iters)
         inp = Inputs(shape, self.device)
         self._load(inp, images, plan)  # the warm-ups run on real images: representative autotune
@@ -621,16 +622,29 @@ class TorchBackend:
         self._graphs.put(key, value, max(0, torch.cuda.memory_reserved(self.device) - before))
         return value
 
+    def _caps_key(self, cfg, n: int) -> tuple:
+        return cfg, self.caps or default_caps(n)
+
+    def capacities(self, cfg, n: int) -> tuple[tuple[int, ...], int]:
+        """(capacities, NMS steps) a call of n images runs with: its size class's start (`default_caps`:
+        a single photo's differ from a folder window's), grown where a call found them short.
+
+        Why per size class: kept per config alone, a process's first call chose for every later one, so
+        a script that detected one photo and then a folder ran each window with the single photo's RNet
+        pool (1536 crops an image, against 1024)."""
+        ck = self._caps_key(cfg, n)
+        return self._caps.get(ck, (ck[1], DEFAULT_ITERS))
+
     def _grow(self, key, flags: np.ndarray) -> bool:
         """Double the capacities a chunk found short (up to `MAX_CAPS`), and the NMS steps if one did not
-        converge, for this and later calls; whether anything grew."""
-        cfg, caps, iters = key[1], key[2], key[3]
+        converge, for this and later calls of its size class; whether anything grew."""
+        ck, caps, iters = key[1], key[2], key[3]
         grown = tuple(min(2 * c, hi) if not ok else c for c, ok, hi in zip(caps, flags[:-1], MAX_CAPS))
         more = iters if flags[-1] else iters + 4
         self._graphs.pop(key)
         if (grown, more) == (caps, iters):
             return False
-        self._caps[cfg] = (grown, more)
+        self._caps[ck] = (grown, more)
         return True
 
     def _chunk_result(self, cascade, rows, flags, m: int, replayed: bool) -> list:
