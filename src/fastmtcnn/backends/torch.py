@@ -479,7 +479,7 @@ class TorchBackend:
             return self._net(0, x, mask)
         out = None
         for i in range(0, n, c):
-            part = self._net(0, x[i:i + c], mask[i:i + c])
+            part = self._net(0, x[i:i + c], None if mask is None else mask[i:i + c])
             if out is None:
                 out = tuple(torch.empty((n, *p.shape[1:]), dtype=p.dtype, device=p.device) for p in part)
             for o, p in zip(out, part):
