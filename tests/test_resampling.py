@@ -128,6 +128,7 @@ def test_sums_past_2_to_the_31_wrap_and_stay_exact():
     img = rng.integers(200, 256, (3100, 3100, 3), dtype=np.uint8)
     ii = integrals_host([img])
     assert int(img[..., 0].sum(dtype=np.int64)) > 2**31 and ii.image(0)[-1, -1, 0] < 0  # it did wrap
+    np.testing.assert_array_equal(integral_image(img[None])[0], ii.image(0))  # int32 scans wrap the same way
     ii64 = np.zeros((3101, 3101, 3), np.int64)
     ii64[1:, 1:] = img.astype(np.int64).cumsum(0).cumsum(1)
 
