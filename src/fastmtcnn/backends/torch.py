@@ -193,7 +193,8 @@ class TorchBackend:
         self._staging: torch.Tensor | None = None  # pinned host buffer for uploads
         self._staged = None  # event: the last upload from the staging buffer is done
         budget = int(graph_memory * torch.cuda.get_device_properties(self.device).total_memory) if cuda else None
-        self._graphs = ShapeCache(budget=budget)  # (Shape, cfg) -> (cascade, graph, inputs, result) | False
+        # (Shape, (cfg, starting caps), caps, iters) -> (cascade, graph, inputs, result) | False
+        self._graphs = ShapeCache(budget=budget)
         self._caps: dict = {}  # per (config, starting capacities): (capacities, NMS steps), grown on overflow
         self.graph_stats = {"captures": 0, "replays": 0, "fallbacks": 0, "eager": 0, "reruns": 0}
         self.warmup: threading.Thread | None = None
