@@ -115,6 +115,25 @@ def test_tile_kernel_fallback_equals_the_shared_tiles(photos, torch_cpu):
     assert float(ours.min()) >= -1.0 and float(ours.max()) <= 1.0  # padding stays in PNet's input range
 
 
+def test_tile_fallback_in_small_chunks_of_rows_gives_the_same_tiles(photos, torch_cpu, monkeypatch):
+    """The torch tiles go a bounded number of pixels at a time, in whole piece rows: chunk edges
+    anywhere in a piece (here every ~1000 pixels) change no pixel, mask or cell."""
+    import functools
+
+    import fastmtcnn.backends.torch as tb
+    from fastmtcnn.pipeline import batch_plan
+
+    be = torch_cpu.backend
+    imgs = [photos["bob_multiple-faces.jpg"], photos["yolov5_zidane.jpg"]]
+    plan = batch_plan(be, [im.shape[:2] for im in imgs], torch_cpu.config)
+    ii = be.integrals(be.images(imgs))
+    ids = list(range(len(plan.canvases)))
+    whole = be.canvas(ii, plan, ids)
+    monkeypatch.setattr(tb, "_tiles_torch", functools.partial(tb._tiles_torch, chunk=1000))
+    for a, b in zip(whole, be.canvas(ii, plan, ids)):
+        assert torch.equal(a, b)
+
+
 def test_integral_image_matches_numpy_cumsum(photos, torch_cpu):
     img = photos["skimage_astronaut.png"]
     ii = torch_cpu.backend.integrals(torch_cpu.backend.images([img])).image(0).numpy()

@@ -415,10 +415,10 @@ class TorchBackend:
         pieces[:, 9] = t["image"][sel]
         pieces[:, 10] = sel
         return self.make_tiles(ii, _image_table(ii), torch.from_numpy(pieces).to(self.device), len(ids), c0.h, kernels,
-                               int((pieces[:, 3].astype(np.int64) * pieces[:, 4]).sum()))
+                               pieces)
 
     def make_tiles(self, ii: Integrals, images: torch.Tensor, pieces: torch.Tensor, n: int, tile: int,
-                   kernels: bool | None = None, total: int | None = None):
+                   kernels: bool | None = None, host: np.ndarray | None = None):
         """`n` PNet tiles from a table of pieces (`torch_kernels.tiles`): input (n, 3, T, T) in the nets'
         dtype (NHWC memory), mask (n, 1, T-2, T-2), cells (n, K, K) int32 (piece index, -1 where none)."""
         k = pnet_out(tile)
@@ -430,8 +430,7 @@ class TorchBackend:
         use = self.kernels and self._compiled if kernels is None else kernels
         if not (use and self._try_kernel(torch_kernels.tiles, ii.flat, images, pieces, x, mask, cells, tile, tile,
                                           MEAN, SCALE, force=bool(kernels)) is not None):
-            _tiles_torch(images, ii.flat, pieces, x, m, c, total if total is not None else
-                         int((pieces[:, 3].long() * pieces[:, 4].long()).sum()))
+            _tiles_torch(images, ii.flat, pieces, x, m, c, pieces.cpu().numpy() if host is None else host)
         return x.permute(0, 3, 1, 2), mask[:, None], cells
 
     def crops(self, ii: Integrals, frame: torch.Tensor, windows: torch.Tensor, size: int) -> torch.Tensor:
@@ -691,49 +690,75 @@ def _image_table(ii: Integrals) -> torch.Tensor:
 
 
 def _tiles_torch(images: torch.Tensor, ii: torch.Tensor, pieces: torch.Tensor, x: torch.Tensor, mf: torch.Tensor,
-                 cf: torch.Tensor, total: int, chunk: int = 1 << 23) -> None:
+                 cf: torch.Tensor, host: np.ndarray, chunk: int = 1 << 23) -> None:
     """`torch_kernels.tiles` in torch ops (the CPU, or a GPU before its Triton kernels are ready).
 
-    Every pixel of every piece in one pass of array ops, `chunk` pixels at a
-    time, no loop over pieces and no host sync: pixel q belongs to the piece
-    whose span of the pieces' running pixel count holds it. total: the pieces'
-    pixels, known to the caller's plan. x: (n, T, T, 3); mf, cf: the flat
-    mask (n * (T-2)**2) and cells (n * K**2) plus one spare element at the end,
-    which takes the writes of pixels that write nothing there.
+    The area bins are separable: a pixel's rows of the integral depend on its
+    piece row only and its columns on its piece column only. So the bins are
+    worked out once per piece row and once per piece column (tables the size
+    of the plan), and each pixel costs two table gathers, four integral
+    gathers and no division. Per-pixel arithmetic is int32: the integral's
+    row indices of a call stay below 2**31 (`MAX_PIXELS`). Pixels go `chunk`
+    at a time, in whole piece rows, no host sync: the row and pixel counts
+    come from `host`, the pieces' table on the host (the plan made it).
+
+    x: (n, T, T, 3); mf, cf: the flat mask (n * (T-2)**2) and cells (n * K**2)
+    plus one spare element at the end, which takes the writes of pixels that
+    write nothing there.
     """
-    if total <= 0:
+    hh, ww = host[:, 3].astype(np.int64), host[:, 4].astype(np.int64)
+    widths = np.repeat(ww, hh)  # every piece row's width: plan-sized, not pixel-sized
+    if not widths.sum():
         return
-    dev = x.device
-    p = pieces.to(torch.int64)
-    slot, y0, x0, h, w, sy, sx, lh, lw, img, index = p.unbind(1)
-    size = h * w
-    end = torch.cumsum(size, 0)
+    dev, i32 = x.device, torch.int32
     t = x.shape[1]
     tm, k = t - 2, pnet_out(t)
+    p = pieces.to(torch.int64)  # the tables' maths in int64 (r * H may pass 2**31); per pixel int32
+    slot, y0, x0, h, w, sy, sx, lh, lw, img, index = p.unbind(1)
+    off, big_h, big_w = images[img].unbind(1)
+    npieces = len(host)
+    # one row per piece row: integral rows of its bins (as flat row offsets), bin height, where it lands
+    pr = torch.repeat_interleave(torch.arange(npieces, device=dev), h, output_size=len(widths))
+    i = torch.arange(len(widths), device=dev) - (torch.cumsum(h, 0) - h)[pr]
+    r, bh, lhr = sy[pr] + i, big_h[pr], lh[pr]
+    ys, ye = (r * bh) // lhr, ((r + 1) * bh + lhr - 1) // lhr
+    w1 = big_w[pr] + 1
+    ty, wr = y0[pr] + i, w[pr]
+    starts = torch.cumsum(wr, 0) - wr  # each row's first pixel
+    rows = torch.stack([
+        off[pr] + ye * w1, off[pr] + ys * w1, ye - ys,           # integral rows, bin height
+        (torch.cumsum(w, 0) - w)[pr] - starts,                    # + pixel index: the column table's row
+        (slot[pr] * t + ty) * t + x0[pr] - starts,                # + pixel index: the tile pixel
+        torch.where(i < h[pr] - 2, wr - 2, 0),                    # mask: columns j below this
+        (slot[pr] * tm + ty) * tm + x0[pr] - starts,              # + pixel index: the mask element
+        torch.where((i % 2 == 0) & (i // 2 < (h[pr] - 1) // 2 - 4), (wr - 1) // 2 - 4, 0),  # cells: j // 2 below
+        (slot[pr] * k + ty // 2) * k + x0[pr] // 2,               # + j // 2: the cell
+        starts, index[pr]], dim=1).to(i32)
+    # one row per piece column: integral columns of its bins, bin width
+    pc = torch.repeat_interleave(torch.arange(npieces, device=dev), w, output_size=int(ww.sum()))
+    c = sx[pc] + torch.arange(len(pc), device=dev) - (torch.cumsum(w, 0) - w)[pc]
+    bw, lwc = big_w[pc], lw[pc]
+    xs, xe = (c * bw) // lwc, ((c + 1) * bw + lwc - 1) // lwc
+    cols = torch.stack([xs, xe, xe - xs], dim=1).to(i32)
     xf = x.view(-1, 3)
-    last = len(p) - 1
-    for q0 in range(0, total, chunk):
-        q = torch.arange(q0, min(total, q0 + chunk), device=dev)
-        a = torch.searchsorted(end, q, right=True).clamp(max=last)
-        local = q - (end[a] - size[a])
-        i, j = local // w[a], local % w[a]
-        img_a = img[a]
-        off, H, W = images[img_a, 0], images[img_a, 1], images[img_a, 2]
-        r, c, lha, lwa = sy[a] + i, sx[a] + j, lh[a], lw[a]
-        ys, ye = (r * H) // lha, ((r + 1) * H + lha - 1) // lha
-        xs, xe = (c * W) // lwa, ((c + 1) * W + lwa - 1) // lwa
-        w1 = W + 1
-        g = [ii[off + yy * w1 + xx] for yy, xx in ((ye, xe), (ye, xs), (ys, xe), (ys, xs))]
-        total_ = (g[0] - g[1]) - (g[2] - g[3])
-        v = total_.to(torch.float32)
-        v /= ((ye - ys) * (xe - xs)).to(torch.float32)[:, None]
+    ends = np.cumsum(widths)
+    r0 = 0
+    while r0 < len(widths):  # whole rows, at most `chunk` pixels (a row is at most a tile wide)
+        base = int(ends[r0 - 1]) if r0 else 0
+        r1 = max(r0 + 1, int(np.searchsorted(ends, base + chunk, side="right")))
+        n = int(ends[r1 - 1]) - base
+        at = torch.repeat_interleave(torch.arange(r0, r1, device=dev, dtype=i32),
+                                     wr[r0:r1], output_size=n)
+        q = torch.arange(base, base + n, device=dev, dtype=i32)
+        a, b, dy, cshift, oshift, mlim, mshift, clim, cbase, start, idx = rows.index_select(0, at).unbind(1)
+        j = q - start
+        xs_, xe_, dx = cols.index_select(0, q + cshift).unbind(1)
+        g = [ii.index_select(0, yy + xx) for yy, xx in ((a, xe_), (a, xs_), (b, xe_), (b, xs_))]
+        v = ((g[0] - g[1]) - (g[2] - g[3])).to(torch.float32)
+        v /= (dy * dx).to(torch.float32)[:, None]
         v -= MEAN
         v *= SCALE
-        ty, tx, sl = y0[a] + i, x0[a] + j, slot[a]
-        xf[(sl * t + ty) * t + tx] = v.to(x.dtype)
-        keep = (i < h[a] - 2) & (j < w[a] - 2)
-        mf[torch.where(keep, (sl * tm + ty) * tm + tx, mf.numel() - 1)] = 0
-        on = (i % 2 == 0) & (j % 2 == 0) & (i // 2 < (h[a] - 1) // 2 - 4) & (j // 2 < (w[a] - 1) // 2 - 4)
-        cf[torch.where(on, (sl * k + ty // 2) * k + tx // 2, cf.numel() - 1)] = index[a].to(torch.int32)
-
-
+        xf[q + oshift] = v.to(x.dtype)
+        mf[torch.where(j < mlim, q + mshift, mf.numel() - 1)] = 0
+        cf[torch.where(((j & 1) == 0) & ((j >> 1) < clim), cbase + (j >> 1), cf.numel() - 1)] = idx
+        r0 = r1

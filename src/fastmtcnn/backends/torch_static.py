@@ -164,7 +164,7 @@ class Inputs:
         self.pieces = torch.zeros((shape.pieces, 11), dtype=torch.int32, device=device)
         self.decode = torch.zeros((shape.pieces, 4), dtype=torch.int64, device=device)
         self.scale = torch.ones(shape.pieces, dtype=torch.float32, device=device)
-        self.pixels = 0  # the pieces' pixels of the batch loaded (the torch fallback of the tile kernel reads it)
+        self.host = np.zeros((0, 11), np.int32)  # the pieces' table on the host (the torch tiles' row counts)
 
     def integrals(self) -> Integrals:
         return Integrals(self.ii, self.images[:, 0], self.images[:, 1], self.images[:, 2], ())
@@ -185,7 +185,7 @@ class Inputs:
             pieces[:p, 10] = np.arange(p)
             decode[:p] = np.stack([t["oy"], t["ox"], t["group"], t["image"]], axis=1)
             scale[:p] = t["scale"]
-        self.pixels = int((pieces[:, 3].astype(np.int64) * pieces[:, 4]).sum())
+        self.host = pieces
         for dst, src in ((self.images, img), (self.pieces, pieces), (self.decode, decode), (self.scale, scale)):
             dst.copy_(torch.from_numpy(src), non_blocking=False)
 
@@ -305,7 +305,7 @@ class TiledCascade:
         fz = be.fused_nms and dev.type == "cuda"
         ii = inp.integrals()
         with timer("pyramid"):
-            x, mask, cells = be.make_tiles(ii, inp.images, inp.pieces, s.tiles, s.tile, total=inp.pixels)
+            x, mask, cells = be.make_tiles(ii, inp.images, inp.pieces, s.tiles, s.tile, host=inp.host)
         with timer("pnet"):
             reg, prob = be.pnet(x, mask)
         with timer("candidates"):
