@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import sys
 import threading
 import warnings
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ from ..crop import MEAN, SCALE, Integrals, area_resize, integral_image
 from ..nets import PNET_MASK_VALUE, torch_nets
 from ..pipeline import NO_TIMER, StageTimer, batch_plan
 from ..pyramid import TILE, Plan, pnet_out
-from . import torch_kernels
+from . import torch_kernels, torch_warmup
 from .torch_graphs import ShapeCache, bucket, capture
 from .torch_nms import grouped_nms
 from .torch_static import DEFAULT_ITERS, MAX_CAPS, Inputs, Shape, TiledCascade, default_caps
@@ -212,11 +213,18 @@ class TorchBackend:
 
     # ------------------------------------------------------------------ Triton kernels
 
-    def _compile_kernels(self) -> None:
+    def _compile_kernels(self, aside: bool = True) -> None:
         """Compile (or load from Triton's disk cache) every kernel on tiny inputs, on a side stream, then turn
         them on. Runs on a background thread: calls meanwhile use torch ops, with the same numbers. At exit it
-        stops between kernels (`_stop_warmups`): a one-photo process waits for one compile at most."""
+        stops between kernels (`_stop_warmups`): a one-photo process waits for one compile at most.
+
+        aside: where no earlier process compiled them (`kernels_cached`), a process of their own compiles
+        them first (`torch_warmup`: it outlives a short job), and this thread then loads them."""
         try:
+            if aside and not self.kernels_cached():
+                self._compile_aside()
+            if _EXITING.is_set():
+                return
             with torch.cuda.device(self.device), torch.cuda.stream(torch.cuda.Stream(self.device)):
                 for step in self._kernel_steps():
                     if _EXITING.is_set():
@@ -230,6 +238,18 @@ class TorchBackend:
             self._kernels_failed(e)
         finally:
             _WARMUPS.discard(threading.current_thread())
+
+    def _compile_aside(self) -> bool:
+        """`torch_warmup.compile_aside` for this backend's kernels; whether they are in Triton's cache now."""
+        note = self._cached_note()
+        if note is None:
+            return False
+        pkg = str(Path(__file__).resolve().parents[2])  # the child imports this fastmtcnn, not another
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pkg, os.environ.get("PYTHONPATH")]))}
+        argv = [sys.executable, "-c", "import sys; from fastmtcnn.backends.torch import compile_main; "
+                "sys.exit(compile_main(sys.argv[1:]))", str(self.device),
+                *("1" if f else "0" for f in (self.fp16, self.fused_nets, self.channels_last))]
+        return torch_warmup.compile_aside(note, argv, _EXITING, env=env)
 
     def _kernel_steps(self):
         """Every Triton kernel once, on tiny inputs: one step per kernel (or pair)."""
@@ -677,6 +697,20 @@ class TorchBackend:
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def compile_main(argv: list[str]) -> int:
+    """The kernels' compile process (`TorchBackend._compile_aside`): DEVICE FP16 FUSE_NETS CHANNELS_LAST LOCK
+    -> compile them into Triton's cache (which writes the cache note), drop the lock; exit status 0 if done."""
+    *opts, lock = argv
+
+    def run() -> bool:
+        device, fp16, fuse, last = opts
+        be = TorchBackend(device, fp16=fp16 == "1", fuse_nets=fuse == "1", channels_last=last == "1", graphs=False)
+        be._compile_kernels(aside=False)
+        return be._compiled
+
+    return torch_warmup.holding(lock, run)
 
 
 def _check_tensor(t: torch.Tensor) -> None:
