@@ -174,6 +174,29 @@ def test_grouped_nms_keeps_exactly_what_the_numpy_nms_keeps(max_pairs):
         assert np.all(np.diff(s[got]) <= 0)
 
 
+@pytest.mark.parametrize("mode,plus_one,grouped", [("union", False, False), ("union", False, True),
+                                                   ("min", True, False)])
+def test_sparse_nms_keeps_what_the_dense_suppression_matrix_keeps(mode, plus_one, grouped):
+    """The fixed-shape cascade's NMS over many slots (a folder window's 64 x 4096) goes through
+    `grouped_nms` on the valid slots instead of an (N, K, K) matrix: same boxes kept, slot by slot,
+    with ties, invalid slots and groups."""
+    from fastmtcnn.backends.torch_nms import dense_nms
+
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(4, 700, 2, generator=g) * 150
+    b = torch.cat([xy, xy + torch.rand(4, 700, 2, generator=g) * 40 + 1], dim=2)
+    b = b.floor() if plus_one else b
+    b[:, 100:110] = b[:, 90:100]  # identical boxes: order decides
+    valid = torch.rand(4, 700, generator=g) > 0.2
+    valid[3] = False  # a row with nothing
+    grp = torch.randint(0, 3, (4, 700), generator=g) if grouped else None
+    want, ok = dense_nms(b, valid, grp, 0.5, 64, mode, plus_one, sparse=False)
+    got, ok_s = dense_nms(b, valid, grp, 0.5, 64, mode, plus_one)  # auto: 700 slots a row -> sparse
+    assert bool(ok) and bool(ok_s)
+    assert torch.equal(got, want)
+    assert 0 < int(want.sum()) < int(valid.sum())  # some suppressed, some kept
+
+
 def test_grouped_nms_resolves_a_long_suppression_chain():
     """A row of overlapping boxes with falling scores: box k is kept iff k is even (greedy order matters)."""
     n = 41

@@ -86,7 +86,7 @@ def test_bit_matrix_nms_is_the_dense_suppression_of_boxes_overlap(kernels, mode,
     b = (b.floor() if plus_one else b).cuda()
     valid = (torch.rand(3, 900, generator=g) > 0.2).cuda()
     grp = torch.randint(0, 3, (3, 900), generator=g).cuda() if grouped else None
-    want, ok_w = dense_nms(b, valid, grp, 0.5, 64, mode, plus_one, fused=False)
+    want, ok_w = dense_nms(b, valid, grp, 0.5, 64, mode, plus_one, fused=False, sparse=False)
     got, ok_g = dense_nms(b, valid, grp, 0.5, 64, mode, plus_one, fused=True)
     assert bool(ok_w) and bool(ok_g)
     assert torch.equal(got, want)

@@ -148,10 +148,44 @@ def iterate_keep(s: torch.Tensor, valid: torch.Tensor, iters: int) -> tuple[torc
     return keep, (nxt == keep).all()
 
 
-def dense_nms(b, valid, group, threshold, iters, mode="union", plus_one=False, fused=False):
-    """Greedy NMS per row over slots in greedy order -> (keep (N, K), converged); `fused`: Triton bit-matrix kernels."""
+#: slots per row past which `dense_nms` (torch ops, not captured) runs `grouped_nms` on the valid slots
+#: instead of the (N, K, K) matrix: a folder window's first NMS has 64 x 4096 slots, a 1.1e9-pair
+#: matrix (GBs of float32 temporaries) for a few thousand valid boxes
+DENSE_MAX = 512
+
+
+def dense_nms(b, valid, group, threshold, iters, mode="union", plus_one=False, fused=False, sparse=None):
+    """Greedy NMS per row over slots in greedy order -> (keep (N, K), converged).
+
+    fused: Triton bit-matrix kernels. Else the dense suppression matrix, or where a row has more than
+    `DENSE_MAX` slots (sparse None) or sparse is True, `sparse_nms` (a host sync: never inside a CUDA
+    graph capture, which keeps the matrix)."""
     if fused:
         add = 1.0 if plus_one else 0.0
         return torch_kernels.greedy_keep(b, box_area(b, add), valid, group, threshold, mode, add, iters)
+    if sparse is None:
+        sparse = b.shape[1] > DENSE_MAX and not (b.is_cuda and torch.cuda.is_current_stream_capturing())
+    if sparse:
+        return sparse_nms(b, valid, group, threshold, mode, plus_one), torch.ones((), dtype=torch.bool,
+                                                                                  device=b.device)
     dtype = torch.float16 if b.is_cuda else torch.float32  # 0/1 sums: exact enough to test == 0
     return iterate_keep(suppression(b, valid, group, threshold, mode, plus_one, dtype), valid, iters)
+
+
+def sparse_nms(b, valid, group, threshold, mode="union", plus_one=False) -> torch.Tensor:
+    """`dense_nms`'s keep (N, K) through `grouped_nms` over the valid slots: rows (and `group`) as its
+    groups, slot order as its greedy order (the slots are in greedy order already). Same pairs, same
+    `overlap` arithmetic: the same boxes kept."""
+    n, k = valid.shape
+    idx = torch.nonzero(valid.reshape(-1)).squeeze(1)
+    keep = torch.zeros(n * k, dtype=torch.bool, device=b.device)
+    if not idx.numel():
+        return keep.reshape(n, k)
+    rows = idx // k
+    if group is not None:
+        g = group.reshape(-1)[idx].to(torch.int64)
+        g = g - g.min()
+        rows = rows * (int(g.max()) + 1) + g
+    kept = grouped_nms(b.reshape(n * k, -1)[idx, :4], -idx, threshold, rows, mode, plus_one)
+    keep[idx[kept]] = True
+    return keep.reshape(n, k)
