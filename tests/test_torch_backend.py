@@ -92,6 +92,22 @@ def test_torch_detect_batch_takes_a_list_an_nhwc_array_and_a_tensor(photos, torc
     assert len(greedy_match(from_list[0].boxes, mirrored, 0.8)) == len(from_list[0])
 
 
+def test_the_kernel_warm_up_starts_with_the_second_call_not_after_the_first(photos):
+    """The Triton warm-up (a thread whose first steps hold the interpreter) starts when a second call
+    comes: the first result is never shared with it, and a one-photo process starts none."""
+    import threading
+
+    det = MTCNN(backend="torch", device="cpu", fixed_shapes=True)
+    started = []
+    det.backend.warmup = threading.Thread(target=lambda: started.append(1))  # as on a GPU with Triton
+    img = photos["bob_multiple-faces.jpg"]
+    det.detect(img)
+    assert det.backend.warmup.ident is None and not started
+    det.detect(img)
+    det.backend.warmup.join(10)
+    assert started == [1]
+
+
 def test_tile_kernel_fallback_equals_the_shared_tiles(photos, torch_cpu):
     """The backend fills a batch's tiles from a table of pieces; every piece must equal the array-API
     resampling (`pipeline.canvas_input`), and the masks and cells the plan's own."""
@@ -558,7 +574,7 @@ def test_gpu_auto_graphs_are_few_and_serve_photos_of_sizes_never_seen(photos):
     det = MTCNN(backend="torch", device="cuda", fp16=False)
     eager = MTCNN(backend="torch", device="cuda", fp16=False, graphs=False)
     assert det.backend.graph_mode == "auto" and MTCNN(backend="torch", device="cuda").backend.fp16
-    # graphs are captured only with the Triton kernels in (they compile aside, after the first call): wait
+    # graphs are captured only with the Triton kernels in (they load aside, from the second call): wait
     assert det.backend.wait_for_kernels(300), "Triton kernels did not compile"
     for i, im in enumerate(imgs):
         assert_same_detections(eager.detect(im), det.detect(im), f"photo {i}")

@@ -136,9 +136,10 @@ class TorchBackend:
         PReLU (+ PNet's tile mask) and max pooling as one Triton kernel.
         A kernel that fails on a machine turns both off, with a warning.
         The kernels compile (or load from Triton's disk cache) on a background
-        thread once the first call is answered; until they are ready, calls
-        use the torch versions, so a first result never waits for Triton's
-        compiler (seconds on a cold cache).
+        thread started by the second call (`wait_for_kernels` starts it at
+        once); until they are ready, calls use the torch versions, so a first
+        result never waits for Triton's compiler (seconds on a cold cache) nor
+        shares the interpreter with its loading.
     """
 
     name = "torch"
@@ -199,7 +200,8 @@ class TorchBackend:
         self._caps: dict = {}  # per (config, starting capacities): (capacities, NMS steps), grown on overflow
         self.graph_stats = {"captures": 0, "replays": 0, "fallbacks": 0, "eager": 0, "reruns": 0}
         self.warmup: threading.Thread | None = None
-        if self.kernels:  # started after the first call (`_start_warmup`): the first result never shares the GIL
+        self._answered = False  # a call was answered: the next one starts the warm-up
+        if self.kernels:  # started by the second call (`detect_images`): the first result never shares the GIL
             self.warmup = threading.Thread(target=self._compile_kernels, name="fastmtcnn-triton", daemon=True)
 
     @property
@@ -525,6 +527,8 @@ class TorchBackend:
         """
         if not self.fixed_shapes or not cfg.use_packed:
             return None
+        if self._answered:
+            self._start_warmup()
         out: list = []
         pending = []  # (chunk size, cascade, key, flat result on the device, replayed) of each chunk
         with torch.inference_mode():
@@ -545,7 +549,7 @@ class TorchBackend:
                     m, cascade, key, flat, replayed = self._run_chunk(images[a:b], cfg, timer)
                     rows, flags = cascade.split(flat.cpu().numpy())
                 out.extend(self._chunk_result(cascade, rows, flags, m, replayed))
-        self._start_warmup()
+        self._answered = True
         return out
 
     def _chunks(self, sizes) -> list[tuple[int, int]]:
