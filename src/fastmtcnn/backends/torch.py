@@ -436,13 +436,14 @@ class TorchBackend:
         pieces[:, 0] = np.searchsorted(np.asarray(ids), t["rect"][sel, 0])  # canvas -> position in this call
         pieces[:, 9] = t["image"][sel]
         pieces[:, 10] = sel
-        return self.make_tiles(ii, _image_table(ii), torch.from_numpy(pieces).to(self.device), len(ids), c0.h, kernels,
-                               pieces)
+        return self.make_tiles(ii, _image_table(ii), torch.from_numpy(pieces).to(self.device), pieces, len(ids), c0.h,
+                               kernels)
 
-    def make_tiles(self, ii: Integrals, images: torch.Tensor, pieces: torch.Tensor, n: int, tile: int,
-                   kernels: bool | None = None, host: np.ndarray | None = None):
+    def make_tiles(self, ii: Integrals, images: torch.Tensor, pieces: torch.Tensor, host: np.ndarray, n: int,
+                   tile: int, kernels: bool | None = None):
         """`n` PNet tiles from a table of pieces (`torch_kernels.tiles`): input (n, 3, T, T) in the nets'
-        dtype (NHWC memory), mask (n, 1, T-2, T-2), cells (n, K, K) int32 (piece index, -1 where none)."""
+        dtype (NHWC memory), mask (n, 1, T-2, T-2), cells (n, K, K) int32 (piece index, -1 where none).
+        host: the same table on the host (the torch fallback's row and pixel counts)."""
         k = pnet_out(tile)
         x = torch.zeros((n, tile, tile, 3), dtype=self.dtype, device=self.device)
         # mask and cells with one spare element at the end (see `_tiles_torch`)
@@ -452,7 +453,7 @@ class TorchBackend:
         use = self.kernels and self._compiled if kernels is None else kernels
         if not (use and self._try_kernel(torch_kernels.tiles, ii.flat, images, pieces, x, mask, cells, tile, tile,
                                           MEAN, SCALE, force=bool(kernels)) is not None):
-            _tiles_torch(images, ii.flat, pieces, x, m, c, pieces.cpu().numpy() if host is None else host)
+            _tiles_torch(images, ii.flat, pieces, x, m, c, host)
         return x.permute(0, 3, 1, 2), mask[:, None], cells
 
     def crops(self, ii: Integrals, frame: torch.Tensor, windows: torch.Tensor, size: int) -> torch.Tensor:
@@ -756,8 +757,9 @@ def _tiles_torch(images: torch.Tensor, ii: torch.Tensor, pieces: torch.Tensor, x
     off, big_h, big_w = images[img].unbind(1)
     npieces = len(host)
     # one row per piece row: integral rows of its bins (as flat row offsets), bin height, where it lands
+    row0, col0 = torch.cumsum(h, 0) - h, torch.cumsum(w, 0) - w  # each piece's first row and column
     pr = torch.repeat_interleave(torch.arange(npieces, device=dev), h, output_size=len(widths))
-    i = torch.arange(len(widths), device=dev) - (torch.cumsum(h, 0) - h)[pr]
+    i = torch.arange(len(widths), device=dev) - row0[pr]
     r, bh, lhr = sy[pr] + i, big_h[pr], lh[pr]
     ys, ye = (r * bh) // lhr, ((r + 1) * bh + lhr - 1) // lhr
     w1 = big_w[pr] + 1
@@ -765,7 +767,7 @@ def _tiles_torch(images: torch.Tensor, ii: torch.Tensor, pieces: torch.Tensor, x
     starts = torch.cumsum(wr, 0) - wr  # each row's first pixel
     rows = torch.stack([
         off[pr] + ye * w1, off[pr] + ys * w1, ye - ys,           # integral rows, bin height
-        (torch.cumsum(w, 0) - w)[pr] - starts,                    # + pixel index: the column table's row
+        col0[pr] - starts,                                        # + pixel index: the column table's row
         (slot[pr] * t + ty) * t + x0[pr] - starts,                # + pixel index: the tile pixel
         torch.where(i < h[pr] - 2, wr - 2, 0),                    # mask: columns j below this
         (slot[pr] * tm + ty) * tm + x0[pr] - starts,              # + pixel index: the mask element
@@ -774,7 +776,7 @@ def _tiles_torch(images: torch.Tensor, ii: torch.Tensor, pieces: torch.Tensor, x
         starts, index[pr]], dim=1).to(i32)
     # one row per piece column: integral columns of its bins, bin width
     pc = torch.repeat_interleave(torch.arange(npieces, device=dev), w, output_size=int(ww.sum()))
-    c = sx[pc] + torch.arange(len(pc), device=dev) - (torch.cumsum(w, 0) - w)[pc]
+    c = sx[pc] + torch.arange(len(pc), device=dev) - col0[pc]
     bw, lwc = big_w[pc], lw[pc]
     xs, xe = (c * bw) // lwc, ((c + 1) * bw + lwc - 1) // lwc
     cols = torch.stack([xs, xe, xe - xs], dim=1).to(i32)

@@ -305,7 +305,7 @@ class TiledCascade:
         fz = be.fused_nms and dev.type == "cuda"
         ii = inp.integrals()
         with timer("pyramid"):
-            x, mask, cells = be.make_tiles(ii, inp.images, inp.pieces, s.tiles, s.tile, host=inp.host)
+            x, mask, cells = be.make_tiles(ii, inp.images, inp.pieces, inp.host, s.tiles, s.tile)
         with timer("pnet"):
             reg, prob = be.pnet(x, mask)
         with timer("candidates"):
