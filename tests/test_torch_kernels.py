@@ -85,6 +85,8 @@ def test_bit_matrix_nms_is_the_dense_suppression_of_boxes_overlap(kernels, mode,
     b = torch.cat([xy, xy + torch.rand(3, 900, 2, generator=g) * 30 + 1], dim=2)
     b = (b.floor() if plus_one else b).cuda()
     valid = (torch.rand(3, 900, generator=g) > 0.2).cuda()
+    valid[1, 500:] = False  # valid slots first, as the cascade's: the kernels stop at the row's last one
+    valid[2] = False  # and a row with none
     grp = torch.randint(0, 3, (3, 900), generator=g).cuda() if grouped else None
     want, ok_w = dense_nms(b, valid, grp, 0.5, 64, mode, plus_one, fused=False, sparse=False)
     got, ok_g = dense_nms(b, valid, grp, 0.5, 64, mode, plus_one, fused=True)

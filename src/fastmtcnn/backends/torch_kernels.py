@@ -186,15 +186,18 @@ if triton is not None:
 if triton is not None:
 
     @triton.jit
-    def _suppression_bits(b_ptr, area_ptr, valid_ptr, group_ptr, out_ptr, K, KW, THR: tl.constexpr,
+    def _suppression_bits(b_ptr, area_ptr, valid_ptr, group_ptr, count_ptr, out_ptr, K, KW, THR: tl.constexpr,
                           ADD: tl.constexpr, MIN_MODE: tl.constexpr, HAS_GROUP: tl.constexpr, BI: tl.constexpr,
                           WB: tl.constexpr):
         # out (N, K, KW) int32, zeroed: in row i, bit j % 32 of word j // 32 is set where slot j (earlier =
-        # higher in greedy order) suppresses slot i. Overlap arithmetic of `boxes.overlap`.
+        # higher in greedy order) suppresses slot i. Overlap arithmetic of `boxes.overlap`. count: per row,
+        # past its last valid slot (no bit is set from there on).
         n = tl.program_id(0)
-        i = tl.program_id(1) * BI + tl.arange(0, BI)
+        i0 = tl.program_id(1) * BI
+        i = i0 + tl.arange(0, BI)
         j0 = tl.program_id(2) * WB * 32
-        if j0 < tl.program_id(1) * BI + BI:  # else every j >= every i: nothing to set
+        cnt = tl.load(count_ptr + n)
+        if (j0 < i0 + BI) & (i0 < cnt) & (j0 < cnt):  # else every j >= every i, or no valid slot: nothing to set
             j = j0 + tl.arange(0, WB * 32)
             mj, mi = j < K, i < K
             bj = b_ptr + (n.to(tl.int64) * K + j) * 4
@@ -231,17 +234,19 @@ if triton is not None:
             tl.store(out, words, mask=(wi < KW)[:, None] & mi[None, :])
 
     @triton.jit
-    def _keep_step(t_ptr, valid_ptr, keep_ptr, out_ptr, K, KW, KWP: tl.constexpr, BI: tl.constexpr):
-        # one fixed-point step of greedy NMS: out[i] = valid[i] and no kept j has its bit set in row i
+    def _keep_step(t_ptr, valid_ptr, count_ptr, keep_ptr, out_ptr, K, KW, KWP: tl.constexpr, BI: tl.constexpr):
+        # one fixed-point step of greedy NMS: out[i] = valid[i] and no kept j has its bit set in row i;
+        # rows and words past the row's count hold no bit (not read)
         n = tl.program_id(0)
         i = tl.program_id(1) * BI + tl.arange(0, BI)
         mi = i < K
+        cnt = tl.load(count_ptr + n)
         w = tl.arange(0, KWP)
         j = w[:, None] * 32 + tl.arange(0, 32)[None, :]
-        kj = tl.load(keep_ptr + n * K + j, mask=j < K, other=0).to(tl.int32)
+        kj = tl.load(keep_ptr + n * K + j, mask=j < cnt, other=0).to(tl.int32)
         kept = tl.sum(kj << tl.arange(0, 32)[None, :], axis=1)  # the kept slots as words
         rows = tl.load(t_ptr + (n.to(tl.int64) * K + i[:, None]) * KW + w[None, :],
-                       mask=mi[:, None] & (w < KW)[None, :], other=0)
+                       mask=(i < cnt)[:, None] & (w * 32 < cnt)[None, :], other=0)
         hit = tl.sum(((rows & kept[None, :]) != 0).to(tl.int32), axis=1) > 0
         v = tl.load(valid_ptr + n * K + i, mask=mi, other=0)
         tl.store(out_ptr + n * K + i, tl.where(hit, 0, v), mask=mi)
@@ -259,17 +264,20 @@ def greedy_keep(b: torch.Tensor, area: torch.Tensor, valid: torch.Tensor, group:
     bits = torch.zeros((n, k, kw), dtype=torch.int32, device=b.device)
     b = b[..., :4].contiguous().to(torch.float32)
     v = valid.to(torch.int8).contiguous()
+    # per row, one past its last valid slot: the work follows the slots in use, not the capacity (the
+    # cascade's valid slots come first; a folder window's first NMS has 4096 a row, mostly empty)
+    count = (valid.to(torch.int32) * torch.arange(1, k + 1, dtype=torch.int32, device=b.device)).amax(dim=1)
     g = v if group is None else group.to(torch.int32).contiguous()
     bi, wb = 64, 2
     _suppression_bits[(n, triton.cdiv(k, bi), triton.cdiv(kw, wb))](
-        b, area.contiguous(), v, g, bits, k, kw, THR=float(threshold), ADD=float(add), MIN_MODE=mode == "min",
+        b, area.contiguous(), v, g, count, bits, k, kw, THR=float(threshold), ADD=float(add), MIN_MODE=mode == "min",
         HAS_GROUP=group is not None, BI=bi, WB=wb, enable_fp_fusion=False)
     kwp = triton.next_power_of_2(kw)
     bs = max(1, min(64, 8192 // kwp))
 
     def step(keep):
         out = torch.empty_like(keep)
-        _keep_step[(n, triton.cdiv(k, bs))](bits, v, keep, out, k, kw, KWP=kwp, BI=bs)
+        _keep_step[(n, triton.cdiv(k, bs))](bits, v, count, keep, out, k, kw, KWP=kwp, BI=bs)
         return out
 
     keep = v
