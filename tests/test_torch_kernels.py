@@ -38,6 +38,20 @@ def test_triton_integral_is_crop_integral_image(kernels, frames):
     assert torch.equal(kernels.integral(frames), integral_image(frames))
 
 
+def test_triton_integrals_of_a_batch_of_many_sizes_are_each_images_own(kernels, frames):
+    """One launch pair for a batch of any sizes (a table of addresses, sizes and places), into a buffer
+    holding garbage: every image's integral as `crop.integrals` makes it, zero borders included."""
+    images = [frames[0], frames[1, :700, :1000].contiguous(), frames[0, 100:400, 50:301].contiguous(),
+              frames[1, :1, :1].contiguous(), frames[0, :37, :16].contiguous(), frames[1]]
+    want = integrals(images)
+    rows = [(im.shape[0] + 1) * (im.shape[1] + 1) for im in images]
+    flat = torch.full((sum(rows) + 5, 3), 7, dtype=torch.int32, device="cuda")
+    offsets = np.concatenate([[0], np.cumsum(rows)])[:-1]
+    kernels.integrals(images, flat, offsets)
+    assert torch.equal(flat[:sum(rows)], want.flat)
+    assert bool((flat[sum(rows):] == 7).all())  # nothing written past the batch
+
+
 @pytest.mark.parametrize("tile", [512, 128])
 def test_triton_tiles_are_the_shared_piece_resize_with_their_masks_and_cells(kernels, frames, tile):
     """A batch of images of three sizes, levels cut across tiles (128) and tiles shared by images."""

@@ -26,16 +26,14 @@ def _keys(kernel, calls) -> set[str]:
     return {str(binder(*args, **kw)[1]) for args, kw in calls}
 
 
-def test_integral_kernels_compile_once_for_every_image_size_and_offset_in_the_batch_buffer():
+def test_integral_kernels_compile_once_for_every_batch_of_image_sizes_and_offsets():
+    """The integral's kernels read each image's address, size and place from a table: their arguments
+    are the table and the batch's buffer (also a view at any offset), whatever the images."""
     buf = torch.zeros(1 << 16, dtype=torch.int32)
-    x = torch.zeros(1 << 12, dtype=torch.uint8)
-    # the warm-up's 40x40, photos of 1024 wide (heights divisible by 16 or not), 1080p, a 1x1 image, 16x37;
-    # views at offsets of 0..5 int32 (an image's place in a batch's buffer)
-    sizes = [(40, 40, 0), (600, 1024, 1), (608, 1024, 4), (1080, 1920, 3), (1, 1, 2), (37, 16, 5)]
-    cols = [((x[1:], buf[off:], h, w * 3, (w + 1) * 3), {"ROWS": 16, "BLOCK": 128}) for h, w, off in sizes]
-    rows = [((buf[off:], w + 1), {"BLOCK": 256}) for h, w, off in sizes]
-    assert len(_keys(K._column_scan, cols)) == 1
-    assert len(_keys(K._row_scan, rows)) == 1
+    tables = [torch.zeros((n, 4), dtype=torch.int64) for n in (1, 3, 16, 64)]
+    calls = [((t, buf[off:]), {"ROWS": 16, "BLOCK": 128}) for t in tables for off in range(6)]
+    assert len(_keys(K._column_scan, calls)) == 1
+    assert len(_keys(K._row_scan, [((t, buf[off:]), {"BLOCK": 256}) for t in tables for off in range(6)])) == 1
 
 
 def test_conv_epilogues_compile_once_for_every_batch_size():

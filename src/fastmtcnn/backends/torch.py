@@ -409,15 +409,15 @@ class TorchBackend:
         sizes = [tuple(im.shape[:2]) for im in images]
         rows = [(h + 1) * (w + 1) for h, w in sizes]
         flat = torch.empty((sum(rows), 3), dtype=torch.int32, device=self.device) if out is None else out
-        stacked = isinstance(images, torch.Tensor)
-        parts = [(images, 0, len(sizes))] if stacked else [(im[None], i, i + 1) for i, im in enumerate(images)]
         offsets = np.concatenate([[0], np.cumsum(rows)])
-        for frames, a, b in parts:
-            h, w = frames.shape[1:3]
-            dst = flat[offsets[a]:offsets[b]].view(b - a, h + 1, w + 1, 3)
-            done = self._try_kernel(torch_kernels.integral, frames, dst, force=force) if use else None
-            if done is None:
-                dst.copy_(integral_image(frames))
+        # the kernels: one launch pair for the whole batch, whatever its sizes
+        done = self._try_kernel(torch_kernels.integrals, list(images), flat, offsets[:-1], force=force) if use else None
+        if done is None:
+            stacked = isinstance(images, torch.Tensor)
+            parts = [(images, 0, len(sizes))] if stacked else [(im[None], i, i + 1) for i, im in enumerate(images)]
+            for frames, a, b in parts:
+                h, w = frames.shape[1:3]
+                flat[offsets[a]:offsets[b]].view(b - a, h + 1, w + 1, 3).copy_(integral_image(frames))
         return Integrals.of(flat[:sum(rows)], sizes, device=self.device)
 
     # ------------------------------------------------------------------ pipeline hooks
