@@ -50,8 +50,8 @@ def test_mixed_size_folder_gives_the_one_by_one_results_in_input_order(folder, d
         pytest.importorskip("torch")
         detector = MTCNN(minsize=40, backend="torch", device="cpu")
     calls = []
-    run = detector._run
-    monkeypatch.setattr(detector, "_run", lambda images: calls.append(len(images)) or run(images))
+    submit = detector.submit
+    monkeypatch.setattr(detector, "submit", lambda images: calls.append(len(images)) or submit(images))
     got = list(detect_photos(detector, folder, window=window))
     monkeypatch.undo()
     assert [r.path for r in got] == folder
@@ -103,6 +103,42 @@ def test_a_fixed_shape_folder_job_plans_each_window_on_a_reader_thread(folder, m
         if r.ok:  # the same faces as a call that plans for itself
             want = det.detect(r.rgb())
             np.testing.assert_allclose(r.faces.boxes, want.boxes, atol=1e-3, rtol=0)
+
+
+def test_a_batching_folder_job_queues_the_next_window_before_it_waits_for_this_one(folder, monkeypatch):
+    """On the torch backend a window is queued (`MTCNN.submit`) before the results of the window before it
+    are waited for, so the GPU does not idle while the host turns them into Python objects; the first
+    window's results come at once. Same results, in input order, errors in place."""
+    pytest.importorskip("torch")
+    from fastmtcnn.photos import detect_window
+
+    det = MTCNN(minsize=40, backend="torch", device="cpu", fixed_shapes=True)
+    log = []
+    submit = det.submit
+
+    def spy(images):
+        k = sum(e[0] == "submit" for e in log)
+        log.append(("submit", k))
+        wait = submit(images)
+        return lambda: log.append(("wait", k)) or wait()
+
+    monkeypatch.setattr(det, "submit", spy)
+    got = list(detect_photos(det, folder, window=5))
+    monkeypatch.undo()
+    n = len(log) // 2
+    assert n == -(-len(folder) // 5)  # every window has a good photo
+    want = [("submit", 0), ("wait", 0), ("submit", 1)] + [e for k in range(2, n) for e in (("submit", k),
+                                                                                          ("wait", k - 1))]
+    assert log == want + [("wait", n - 1)]
+    assert [r.path for r in got] == folder and sum(not r.ok for r in got) == 3
+    for k in range(n):  # the same numbers as the window detected at once
+        part = got[5 * k:5 * k + 5]
+        for r, res in zip(part, detect_window(det, [r.rgb() if r.ok else r.error for r in part])):
+            if r.ok:
+                np.testing.assert_array_equal(r.faces.boxes, res.boxes)
+                np.testing.assert_array_equal(r.faces.landmarks, res.landmarks)
+            else:
+                assert res is r.error
 
 
 def jpeg_coding(data: bytes) -> str | None:

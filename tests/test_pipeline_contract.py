@@ -1,4 +1,4 @@
-"""The backend hook contract of `pipeline.detect_images`: a backend may answer some images and leave the rest.
+"""The backend hook contract of `pipeline.submit_images`: a backend may answer some images and leave the rest.
 
 Why: the torch backend's fixed-shape mode answers a chunk of images only when
 its capacities were enough; an image it leaves (None) must still get the exact
@@ -13,7 +13,7 @@ from fastmtcnn.pipeline import detect_images
 
 
 class PartialBackend:
-    """The ONNX Runtime backend plus a `detect_images` hook that answers odd images with a marker."""
+    """The ONNX Runtime backend plus a `submit_images` hook that answers odd images with a marker."""
 
     MARK = (np.full((1, 5), -7.0, np.float32), np.zeros((1, 5, 2), np.float32))
 
@@ -24,9 +24,10 @@ class PartialBackend:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def detect_images(self, images, cfg, timer=None):
+    def submit_images(self, images, cfg, timer=None):
         self.seen.append(len(images))
-        return [self.MARK if i % 2 else None for i in range(len(images))]
+        out = [self.MARK if i % 2 else None for i in range(len(images))]
+        return lambda: out
 
 
 def test_images_a_backend_leaves_get_the_shared_cascade_in_order(shared_data):

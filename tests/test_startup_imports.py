@@ -170,9 +170,9 @@ def test_gpu_a_folder_job_waits_for_cached_kernels_only_when_an_earlier_process_
     photos = sorted(str(p) for p in shared_data.glob("*.jpg"))
     assert len(photos) > 9
     code = ("import json, sys\nimport fastmtcnn.photos as ph\nfrom fastmtcnn import MTCNN\n"
-            "det = MTCNN(device='cuda')\nseen = []\ndw = ph.detect_window\n"
-            "def spy(d, images):\n    seen.append(det.backend._compiled)\n    return dw(d, images)\n"
-            "ph.detect_window = spy\ncached = det.backend.kernels_cached()\n"
+            "det = MTCNN(device='cuda')\nseen = []\nsw = ph.submit_window\n"
+            "def spy(d, images, queue=True):\n    seen.append(det.backend._compiled)\n    return sw(d, images, queue)\n"
+            "ph.submit_window = spy\ncached = det.backend.kernels_cached()\n"
             f"n = sum(r.ok for r in ph.detect_photos(det, {photos!r}))\n"
             "ready = det.backend.wait_for_kernels(300)\n"
             "print(json.dumps([cached, seen[0], n, ready, det.backend.kernels_cached()]))\n")

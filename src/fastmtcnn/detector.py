@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -11,7 +11,7 @@ from .config import Config, resolve
 from .detections import Detections
 from .images import ImageError, as_image, is_tensor
 from .overlap import WORKERS, overlapped
-from .pipeline import StageTimer, batch_plan, detect_images
+from .pipeline import StageTimer, batch_plan, submit_images
 from .pyramid import Plan
 
 
@@ -143,5 +143,15 @@ class MTCNN:
         return self._run([as_image(image, exif=self.exif)])[0]
 
     def _run(self, images) -> list[Detections]:
-        out = detect_images(self.backend, self.backend.images(images), self.config, self.timer)
-        return [Detections(b[:, :4], b[:, 4], lm) for b, lm in out]
+        return self.submit(images)()
+
+    def submit(self, images) -> Callable[[], list[Detections]]:
+        """Queue the detection of decoded images (as `detect_batch` takes them, no paths) -> a function
+        that waits for their `Detections`.
+
+        Why: on a GPU the work is queued on the device and this returns at
+        once, so a caller can queue its next batch before it waits for this
+        one (`photos.detect_photos` does); elsewhere the work is done here.
+        """
+        wait = submit_images(self.backend, self.backend.images(images), self.config, self.timer)
+        return lambda: [Detections(b[:, :4], b[:, 4], lm) for b, lm in wait()]

@@ -194,11 +194,31 @@ def _decode_on_gpu(items: list[tuple[str, np.ndarray | ImageError]], device) -> 
 
 def detect_window(det, images: list) -> list:
     """Detections of decoded images (ImageError entries pass through): one `detect_batch` call for all."""
+    return submit_window(det, images, queue=False)()
+
+
+def submit_window(det, images: list, queue: bool = True) -> Callable[[], list]:
+    """`detect_window` in two steps: queued on the device now (`MTCNN.submit`), results when asked for.
+
+    queue=False: one `detect_batch` call (the CPU engines keep two photos in flight in it).
+    """
     idx = [i for i, im in enumerate(images) if not isinstance(im, ImageError)]
-    out = list(images)
-    for i, faces in zip(idx, det.detect_batch([images[i] for i in idx]) if idx else []):
-        out[i] = faces
-    return out
+    good = [images[i] for i in idx]
+    if queue and idx:
+        wait = det.submit(good)
+    else:
+        done = det.detect_batch(good) if idx else []
+
+        def wait() -> list:
+            return done
+
+    def results() -> list:
+        out = list(images)
+        for i, faces in zip(idx, wait()):
+            out[i] = faces
+        return out
+
+    return results
 
 
 def detect_photos(det, paths: Iterable[str], *, window: int | None = None, readers: int | None = None,
@@ -246,13 +266,27 @@ def detect_photos(det, paths: Iterable[str], *, window: int | None = None, reade
             det.plan_ahead([im for im in images if not isinstance(im, ImageError)])
             return images
 
-        # two windows in flight: one decodes while the one before is detected
-        for (_, chunk), images in overlapped(decode, enumerate(chunks(paths, window, first)), workers=2, ahead=2):
+        def emit(chunk: list[str], images: list, results: Callable[[], list]) -> Iterator[PhotoResult]:
+            for path, im, res in zip(chunk, images, results()):
+                yield (PhotoResult(path, error=res) if isinstance(res, ImageError)
+                       else PhotoResult(path, faces=res, image=im))
+
+        # two windows in flight: one decodes while the one before is detected. On the torch backend a
+        # window is queued before the results of the one before are waited for and turned into Python
+        # objects, so the GPU does not idle meanwhile; the first window's results come at once.
+        ahead = getattr(det.backend, "submit_images", None) is not None  # a GPU backend's (torch)
+        queued = None
+        for (i, chunk), images in overlapped(decode, enumerate(chunks(paths, window, first)), workers=2, ahead=2):
             if isinstance(images, BaseException):
                 raise images  # not a bad file (those are ImageError entries): the GPU or the reader pool failed
             if wait:
                 det.backend.wait_for_kernels()
                 wait = False
-            for path, im, res in zip(chunk, images, detect_window(det, images)):
-                yield (PhotoResult(path, error=res) if isinstance(res, ImageError)
-                       else PhotoResult(path, faces=res, image=im))
+            job = (chunk, images, submit_window(det, images, queue=ahead))
+            if queued is not None:
+                yield from emit(*queued)
+            queued = job if ahead and i > 0 else None
+            if queued is None:
+                yield from emit(*job)
+        if queued is not None:
+            yield from emit(*queued)

@@ -75,10 +75,10 @@ class Backend(Protocol):
     #: overlap: True when two calls may run at once from two threads (`MTCNN.detect_batch` then keeps
     #: two images in flight: the engines release the GIL); False for a GPU backend, whose batches do that
     overlap: bool
-    #: detect_images(images, config, timer) -> per-image results as `detect_images` gives, for a whole
-    #: call (e.g. a fixed-shape cascade); None declines the call, a None entry leaves that image to
-    #: the shared cascade
-    detect_images: Callable[..., Any] | None
+    #: submit_images(images, config, timer) -> a function waiting for per-image results as
+    #: `detect_images` gives, for a whole call (e.g. a fixed-shape cascade, queued on the device);
+    #: None declines the call, a None entry in the results leaves that image to the shared cascade
+    submit_images: Callable[..., Any] | None
 
 
 @dataclass
@@ -287,19 +287,36 @@ def rnet_onet(be: Backend, ii: Integrals, b, f, cfg: Config, timer: StageTimer =
 
 
 def detect_images(be: Backend, images, cfg: Config, timer: StageTimer = NO_TIMER):
-    """Run the cascade on a batch of images (the backend's `images`) -> per image (boxes (k,5), landmarks (k,5,2)).
+    """Run the cascade on a batch of images (the backend's `images`) -> per image (boxes (k,5), landmarks (k,5,2))."""
+    return submit_images(be, images, cfg, timer)()
 
-    A backend's `detect_images` may answer the whole call, or some images of
-    it; the rest run through the shared cascade here.
+
+def submit_images(be: Backend, images, cfg: Config,
+                  timer: StageTimer = NO_TIMER) -> Callable[[], list[tuple[Any, Any]]]:
+    """`detect_images` in two steps: the call is queued here, the returned function waits for its results.
+
+    Why two steps: where a backend's work runs asynchronously (a CUDA
+    stream), a caller can queue its next batch before it waits for this one
+    and turns its results into Python objects, so the device does not idle
+    meanwhile (`photos.detect_photos`). A backend's `submit_images` may
+    answer the whole call, or some images of it; the rest run through the
+    shared cascade, when the results are asked for. Without that hook the
+    cascade runs here.
     """
-    out = None if be.detect_images is None else be.detect_images(images, cfg, timer)
-    if out is None:
-        return _cascade(be, images, cfg, timer)
-    redo = [i for i, r in enumerate(out) if r is None]
-    if redo:
-        for i, r in zip(redo, _cascade(be, [images[i] for i in redo], cfg, timer)):
-            out[i] = r
-    return out
+    wait = None if be.submit_images is None else be.submit_images(images, cfg, timer)
+    if wait is None:
+        out = _cascade(be, images, cfg, timer)
+        return lambda: out
+
+    def results():
+        out = wait()
+        redo = [i for i, r in enumerate(out) if r is None]
+        if redo:
+            for i, r in zip(redo, _cascade(be, [images[i] for i in redo], cfg, timer)):
+                out[i] = r
+        return out
+
+    return results
 
 
 def _cascade(be: Backend, images, cfg: Config, timer: StageTimer = NO_TIMER):

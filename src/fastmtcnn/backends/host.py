@@ -37,7 +37,7 @@ class HostBackend:
     """numpy + OpenCV on the host; the nets are a subclass's `_infer`."""
 
     name = "host"
-    canvas = detect_images = None  # `front` makes the PNet input itself; the shared cascade for the rest
+    canvas = submit_images = None  # `front` makes the PNet input itself; the shared cascade for the rest
     tiles = HOST_TILES
     overlap = True  # thread-safe: `MTCNN.detect_batch` runs two images at once
     #: PNet inputs `_stream` may still be reading when it asks for the next one (tiles take that many + 1

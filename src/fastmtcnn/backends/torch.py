@@ -201,7 +201,7 @@ class TorchBackend:
         self.graph_stats = {"captures": 0, "replays": 0, "fallbacks": 0, "eager": 0, "reruns": 0}
         self.warmup: threading.Thread | None = None
         self._answered = False  # a call was answered: the next one starts the warm-up
-        if self.kernels:  # started by the second call (`detect_images`): the first result never shares the GIL
+        if self.kernels:  # started by the second call (`submit_images`): the first result never shares the GIL
             self.warmup = threading.Thread(target=self._compile_kernels, name="fastmtcnn-triton", daemon=True)
 
     @property
@@ -517,41 +517,63 @@ class TorchBackend:
 
     # ------------------------------------------------------------------ whole calls
 
-    def detect_images(self, images, cfg, timer: StageTimer = NO_TIMER):
-        """The fixed-shape cascade (`TiledCascade`) over the batch, in chunks; None declines the call.
+    def submit_images(self, images, cfg, timer: StageTimer = NO_TIMER):
+        """Queue the fixed-shape cascade (`TiledCascade`) over the batch, in chunks, and the copy of its
+        results to the host -> a function that waits for them; None declines the call.
 
+        Nothing here waits for the device: a caller may queue the next batch
+        before it asks for this one's results (`pipeline.submit_images`).
         A chunk whose candidates overflowed a capacity, or whose NMS did not
         converge, runs again with the short capacity doubled (kept for later
-        calls), up to `RETRIES` times; a None entry then leaves that image to
-        the shared pipeline. With the timer on
+        calls), up to `RETRIES` times, when the results are asked for; a None
+        entry then leaves that image to the shared pipeline. With the timer on
         (the profiler) the cascade runs eagerly, stage by stage, synchronized.
         """
         if not self.fixed_shapes or not cfg.use_packed:
             return None
         if self._answered:
             self._start_warmup()
-        out: list = []
-        pending = []  # (chunk size, cascade, key, flat result on the device, replayed) of each chunk
         with torch.inference_mode():
             ranges = self._chunks([im.shape[:2] for im in images])
-            for a, b in ranges:
-                pending.append(self._run_chunk(images[a:b], cfg, timer))
-            host = torch.cat([p[3] for p in pending]).cpu().numpy() if pending else np.zeros(0, np.float32)
+            pending = [self._run_chunk(images[a:b], cfg, timer) for a, b in ranges]
+            if not pending:
+                return list
+            host, done = self._to_host(torch.cat([p[3] for p in pending]))
+
+        def results() -> list:
+            if done is not None:
+                done.synchronize()
+            flat = host.numpy()
+            out: list = []
             at = 0
-            for (a, b), (m, cascade, key, flat, replayed) in zip(ranges, pending):
-                rows, flags = cascade.split(host[at:at + flat.numel()])
-                at += flat.numel()
-                tries = 0
-                while not flags.all() and self._grow(key, flags) and tries < RETRIES:  # (grown for later calls)
-                    tries += 1
-                    # again with the grown capacities: one more fixed-shape run of the chunk, not the
-                    # shared pipeline photo by photo (each photo's pyramid levels new shapes to cuDNN)
-                    self.graph_stats["reruns"] += 1
-                    m, cascade, key, flat, replayed = self._run_chunk(images[a:b], cfg, timer)
-                    rows, flags = cascade.split(flat.cpu().numpy())
-                out.extend(self._chunk_result(cascade, rows, flags, m, replayed))
-        self._answered = True
-        return out
+            with torch.inference_mode():
+                for (a, b), (m, cascade, key, result, replayed) in zip(ranges, pending):
+                    rows, flags = cascade.split(flat[at:at + result.numel()])
+                    at += result.numel()
+                    tries = 0
+                    while not flags.all() and self._grow(key, flags) and tries < RETRIES:  # (grown for later)
+                        tries += 1
+                        # again with the grown capacities: one more fixed-shape run of the chunk, not the
+                        # shared pipeline photo by photo (each photo's pyramid levels new shapes to cuDNN)
+                        self.graph_stats["reruns"] += 1
+                        m, cascade, key, result, replayed = self._run_chunk(images[a:b], cfg, timer)
+                        rows, flags = cascade.split(result.cpu().numpy())
+                    out.extend(self._chunk_result(cascade, rows, flags, m, replayed))
+            self._answered = True
+            return out
+
+        return results
+
+    def _to_host(self, flat: torch.Tensor):
+        """An asynchronous copy of a device result into page-locked host memory -> (host tensor, event
+        to wait for; None where the copy is done)."""
+        if self.device.type != "cuda":
+            return flat.cpu(), None
+        host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+        host.copy_(flat, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+        return host, done
 
     def _chunks(self, sizes) -> list[tuple[int, int]]:
         """[a, b) ranges of images of these (H, W) sizes: at most `graph_batch` images and `MAX_PIXELS`
