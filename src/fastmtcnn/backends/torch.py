@@ -405,20 +405,23 @@ class TorchBackend:
         """`crop.integrals` of the images in one device buffer (a Triton scan per size on CUDA)."""
         return self._integrals_with(images, use=self.kernels and self._compiled)
 
-    def _integrals_with(self, images, use: bool, force: bool = False, out: torch.Tensor | None = None) -> Integrals:
+    def _integrals_with(self, images, use: bool, force: bool = False) -> Integrals:
         sizes = [tuple(im.shape[:2]) for im in images]
-        rows = [(h + 1) * (w + 1) for h, w in sizes]
-        flat = torch.empty((sum(rows), 3), dtype=torch.int32, device=self.device) if out is None else out
-        offsets = np.concatenate([[0], np.cumsum(rows)])
-        # the kernels: one launch pair for the whole batch, whatever its sizes
+        offsets = np.concatenate([[0], np.cumsum([(h + 1) * (w + 1) for h, w in sizes])])
+        flat = torch.empty((int(offsets[-1]), 3), dtype=torch.int32, device=self.device)
+        self._integrate(images, flat, offsets, use, force)
+        return Integrals.of(flat, sizes, device=self.device)
+
+    def _integrate(self, images, flat: torch.Tensor, offsets: np.ndarray, use: bool, force: bool = False) -> None:
+        """Image i's integral into `flat` from row offsets[i]: the kernels' one launch pair for the whole
+        batch, whatever its sizes, or torch ops."""
         done = self._try_kernel(torch_kernels.integrals, list(images), flat, offsets[:-1], force=force) if use else None
         if done is None:
             stacked = isinstance(images, torch.Tensor)
-            parts = [(images, 0, len(sizes))] if stacked else [(im[None], i, i + 1) for i, im in enumerate(images)]
+            parts = [(images, 0, len(images))] if stacked else [(im[None], i, i + 1) for i, im in enumerate(images)]
             for frames, a, b in parts:
                 h, w = frames.shape[1:3]
                 flat[offsets[a]:offsets[b]].view(b - a, h + 1, w + 1, 3).copy_(integral_image(frames))
-        return Integrals.of(flat[:sum(rows)], sizes, device=self.device)
 
     # ------------------------------------------------------------------ pipeline hooks
 
@@ -642,9 +645,10 @@ class TorchBackend:
         return Shape(bucket(n, self.graph_batch), _pow2(t), _pow2(p, 16), _pow2(rows, 1 << 16), self.tiles)
 
     def _load(self, inp: Inputs, images, plan: Plan) -> None:
-        """The batch's integral images (made in the cascade's buffer) and tables."""
+        """The batch's integral images (made in the cascade's buffer) and tables; nothing here waits for
+        the device (a queued call before this one may still run)."""
         off = np.concatenate([[0], np.cumsum([(h + 1) * (w + 1) for h, w in plan.sizes])])
-        self._integrals_with(images, use=self.kernels and self._compiled, out=inp.ii)
+        self._integrate(images, inp.ii, off, use=self.kernels and self._compiled)
         inp.load(plan, off)
 
     def _capture(self, key, images, plan: Plan):
