@@ -4,7 +4,7 @@ Why: Triton compiles a kernel again for every new pattern of its int
 arguments (1, divisible by 16) and pointers' 16-byte alignment; a new photo
 size used to mean a compile in the middle of a job. The check uses Triton's
 own argument binder (no GPU needed), so it runs wherever Triton is installed
-(the GPU machine; CI's CPU torch has no Triton and skips it).
+(the GPU machine, and CI, which installs Triton beside its CPU torch).
 """
 from __future__ import annotations
 
@@ -45,3 +45,56 @@ def test_conv_epilogues_compile_once_for_every_batch_size():
                                                        "HAS_MASK": True}) for mn in (0, 260100)]
     assert len(_keys(K._bias_prelu, epi)) == 1
     assert len(_keys(K._bias_prelu_pool, pool)) == 1
+
+
+def test_the_warm_up_launches_the_nms_kernels_as_every_cascade_call_does(shared_data, monkeypatch):
+    """The fused NMS kernels take the threshold and a row's number of 32-slot words as compile-time
+    constants, so the warm-up must launch them as the cascade does (its thresholds, each size class's
+    slot counts), or a job's first call compiles them. The cascade's NMS calls are recorded from
+    fixed-shape runs on the CPU (one photo, then a batch of 8: the two size classes), then launched with
+    the kernels stubbed, as the warm-up's are: every compile key of theirs is one the warm-up makes."""
+    from fastmtcnn import MTCNN, read_image
+    from fastmtcnn.backends import torch_nms, torch_static
+
+    det = MTCNN(minsize=40, backend="torch", device="cpu", fixed_shapes=True)
+    calls = []
+    real = torch_static.dense_nms
+    monkeypatch.setattr(torch_static, "dense_nms", lambda *a, **k: calls.append(a) or real(*a, **k))
+    img = read_image(shared_data / "bob_multiple-faces.jpg")
+    det.detect_batch([img])
+    det.detect_batch([img] * 8)
+    monkeypatch.undo()
+    assert len(calls) >= 6 and {a[0].shape[0] for a in calls} == {1, 8}
+
+    launched: list = []
+
+    class Stub:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launched.append((self.kernel, args, kw))
+
+    kernels = (K._suppression_bits, K._keep_step)
+    for kernel in kernels:
+        monkeypatch.setattr(K, kernel.__name__, Stub(kernel))
+
+    def keys() -> dict:
+        from triton.backends.nvidia.compiler import CUDABackend
+        from triton.runtime.jit import create_function_from_signature
+
+        out: dict = {k: set() for k in kernels}
+        for kernel, args, kw in launched:
+            binder = create_function_from_signature(kernel.signature, kernel.params, CUDABackend)
+            out[kernel].add(str(binder(*args, **kw)[1:]))
+        launched.clear()
+        return out
+
+    for a in calls:
+        torch_nms.dense_nms(*a, fused=True)
+    real_keys = keys()
+    for step in det.backend._nms_steps():
+        step()
+    warm_keys = keys()
+    for kernel in kernels:
+        assert real_keys[kernel] and real_keys[kernel] <= warm_keys[kernel], kernel.__name__

@@ -35,8 +35,9 @@ from ..pipeline import NO_TIMER, StageTimer, batch_plan
 from ..pyramid import TILE, Plan, pnet_out
 from . import torch_kernels, torch_warmup
 from .torch_graphs import ShapeCache, bucket, capture
-from .torch_nms import grouped_nms
-from .torch_static import DEFAULT_ITERS, MAX_CAPS, Inputs, Shape, TiledCascade, default_caps
+from .torch_nms import dense_nms, grouped_nms
+from .torch_static import (BATCH_CAPS, DEFAULT_CAPS, DEFAULT_ITERS, MAX_CAPS, NMS_STEPS, Inputs, Shape, TiledCascade,
+                           default_caps, nms_slots)
 
 GRAPH_MODES = {False: "off", True: "always", "auto": "auto", "off": "off", "always": "always"}
 #: PNet tile side on the GPU (`pyramid.TILE`, export-onnx's default too)
@@ -269,14 +270,31 @@ class TorchBackend:
             c = torch_kernels.crops(ii.flat, _image_table(ii), f, win, size, self.dtype, MEAN, SCALE)
             if self._fused:
                 yield lambda c=c, net=net: self._fused[net](c.contiguous(memory_format=torch.channels_last))
-        b = torch.rand((1, 64, 5), device=dev) * 10
-        b[..., 2:4] += 10
-        valid = torch.ones((1, 64), dtype=torch.bool, device=dev)
-        for mode, add in (("union", 0.0), ("min", 1.0)):
-            yield lambda mode=mode, add=add: torch_kernels.greedy_keep(b, bx.box_area(b, add), valid, None, 0.5,
-                                                                       mode, add, 2)
-        yield lambda: torch_kernels.greedy_keep(b, bx.box_area(b), valid, valid.to(torch.int64), 0.5, "union",
-                                                0.0, 2)
+        yield from self._nms_steps()
+
+    def _nms_steps(self):
+        """The fused NMS kernels as the cascade launches them: its three NMS (`NMS_STEPS`) at the slot
+        counts of each size class's starting capacities (`nms_slots`), one step each.
+
+        Why: the threshold and the number of 32-slot words a row holds are
+        compile-time constants of these kernels; a warm-up at 0.5 on 64 slots
+        compiled variants no call uses and left the real ones to a job's first
+        call (on an H100 the first process of a machine ran its first pass over
+        the mixed folder at 123 img/s, its second at 887; this is the suspect).
+        Capacities that grow on overflow still compile once, then (cached).
+        """
+        seen = set()
+        for caps in (self.caps,) if self.caps else (DEFAULT_CAPS, BATCH_CAPS):
+            for k, step in zip(nms_slots(caps), NMS_STEPS):
+                if (k, step) in seen:
+                    continue
+                seen.add((k, step))
+                b = torch.rand((1, k, 5), device=self.device) * 10
+                b[..., 2:4] += 10
+                valid = torch.ones((1, k), dtype=torch.bool, device=self.device)
+                threshold, mode, plus_one = step
+                yield lambda b=b, valid=valid, t=threshold, m=mode, p=plus_one: dense_nms(b, valid, None, t, 2, m, p,
+                                                                                         fused=True)
 
     def _kernels_failed(self, e: Exception) -> None:
         """A Triton kernel failed to compile or run here: warn once, use the torch versions from now on."""

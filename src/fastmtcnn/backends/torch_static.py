@@ -64,6 +64,19 @@ DEFAULT_ITERS = 8
 COLS = 16
 
 
+#: the cascade's three NMS (after PNet across levels, after RNet, after ONet): threshold, mode, plus_one.
+#: The Triton warm-up runs these too (`TorchBackend._nms_steps`): the threshold and the slot count are
+#: compile-time constants of the fused NMS kernels
+NMS_STEPS = ((0.7, "union", False), (0.7, "union", False), (0.7, "min", True))
+
+
+def nms_slots(caps: tuple[int, ...]) -> tuple[int, int, int]:
+    """Slots a row of each of the three NMS holds under these capacities (`CAP_NAMES`)."""
+    k1 = min(caps[1], caps[0])
+    k2 = min(caps[3], k1)
+    return k1, k2, min(caps[5], k2)
+
+
 def default_caps(n: int) -> tuple[int, ...]:
     """Starting capacities for a batch of n images (they grow on overflow)."""
     return DEFAULT_CAPS if n < 8 else BATCH_CAPS
@@ -217,11 +230,9 @@ class TiledCascade:
             raise ValueError(f"caps are {len(CAP_NAMES)} numbers ({', '.join(CAP_NAMES)}), got {caps}")
         self.k = pnet_out(shape.tile)  # PNet cells per tile side
         self.hits = shape.images * min(caps[0], shape.tiles * self.k * self.k)  # cells over threshold, pooled
-        self.k1 = min(caps[1], caps[0])
+        self.k1, self.k2, self.k3 = nms_slots(caps)
         self.r = shape.images * min(caps[2], self.k1)  # RNet crops of the whole batch
-        self.k2 = min(caps[3], self.k1)
         self.o = shape.images * min(caps[4], self.k2)  # ONet crops of the whole batch
-        self.k3 = min(caps[5], self.k2)
         self.iters = iters
 
     @property
@@ -316,6 +327,11 @@ class TiledCascade:
         n, k2, k3, it = s.images, self.k2, self.k3, self.iters
         dev = inp.ii.device
         fz = be.fused_nms and dev.type == "cuda"
+
+        def nms(b, valid, i: int):
+            threshold, mode, plus_one = NMS_STEPS[i]
+            return dense_nms(b, valid, None, threshold, it, mode, plus_one, fused=fz)
+
         ii = inp.integrals()
         with timer("pyramid"):
             x, mask, cells = be.make_tiles(ii, inp.images, inp.pieces, inp.host, s.tiles, s.tile)
@@ -325,7 +341,7 @@ class TiledCascade:
             b, valid, fit1, c1 = self._candidates(inp, reg, prob, cells, timer)
         with timer("nms"):
             # NMS 0.7 across levels (the 0.5 within each level is done; slots are in greedy order already)
-            keep, c2 = dense_nms(b, valid, None, 0.7, it, fused=fz)
+            keep, c2 = nms(b, valid, 0)
             b = bx.square(bx.apply_pnet_regression(b.reshape(n * self.k1, 9))).reshape(n, self.k1, 5)
         # RNet on the pooled survivors, then per image: the best k2 by score, NMS
         b, valid, (reg,), fit_r = self._refine(inp, ii, b, keep, self.r, 24, be.rnet, cfg.thresholds[1], timer,
@@ -334,7 +350,7 @@ class TiledCascade:
             fit2 = valid.sum(1).max() <= k2
             order = by_score(b[..., 4], valid)[:, :k2]
             b, valid, reg = take_rows(b, order), valid.gather(1, order), take_rows(reg, order)
-            keep, c3 = dense_nms(b, valid, None, 0.7, it, fused=fz)
+            keep, c3 = nms(b, valid, 1)
             b = bx.square(bx.apply_regression(b.reshape(n * k2, 5), reg.reshape(n * k2, 4))).reshape(n, k2, 5)
         # ONet likewise
         b, valid, (reg, lmk), fit_o = self._refine(inp, ii, b, keep, self.o, 48, be.onet, cfg.thresholds[2],
@@ -347,7 +363,7 @@ class TiledCascade:
             flat = b.reshape(n * k3, 5)
             lm = bx.landmarks_from_onet(flat, lmk.reshape(n * k3, 10)).reshape(n, k3, 10)
             b = bx.apply_regression(flat, reg.reshape(n * k3, 4)).reshape(n, k3, 5)
-            keep, c4 = dense_nms(b, valid, None, 0.7, it, mode="min", plus_one=True, fused=fz)
+            keep, c4 = nms(b, valid, 2)
             out = torch.cat([b, lm, keep[..., None].to(b.dtype)], dim=2)
         return out, torch.cat([fit1, torch.stack([fit_r, fit2, fit_o, fit3, c1 & c2 & c3 & c4])])
 
