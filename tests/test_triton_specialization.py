@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 from fastmtcnn.backends import torch_kernels as K  # noqa: E402
 
@@ -98,3 +98,57 @@ def test_the_warm_up_launches_the_nms_kernels_as_every_cascade_call_does(shared_
     warm_keys = keys()
     for kernel in kernels:
         assert real_keys[kernel] and real_keys[kernel] <= warm_keys[kernel], kernel.__name__
+
+
+def test_the_warm_up_launches_every_kernel_as_a_folder_window_and_a_photo_do(shared_data, monkeypatch):
+    """What a job's first call compiles in the foreground is every kernel launch whose compile key the
+    warm-up did not make. The fixed-shape cascade's launches depend on its shapes, not on the pixels, so
+    they are recorded on the CPU with every Triton kernel stubbed (one photo, then a batch of 8 of other
+    sizes: both size classes) and compared with the warm-up's, recorded the same way. The fused NMS, which
+    the CPU does not run, is the test above."""
+    import cv2
+
+    from fastmtcnn import MTCNN, read_image
+    from fastmtcnn.backends import torch as torch_backend
+
+    jitted = {name: v for name, v in vars(K).items() if isinstance(v, triton.runtime.jit.JITFunction)}
+    assert {"_tiles", "_crops", "_column_scan", "_row_scan", "_bias_prelu", "_bias_prelu_pool"} <= set(jitted)
+    launched: list = []
+
+    class Stub:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launched.append((self.kernel, args, kw))
+
+    for name, kernel in jitted.items():
+        monkeypatch.setattr(K, name, Stub(kernel))
+    monkeypatch.setattr(K, "available", lambda device: True)
+    det = MTCNN(minsize=40, backend="torch", device="cpu")
+    # the GPU's settings (fp16, NHWC, fused nets), which the options refuse on the CPU
+    be = det.backend = torch_backend.TorchBackend("cpu", fp16=True, channels_last=True, fixed_shapes=True)
+    assert be.kernels and be.fused_nets
+    be._compiled, be.warmup = True, None  # as once the warm-up is done: the kernels in use, no thread
+
+    def keys() -> dict:
+        from triton.backends.nvidia.compiler import CUDABackend
+        from triton.runtime.jit import create_function_from_signature
+
+        out: dict = {}
+        for kernel, args, kw in launched:
+            binder = create_function_from_signature(kernel.signature, kernel.params, CUDABackend)
+            out.setdefault(kernel.__name__, set()).add(str(binder(*args, **kw)[1:]))
+        launched.clear()
+        return out
+
+    img = read_image(shared_data / "bob_multiple-faces.jpg")
+    det.detect_batch([img])
+    det.detect_batch([cv2.resize(img, (400 + 24 * i, 300 + 10 * i)) for i in range(8)])
+    real = keys()
+    for step in be._kernel_steps():
+        step()
+    warm = keys()
+    missing = {name: len(real[name] - warm.get(name, set())) for name in real if real[name] - warm.get(name, set())}
+    assert {"_tiles", "_crops", "_bias_prelu_pool"} <= set(real)
+    assert not missing, f"compile keys a call makes that the warm-up does not: {missing}"

@@ -466,7 +466,9 @@ def integrals(images: list[torch.Tensor], flat: torch.Tensor, offsets) -> torch.
     if not images:
         return flat
     table = torch.tensor([[im.data_ptr(), im.shape[0], im.shape[1], int(o)] for im, o in zip(images, offsets)],
-                         dtype=torch.int64).pin_memory().to(flat.device, non_blocking=True)  # no stream sync
+                         dtype=torch.int64)
+    if flat.is_cuda:  # through page-locked memory: no stream sync
+        table = table.pin_memory().to(flat.device, non_blocking=True)
     n = len(images)
     tallest = max(im.shape[0] for im in images)
     widest = max(im.shape[1] for im in images)
