@@ -86,3 +86,21 @@ def test_detect_batch_raises_the_first_bad_input(shared_data, tmp_path):
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(ImageError, match="bad.jpg"):
         MTCNN().detect_batch([str(shared_data / "skimage_astronaut.png"), str(bad)])
+
+
+def test_submit_gives_detect_batchs_faces_and_raises_a_bad_input_at_once(shared_data, tmp_path):
+    """`MTCNN.submit` is `detect_batch` in two steps (queue now, wait later): same inputs (paths, arrays,
+    an (N, H, W, 3) array), same faces in order; a bad input raises when it is submitted, not later."""
+    paths = [str(shared_data / n) for n in reference_names()[:4]]
+    det = MTCNN()
+    want = det.detect_batch(paths)
+    wait = det.submit(paths[:2] + [read_image(p) for p in paths[2:]])
+    for a, b in zip(want, wait()):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.landmarks, b.landmarks)
+    frames = np.stack([read_image(shared_data / "yolov5_zidane.jpg")] * 2)
+    assert [len(r) for r in det.submit(frames)()] == [len(det.detect(frames[0]))] * 2
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(ImageError, match="bad.jpg"):
+        det.submit([paths[0], str(bad)])

@@ -142,16 +142,22 @@ class MTCNN:
     def _detect_one(self, image) -> Detections:
         return self._run([as_image(image, exif=self.exif)])[0]
 
-    def _run(self, images) -> list[Detections]:
-        return self.submit(images)()
-
-    def submit(self, images) -> Callable[[], list[Detections]]:
-        """Queue the detection of decoded images (as `detect_batch` takes them, no paths) -> a function
-        that waits for their `Detections`.
+    def submit(self, images: Iterable | np.ndarray) -> Callable[[], list[Detections]]:
+        """`detect_batch` in two steps: queue the images now -> a function that waits for their `Detections`.
 
         Why: on a GPU the work is queued on the device and this returns at
         once, so a caller can queue its next batch before it waits for this
-        one (`photos.detect_photos` does); elsewhere the work is done here.
+        one and turns its results into Python objects (`photos.detect_photos`
+        does); elsewhere the work is done here, as one batch. Images as
+        `detect_batch` takes them; a bad one raises its ImageError here.
         """
+        if not (is_tensor(images) or (isinstance(images, np.ndarray) and images.ndim == 4)):
+            images = [im if is_tensor(im) else as_image(im, exif=self.exif) for im in images]
+        return self._queue(images)
+
+    def _run(self, images) -> list[Detections]:
+        return self._queue(images)()
+
+    def _queue(self, images) -> Callable[[], list[Detections]]:
         wait = submit_images(self.backend, self.backend.images(images), self.config, self.timer)
         return lambda: [Detections(b[:, :4], b[:, 4], lm) for b, lm in wait()]
