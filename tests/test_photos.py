@@ -110,7 +110,7 @@ def test_a_batching_folder_job_queues_the_next_window_before_it_waits_for_this_o
     are waited for, so the GPU does not idle while the host turns them into Python objects; the first
     window's results come at once. Same results, in input order, errors in place."""
     pytest.importorskip("torch")
-    from fastmtcnn.photos import detect_window
+    from fastmtcnn.photos import submit_window
 
     det = MTCNN(minsize=40, backend="torch", device="cpu", fixed_shapes=True)
     log = []
@@ -133,7 +133,7 @@ def test_a_batching_folder_job_queues_the_next_window_before_it_waits_for_this_o
     assert [r.path for r in got] == folder and sum(not r.ok for r in got) == 3
     for k in range(n):  # the same numbers as the window detected at once
         part = got[5 * k:5 * k + 5]
-        for r, res in zip(part, detect_window(det, [r.rgb() if r.ok else r.error for r in part])):
+        for r, res in zip(part, submit_window(det, [r.rgb() if r.ok else r.error for r in part], queue=False)()):
             if r.ok:
                 np.testing.assert_array_equal(r.faces.boxes, res.boxes)
                 np.testing.assert_array_equal(r.faces.landmarks, res.landmarks)

@@ -427,7 +427,7 @@ def test_a_triton_kernel_that_fails_on_a_machine_falls_back_to_torch_with_a_warn
     def broken(*args, **kwargs):
         raise RuntimeError("no kernel image is available for execution on the device")
 
-    for name in ("integral", "tiles", "crops"):
+    for name in ("integrals", "tiles", "crops"):
         monkeypatch.setattr(torch_kernels, name, broken)
     det.backend.kernels = det.backend._compiled = True  # as on a CUDA machine whose Triton cannot run
     with pytest.warns(RuntimeWarning, match="Triton kernels off"):

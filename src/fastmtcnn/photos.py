@@ -192,15 +192,11 @@ def _decode_on_gpu(items: list[tuple[str, np.ndarray | ImageError]], device) -> 
     return out
 
 
-def detect_window(det, images: list) -> list:
-    """Detections of decoded images (ImageError entries pass through): one `detect_batch` call for all."""
-    return submit_window(det, images, queue=False)()
-
-
 def submit_window(det, images: list, queue: bool = True) -> Callable[[], list]:
-    """`detect_window` in two steps: queued on the device now (`MTCNN.submit`), results when asked for.
+    """Detections of decoded images (ImageError entries pass through), all in one call: queued on the
+    device now (`MTCNN.submit`) -> a function that waits for them.
 
-    queue=False: one `detect_batch` call (the CPU engines keep two photos in flight in it).
+    queue=False: one `detect_batch` call, done here (the CPU engines keep two photos in flight in it).
     """
     idx = [i for i, im in enumerate(images) if not isinstance(im, ImageError)]
     good = [images[i] for i in idx]

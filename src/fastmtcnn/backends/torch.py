@@ -420,7 +420,7 @@ class TorchBackend:
         return out
 
     def integrals(self, images) -> Integrals:
-        """`crop.integrals` of the images in one device buffer (a Triton scan per size on CUDA)."""
+        """`crop.integrals` of the images in one device buffer (one Triton launch pair for all on CUDA)."""
         return self._integrals_with(images, use=self.kernels and self._compiled)
 
     def _integrals_with(self, images, use: bool, force: bool = False) -> Integrals:

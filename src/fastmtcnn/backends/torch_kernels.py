@@ -441,17 +441,6 @@ def fused_nets(pnet: torch.nn.Module, rnet: torch.nn.Module, onet: torch.nn.Modu
     return FusedPNet(), FusedRNet(), FusedONet()
 
 
-def integral(frames: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """`crop.integral_image` of (N, H, W, 3) uint8 CUDA frames: (N, H+1, W+1, 3) int32, zero border
-    (into `out`, e.g. a view of a batch's `crop.Integrals` buffer, when given)."""
-    n, h, w, c = frames.shape
-    if out is None:
-        out = torch.empty((n, h + 1, w + 1, c), dtype=torch.int32, device=frames.device)
-    rows = (h + 1) * (w + 1)
-    integrals(list(frames.contiguous()), out.view(-1, c), [i * rows for i in range(n)])
-    return out
-
-
 def integrals(images: list[torch.Tensor], flat: torch.Tensor, offsets) -> torch.Tensor:
     """`crop.integral_image` of uint8 (H, W, 3) CUDA images of any sizes into one (rows, 3) int32 buffer,
     image i's from row offsets[i]: two launches for the whole batch.
