@@ -41,6 +41,7 @@ import numpy as np
 from .. import cache
 from ..nets import onnx_path
 from ..pipeline import NO_TIMER
+from ..pyramid import Plan
 from .host import HostBackend
 
 
@@ -217,14 +218,28 @@ class OpenVinoBackend(HostBackend):
             self.cache_dir = cache.writable(str(Path(cache_dir).expanduser())) if cache_dir else None
         # RNet and ONet have one shape each (`PART`): load or compile them now, aside, so that a fresh
         # process's first photo finds them ready (it reads and decodes its image, runs PNet meanwhile)
-        threading.Thread(target=self._prepare, name="fastmtcnn-openvino-prepare").start()
+        self._aside([(net, ((PART[net], 3, size, size),)) for net, size in (("rnet", 24), ("onet", 48))])
 
-    def _prepare(self) -> None:
-        for net, size in (("rnet", 24), ("onet", 48)):
+    def _aside(self, jobs: list[tuple[str, tuple]]) -> None:
+        """Load or compile these (net, input shapes) on a thread of their own, those not loaded yet."""
+        with _compiled_lock:
+            jobs = [j for j in jobs if getattr(_compiled.get((*j, self.config, self.cache_dir)), "model", None) is None]
+        if jobs:  # `_entry`'s lock makes a caller that asks for one of them meanwhile wait for it
+            threading.Thread(target=self._prepare, args=(jobs,), name="fastmtcnn-openvino-prepare").start()
+
+    def _prepare(self, jobs: list[tuple[str, tuple]]) -> None:
+        for net, shapes in jobs:
             try:
-                _entry(net, ((PART[net], 3, size, size),), self.config, self.cache_dir)
-            except Exception:  # noqa: BLE001 - the first photo will compile it again and say what fails
+                _entry(net, shapes, self.config, self.cache_dir)
+            except Exception:  # noqa: BLE001 - the net's first call will compile it again and say what fails
                 return
+
+    def front(self, images: list[np.ndarray], plan: Plan, threshold: float, timer=NO_TIMER):
+        """`HostBackend.front`, PNet loaded aside for the plan's tile shapes (known from here on, not sooner):
+        a fresh process's first photo makes its integral image and first tile meanwhile."""
+        tiles = {(c.h, c.w): c for c in plan.canvases}.values()
+        self._aside([("pnet", ((1, 3, c.h, c.w), c.mask().shape)) for c in tiles])
+        return super().front(images, plan, threshold, timer)
 
     def compiled(self) -> list:
         """The compiled nets this backend's settings have in the process cache (for tests and reports)."""
