@@ -26,10 +26,8 @@ unwritable folder) turns it off, quietly. `cache_dir` overrides both.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sys
-import tempfile
 import threading
 from collections import OrderedDict, deque
 from functools import lru_cache
@@ -125,6 +123,8 @@ def _model(net: str) -> ov.Model:
 @lru_cache(maxsize=None)
 def _identity(net: str) -> str:
     """What a compiled net depends on besides its shapes and settings: the graph's bytes, OpenVINO, the CPU."""
+    import hashlib  # here, not at the top: 4-6 ms, paid on the loading thread rather than in the constructor
+
     h = hashlib.sha256(onnx_path(net).read_bytes())
     h.update(ov.get_version().encode())
     h.update(str(_core().get_property("CPU", "FULL_DEVICE_NAME")).encode())
@@ -132,6 +132,8 @@ def _identity(net: str) -> str:
 
 
 def _blob_path(cache_dir: str, net: str, shapes: tuple, config: tuple) -> Path:
+    import hashlib
+
     key = hashlib.sha256(repr((_identity(net), shapes, config)).encode()).hexdigest()[:32]
     return Path(cache_dir) / f"{net}-{key}.blob"
 
@@ -156,6 +158,8 @@ def _compile(net: str, shapes: tuple, config: tuple, cache_dir: str | None) -> o
     model.reshape({p.get_any_name(): list(s) for p, s in zip(model.inputs, shapes)})
     compiled = _core().compile_model(model, "CPU", dict(config))
     if path is not None:
+        import tempfile  # only where a net is compiled: 5-8 ms of a process that loads them all
+
         tmp = None
         try:  # a whole file or none: written aside, then renamed (processes may share the folder)
             with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as f:
