@@ -61,6 +61,7 @@ def _check_plan(plan) -> None:
             mask[p.y:p.y + p.h - 2, p.x:p.x + p.w - 2] = 0
         np.testing.assert_array_equal(c.cell_piece(), expected)
         np.testing.assert_array_equal(c.mask()[0, 0], mask)
+        assert c.mask().shape == c.mask_shape
     n_levels = sum(len(s) for s in plan.scales)
     assert len(cover) == n_levels, "every level of every image has pieces"
     for key, cells in cover.items():

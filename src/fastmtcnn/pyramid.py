@@ -108,6 +108,11 @@ class Canvas:
     def out_shape(self) -> tuple[int, int]:
         return pnet_out(self.h), pnet_out(self.w)
 
+    @property
+    def mask_shape(self) -> tuple[int, int, int, int]:
+        """The shape of `mask()` (the whole canvas), without making it."""
+        return 1, 1, self.h - 2, self.w - 2
+
     def mask(self, rows: tuple[int, int] | None = None) -> np.ndarray:
         """(1, 1, h-2, w-2) float32 added after PReLU1: 0 on each piece's valid conv1 area, PNET_MASK_VALUE
         elsewhere; only conv1 rows [r0, r1) when asked (a band of the canvas)."""

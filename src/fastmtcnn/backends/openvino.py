@@ -242,7 +242,7 @@ class OpenVinoBackend(HostBackend):
         """`HostBackend.front`, PNet loaded aside for the plan's tile shapes (known from here on, not sooner):
         a fresh process's first photo makes its integral image and first tile meanwhile."""
         tiles = {(c.h, c.w): c for c in plan.canvases}.values()
-        self._aside([("pnet", ((1, 3, c.h, c.w), c.mask().shape)) for c in tiles])
+        self._aside([("pnet", ((1, 3, c.h, c.w), c.mask_shape)) for c in tiles])
         return super().front(images, plan, threshold, timer)
 
     def compiled(self) -> list:
