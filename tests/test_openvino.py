@@ -93,6 +93,37 @@ def test_rnet_and_onet_compile_one_batch_size_each_whatever_the_batches(ovb, mon
     assert shapes == {("rnet", (ovb.PART["rnet"], 3, 24, 24)), ("onet", (ovb.PART["onet"], 3, 48, 48))}
 
 
+def test_a_shape_being_loaded_aside_is_loaded_once_whatever_asks_meanwhile(shared_data, ovb, monkeypatch):
+    """Each photo's `front` asks for its PNet tile shapes; while one is still loading, asking again must
+    neither start another loader for it nor compile it twice, and the photos' faces stay ONNX Runtime's."""
+    import threading
+
+    monkeypatch.setattr(ovb, "_compiled", type(ovb._compiled)())
+    real, calls, gate = ovb._compile, [], threading.Event()
+
+    def slow(net, shapes, config, cache_dir):
+        calls.append((net, shapes))
+        if net == "pnet":
+            gate.wait(30)  # held until the photos below have all asked for it
+        return real(net, shapes, config, cache_dir)
+
+    monkeypatch.setattr(ovb, "_compile", slow)
+    started = []
+    monkeypatch.setattr(ovb.OpenVinoBackend, "_prepare",
+                        lambda self, jobs, f=ovb.OpenVinoBackend._prepare: (started.append(jobs), f(self, jobs))[1])
+    det = MTCNN(backend="openvino", cache_dir=False)
+    img = cv2.resize(read_image(shared_data / "bob_multiple-faces.jpg"), (400, 300), interpolation=cv2.INTER_AREA)
+    plan = det.plan(*img.shape[:2])
+    for _ in range(3):  # as three photos' `front` would, while the first load is held
+        det.backend._aside([("pnet", ((1, 3, c.h, c.w), c.mask_shape)) for c in plan.canvases])
+    gate.set()
+    _same_faces(det.detect(img), MTCNN(backend="onnxruntime").detect(img), "after the loads")
+    pnet_loaders = [jobs for jobs in started if any(net == "pnet" for net, _ in jobs)]
+    assert len(pnet_loaders) == 1, pnet_loaders
+    assert len([c for c in calls if c[0] == "pnet"]) == len({c for c in calls if c[0] == "pnet"})
+    assert not ovb._loading
+
+
 def test_a_crops_outputs_do_not_depend_on_its_batch(ovb):
     be = ovb.OpenVinoBackend()
     rng = np.random.default_rng(0)

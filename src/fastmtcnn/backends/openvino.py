@@ -185,6 +185,8 @@ class _Compiled:
 
 _compiled: OrderedDict[tuple, _Compiled] = OrderedDict()
 _compiled_lock = threading.Lock()
+#: keys a loader thread is loading now: each photo's `front` asks again until they are in
+_loading: set[tuple] = set()
 
 
 def _entry(net: str, shapes: tuple, config: tuple, cache_dir: str | None) -> _Compiled:
@@ -227,16 +229,21 @@ class OpenVinoBackend(HostBackend):
     def _aside(self, jobs: list[tuple[str, tuple]]) -> None:
         """Load or compile these (net, input shapes) on a thread of their own, those not loaded yet."""
         with _compiled_lock:
-            jobs = [j for j in jobs if getattr(_compiled.get((*j, self.config, self.cache_dir)), "model", None) is None]
+            jobs = [j for j in dict.fromkeys(jobs) if (*j, self.config, self.cache_dir) not in _loading
+                    and getattr(_compiled.get((*j, self.config, self.cache_dir)), "model", None) is None]
+            _loading.update((*j, self.config, self.cache_dir) for j in jobs)
         if jobs:  # `_entry`'s lock makes a caller that asks for one of them meanwhile wait for it
             threading.Thread(target=self._prepare, args=(jobs,), name="fastmtcnn-openvino-prepare").start()
 
     def _prepare(self, jobs: list[tuple[str, tuple]]) -> None:
-        for net, shapes in jobs:
-            try:
+        try:
+            for net, shapes in jobs:
                 _entry(net, shapes, self.config, self.cache_dir)
-            except Exception:  # noqa: BLE001 - the net's first call will compile it again and say what fails
-                return
+        except Exception:  # noqa: BLE001 - the net's first call will compile it again and say what fails
+            pass
+        finally:
+            with _compiled_lock:
+                _loading.difference_update((*j, self.config, self.cache_dir) for j in jobs)
 
     def front(self, images: list[np.ndarray], plan: Plan, threshold: float, timer=NO_TIMER):
         """`HostBackend.front`, PNet loaded aside for the plan's tile shapes (known from here on, not sooner):
