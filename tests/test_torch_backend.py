@@ -8,6 +8,8 @@ run on the device machine: `pytest -m gpu tests/test_torch_backend.py`).
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -537,6 +539,34 @@ def test_gpu_batch_equals_frame_by_frame_with_and_without_pinned_upload(photos):
     for im, d, e in zip(imgs, batch, plain.detect_batch(imgs)):
         assert_same_detections(det.detect(im), d, "batch vs single")
         np.testing.assert_array_equal(d.boxes, e.boxes)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_queueing_host_images_does_not_wait_for_the_batch_before(photos, monkeypatch):
+    """`MTCNN.submit` of host arrays (a PNG folder, EXIF jobs, API users) queues their upload and cascade
+    behind the batch already queued, without waiting for it on the host (no event or stream sync)."""
+    det = MTCNN(backend="torch", device="cuda", fp16=False, pinned=True, graphs=False)
+    imgs = list(photos.values())
+    want = det.detect_batch(imgs)  # shapes met, kernels and plans made
+    first = det.submit(imgs)
+    waits, here = [], threading.get_ident()
+
+    def waited(what):  # on this thread (the kernels' warm-up thread may sync its own stream meanwhile)
+        def sync(*args, **kwargs):
+            if threading.get_ident() == here:
+                waits.append(what)
+        return sync
+
+    for cls in (torch.cuda.Event, torch.cuda.Stream):
+        monkeypatch.setattr(cls, "synchronize", waited(cls.__name__))
+    monkeypatch.setattr(torch.cuda, "synchronize", waited("device"))
+    second = det.submit(imgs)
+    monkeypatch.undo()
+    assert waits == []
+    for a, b, c in zip(want, first(), second()):
+        assert_same_detections(a, b, "first batch")
+        assert_same_detections(a, c, "second batch")
 
 
 @pytest.mark.gpu

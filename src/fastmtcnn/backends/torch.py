@@ -193,8 +193,6 @@ class TorchBackend:
         self.graph_batch = int(graph_batch)
         self.caps = tuple(caps) if caps else None
         self._consts: dict = {}
-        self._staging: torch.Tensor | None = None  # pinned host buffer for uploads
-        self._staged = None  # event: the last upload from the staging buffer is done
         budget = int(graph_memory * torch.cuda.get_device_properties(self.device).total_memory) if cuda else None
         # (Shape, (cfg, starting caps), caps, iters) -> (cascade, graph, inputs, result) | False
         self._graphs = ShapeCache(budget=budget)
@@ -382,24 +380,24 @@ class TorchBackend:
         return torch.as_tensor(x, device=self.device)
 
     def _upload(self, host: np.ndarray) -> torch.Tensor:
-        """Host uint8 images -> device, through a reused pinned buffer and an async copy."""
+        """Host uint8 images -> device, through page-locked memory and an async copy, without waiting.
+
+        Why not one reused staging buffer: its copy is queued behind the work
+        already on the stream, so reusing it meant waiting for that work, i.e.
+        a batch of host images could not be queued (`MTCNN.submit`) while the
+        batch before it ran. Torch's pinned-memory cache keeps each buffer
+        until its copy is done (it records the copy on the stream) and reuses it.
+        """
         if not self.pinned:
             return torch.from_numpy(host).to(self.device)
-        if self._staged is not None:
-            self._staged.synchronize()  # the previous copy out of the buffer has finished
-        nbytes = host.size
-        if self._staging is None or self._staging.numel() < nbytes:
-            self._staging = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-        buf = self._staging[:nbytes].view(host.shape)
+        buf = torch.empty(host.shape, dtype=torch.uint8, pin_memory=True)
         out = torch.empty(host.shape, dtype=torch.uint8, device=self.device)
         # in slices of >= 8 MB: the DMA of one slice overlaps the host copy of the next
         flat_host, flat_buf, flat_out = host.reshape(-1), buf.reshape(-1), out.reshape(-1)
         step = 8 << 20
-        for i in range(0, nbytes, step):
+        for i in range(0, host.size, step):
             np.copyto(flat_buf[i:i + step].numpy(), flat_host[i:i + step])
             flat_out[i:i + step].copy_(flat_buf[i:i + step], non_blocking=True)
-        self._staged = torch.cuda.Event()
-        self._staged.record()
         return out
 
     def images(self, images) -> list[torch.Tensor] | torch.Tensor:
