@@ -185,21 +185,24 @@ class _Compiled:
 
 _compiled: OrderedDict[tuple, _Compiled] = OrderedDict()
 _compiled_lock = threading.Lock()
-#: keys a loader thread is loading now: each photo's `front` asks again until they are in
-_loading: set[tuple] = set()
+
+
+def _slot(key: tuple) -> tuple[_Compiled, bool]:
+    """The cache's entry for `key`, most recently used; whether it is new (empty: nobody loads it yet)."""
+    with _compiled_lock:
+        entry = _compiled.get(key)
+        if entry is not None:
+            _compiled.move_to_end(key)
+            return entry, False
+        entry = _compiled[key] = _Compiled()
+        while len(_compiled) > CACHE_SIZE:
+            _compiled.popitem(last=False)
+        return entry, True
 
 
 def _entry(net: str, shapes: tuple, config: tuple, cache_dir: str | None) -> _Compiled:
     """`net` compiled for these input shapes and settings: from the cache, or compiled now."""
-    key = (net, shapes, config, cache_dir)
-    with _compiled_lock:
-        entry = _compiled.get(key)
-        if entry is None:
-            entry = _compiled[key] = _Compiled()
-            while len(_compiled) > CACHE_SIZE:
-                _compiled.popitem(last=False)
-        else:
-            _compiled.move_to_end(key)
+    entry, _ = _slot((net, shapes, config, cache_dir))
     with entry.lock:  # one compile per shape, even when two threads ask at once
         if entry.model is None:
             entry.model = _compile(net, shapes, config, cache_dir)
@@ -227,23 +230,18 @@ class OpenVinoBackend(HostBackend):
         self._aside([(net, ((PART[net], 3, size, size),)) for net, size in (("rnet", 24), ("onet", 48))])
 
     def _aside(self, jobs: list[tuple[str, tuple]]) -> None:
-        """Load or compile these (net, input shapes) on a thread of their own, those not loaded yet."""
-        with _compiled_lock:
-            jobs = [j for j in dict.fromkeys(jobs) if (*j, self.config, self.cache_dir) not in _loading
-                    and getattr(_compiled.get((*j, self.config, self.cache_dir)), "model", None) is None]
-            _loading.update((*j, self.config, self.cache_dir) for j in jobs)
+        """Load or compile these (net, input shapes) on a thread of their own, those the cache has no entry
+        for (an entry is loaded, or being loaded: each photo's `front` asks again)."""
+        jobs = [j for j in jobs if _slot((*j, self.config, self.cache_dir))[1]]
         if jobs:  # `_entry`'s lock makes a caller that asks for one of them meanwhile wait for it
             threading.Thread(target=self._prepare, args=(jobs,), name="fastmtcnn-openvino-prepare").start()
 
     def _prepare(self, jobs: list[tuple[str, tuple]]) -> None:
-        try:
-            for net, shapes in jobs:
+        for net, shapes in jobs:
+            try:
                 _entry(net, shapes, self.config, self.cache_dir)
-        except Exception:  # noqa: BLE001 - the net's first call will compile it again and say what fails
-            pass
-        finally:
-            with _compiled_lock:
-                _loading.difference_update((*j, self.config, self.cache_dir) for j in jobs)
+            except Exception:  # noqa: BLE001 - the net's first call will compile it again and say what fails
+                return
 
     def front(self, images: list[np.ndarray], plan: Plan, threshold: float, timer=NO_TIMER):
         """`HostBackend.front`, PNet loaded aside for the plan's tile shapes (known from here on, not sooner):
