@@ -305,3 +305,17 @@ def test_cli_image_over_the_pixel_limit_is_an_error_record(huge, tmp_path, capsy
     assert main(["detect", str(path), "--json", str(out)]) == 1
     (rec,) = _records(out)
     assert "larger than" in rec["error"] and "faces" not in rec
+
+
+def test_a_jpeg_is_complete_whatever_follows_its_end_and_truncated_anywhere_in_its_scans(shared_data):
+    """The completeness check finds the end of image after the scan data, whether bytes follow it (some
+    cameras append data) or not, and misses it in a file cut anywhere after its first scan starts."""
+    from fastmtcnn.images import check_complete
+
+    jpeg = (shared_data / PHOTO).read_bytes()
+    scan = jpeg.index(b"\xff\xda")
+    for data in (jpeg, jpeg + b"\x00" * 64 + b"trailing", jpeg + jpeg[:scan]):
+        check_complete("ok.jpg", np.frombuffer(data, np.uint8))
+    for cut in (scan + 20, (scan + len(jpeg)) // 2, len(jpeg) - 2, len(jpeg) - 1):
+        with pytest.raises(ImageError, match="truncated"):
+            check_complete("cut.jpg", np.frombuffer(jpeg[:cut], np.uint8))

@@ -134,8 +134,11 @@ def _jpeg_complete(buf: bytes) -> bool:
             i += 2
             continue
         seglen = int.from_bytes(buf[i + 2:i + 4], "big")
-        if marker == 0xDA:  # start of scan: entropy-coded data runs to EOI
-            return buf.find(b"\xff\xd9", i + 2 + seglen) != -1
+        if marker == 0xDA:  # start of scan: entropy-coded data runs to EOI (FF D9 only as a marker there)
+            # searched from the end: a complete file's EOI is in its last bytes. Why: a search from the scan
+            # runs over the whole file with the GIL held (0.19 ms a 1080p JPEG), and a folder job's reader
+            # threads then kept the thread that feeds the GPU waiting (H200 profile, 2026-12-07)
+            return buf.rfind(b"\xff\xd9", i + 2 + seglen) != -1
         i += 2 + seglen
     return False
 
