@@ -111,6 +111,18 @@ def test_import_help_and_a_bad_flag_load_neither_opencv_nor_numpy():
         fastmtcnn.Nope  # noqa: B018
 
 
+def test_a_torch_detection_imports_triton_only_for_its_kernels(shared_data):
+    """Issue #18: importing Triton parses every kernel's source (0.37 s of a fresh GPU process's 1.5-2 s to its
+    first result, H200 cProfile); a first result runs torch ops, and the CPU never runs the kernels. So the
+    torch backend imports Triton only when its kernels warm up (GPU test below: not for a first result)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    marks = loaded("import torch\nmark('torch')\nimport fastmtcnn\n"
+                   f"faces = fastmtcnn.MTCNN(backend='torch', device='cpu').detect({str(shared_data / PORTRAIT)!r})\n"
+                   "assert len(faces) == 1, len(faces)\nmark('detect')\n")
+    assert "triton" not in top(marks["detect"] - marks["torch"])
+
+
 @pytest.mark.gpu
 def test_gpu_detection_imports_no_dynamo_sympy_or_distributed_beyond_torch(shared_data):
     """Issue #18: a CUDA detection, and the Triton kernels compiled after it, load none of torch._dynamo,
@@ -129,6 +141,8 @@ def test_gpu_detection_imports_no_dynamo_sympy_or_distributed_beyond_torch(share
     for when in ("first", "kernels"):
         new = marks[when] - marks["torch"]
         assert not {m for m in new if m.partition(".")[0] == "sympy" or m.startswith(heavy)}, when
+    assert "triton" not in top(marks["first"] - marks["torch"])  # a first result runs torch ops
+    assert "triton" in top(marks["kernels"])  # the kernels really warmed up
 
 
 @pytest.mark.gpu

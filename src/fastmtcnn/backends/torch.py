@@ -33,7 +33,7 @@ from ..crop import MEAN, SCALE, Integrals, area_resize, integral_image
 from ..nets import PNET_MASK_VALUE, torch_nets
 from ..pipeline import NO_TIMER, StageTimer, batch_plan
 from ..pyramid import TILE, Plan, pnet_out
-from . import torch_kernels, torch_warmup
+from . import torch_warmup
 from .torch_graphs import ShapeCache, bucket, capture
 from .torch_nms import dense_nms, grouped_nms
 from .torch_static import (BATCH_CAPS, DEFAULT_CAPS, DEFAULT_ITERS, MAX_CAPS, NMS_STEPS, Inputs, Shape, TiledCascade,
@@ -68,6 +68,13 @@ def _stop_warmups() -> None:
     _EXITING.set()
     for t in list(_WARMUPS):
         t.join()
+
+
+def _kernels():
+    """`torch_kernels`, imported where the kernels are first used (see `TorchBackend.__init__`)."""
+    from . import torch_kernels
+
+    return torch_kernels
 
 
 def _pow2(n: int, least: int = 1) -> int:
@@ -186,9 +193,12 @@ class TorchBackend:
         if self.channels_last:
             nets = tuple(m.to(memory_format=torch.channels_last) for m in nets)
         self._plain = nets
-        self.kernels = bool(kernels) and torch_kernels.available(self.device)
+        # Triton is imported by the kernels' warm-up, not here: importing it parses every kernel's source
+        # (0.37 s of a fresh process's 1.5-2 s to its first result, H200 cProfile), and a first result runs
+        # torch ops. Installed but broken, it fails the warm-up, which turns the kernels off.
+        self.kernels = bool(kernels) and cuda and importlib.util.find_spec("triton") is not None
         self.fused_nets = self.kernels and bool(fuse_nets) and self.channels_last
-        self._fused = torch_kernels.fused_nets(*nets) if self.fused_nets else None
+        self._fused = None  # the fused nets (`torch_kernels.fused_nets`), made by the warm-up
         self._compiled = False  # Triton kernels in use: once compiled (`_compile_kernels`) or captured
         self.graph_batch = int(graph_batch)
         self.caps = tuple(caps) if caps else None
@@ -226,6 +236,8 @@ class TorchBackend:
                 self._compile_aside()
             if _EXITING.is_set():
                 return
+            if self.fused_nets and self._fused is None:
+                self._fused = _kernels().fused_nets(*self._plain)
             with torch.cuda.device(self.device), torch.cuda.stream(torch.cuda.Stream(self.device)):
                 for step in self._kernel_steps():
                     if _EXITING.is_set():
@@ -265,7 +277,7 @@ class TorchBackend:
         win = torch.tensor([[0, 24, 0, 24]], device=dev)
         f = torch.zeros(1, dtype=torch.int64, device=dev)
         for size, net in ((24, 1), (48, 2)):
-            c = torch_kernels.crops(ii.flat, _image_table(ii), f, win, size, self.dtype, MEAN, SCALE)
+            c = _kernels().crops(ii.flat, _image_table(ii), f, win, size, self.dtype, MEAN, SCALE)
             if self._fused:
                 yield lambda c=c, net=net: self._fused[net](c.contiguous(memory_format=torch.channels_last))
         yield from self._nms_steps()
@@ -300,10 +312,11 @@ class TorchBackend:
                       stacklevel=3)
         self.kernels = self.fused_nets = self._compiled = False
 
-    def _try_kernel(self, fn, *args, force: bool = False):
+    def _try_kernel(self, name: str, *args, force: bool = False):
+        """`torch_kernels.<name>(*args)` where the kernels are in use (or `force`d); else None."""
         if self.kernels and (self._compiled or force):
             try:
-                return fn(*args)
+                return getattr(_kernels(), name)(*args)
             except Exception as e:  # noqa: BLE001 - any compiler or driver error: fall back, exactly
                 if force:
                     raise
@@ -318,10 +331,11 @@ class TorchBackend:
         where = cache.folder("triton")
         if where is None:
             return None
+        kernels = _kernels()
         h = hashlib.sha256()
-        for f in (Path(__file__), Path(torch_kernels.__file__)):
+        for f in (Path(__file__), Path(kernels.__file__)):
             h.update(f.read_bytes())
-        h.update(repr((torch_kernels.triton.__version__, torch.__version__, torch.version.cuda,
+        h.update(repr((kernels.triton.__version__, torch.__version__, torch.version.cuda,
                        torch.cuda.get_device_capability(self.device), self.dtype, self.fused_nets,
                        os.environ.get("TRITON_CACHE_DIR"), os.environ.get("TRITON_HOME"))).encode())
         return Path(where) / f"kernels-{h.hexdigest()[:32]}"
@@ -431,7 +445,7 @@ class TorchBackend:
     def _integrate(self, images, flat: torch.Tensor, offsets: np.ndarray, use: bool, force: bool = False) -> None:
         """Image i's integral into `flat` from row offsets[i]: the kernels' one launch pair for the whole
         batch, whatever its sizes, or torch ops."""
-        done = self._try_kernel(torch_kernels.integrals, list(images), flat, offsets[:-1], force=force) if use else None
+        done = self._try_kernel("integrals", list(images), flat, offsets[:-1], force=force) if use else None
         if done is None:
             stacked = isinstance(images, torch.Tensor)
             parts = [(images, 0, len(images))] if stacked else [(im[None], i, i + 1) for i, im in enumerate(images)]
@@ -470,14 +484,14 @@ class TorchBackend:
         c = torch.full((n * k * k + 1,), -1, dtype=torch.int32, device=self.device)
         mask, cells = m[:-1].view(n, tile - 2, tile - 2), c[:-1].view(n, k, k)
         use = self.kernels and self._compiled if kernels is None else kernels
-        if not (use and self._try_kernel(torch_kernels.tiles, ii.flat, images, pieces, x, mask, cells, tile, tile,
+        if not (use and self._try_kernel("tiles", ii.flat, images, pieces, x, mask, cells, tile, tile,
                                           MEAN, SCALE, force=bool(kernels)) is not None):
             _tiles_torch(images, ii.flat, pieces, x, m, c, host)
         return x.permute(0, 3, 1, 2), mask[:, None], cells
 
     def crops(self, ii: Integrals, frame: torch.Tensor, windows: torch.Tensor, size: int) -> torch.Tensor:
         """RNet/ONet inputs: `crop.area_resize`'s numbers, in one Triton kernel where there is one."""
-        x = self._try_kernel(torch_kernels.crops, ii.flat, _image_table(ii), frame, windows, size, self.dtype,
+        x = self._try_kernel("crops", ii.flat, _image_table(ii), frame, windows, size, self.dtype,
                              MEAN, SCALE)
         return area_resize(ii, frame, windows, size, size) if x is None else x
 

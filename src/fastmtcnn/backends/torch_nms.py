@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from ..boxes import box_area, overlap
-from . import torch_kernels
 
 #: pairs (IoU evaluations) per chunk: bounds temporary memory (~60 bytes a pair)
 MAX_PAIRS = 1 << 23
@@ -161,6 +160,8 @@ def dense_nms(b, valid, group, threshold, iters, mode="union", plus_one=False, f
     `DENSE_MAX` slots (sparse None) or sparse is True, `sparse_nms` (a host sync: never inside a CUDA
     graph capture, which keeps the matrix)."""
     if fused:
+        from . import torch_kernels  # Triton: imported where used (a first result runs without it)
+
         add = 1.0 if plus_one else 0.0
         return torch_kernels.greedy_keep(b, box_area(b, add), valid, group, threshold, mode, add, iters)
     if sparse is None:
