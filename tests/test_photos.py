@@ -243,6 +243,31 @@ def test_gpu_nvjpeg_photos_give_the_cpu_decoder_detections(folder, monkeypatch):
     assert ious.mean() >= 0.99
 
 
+@pytest.mark.gpu
+def test_gpu_decoding_windows_on_a_reader_thread_reuses_the_memory_of_the_windows_before(shared_data):
+    """A folder job decodes each window on a reader thread, on a side stream, for detection on another: the
+    device memory of windows already used is reused, not cached aside for a stream no later window uses
+    (each window's allocations then were new, under the allocator's lock, and memory grew window by window)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from fastmtcnn import photos
+
+    if photos.nvjpeg_decoder() is None:
+        pytest.skip("needs torchvision (nvJPEG)")
+    data = [np.fromfile(shared_data / n, np.uint8) for n in reference_names() if n.endswith(".jpg")]
+    items = [(f"{i}.jpg", data[i % len(data)]) for i in range(16)]
+    consumer = torch.cuda.current_stream()
+    reserved = []
+    for _ in range(40):
+        images = photos.decode_on_gpu(items, "cuda", consumer)
+        sums = [int(im.sum()) for im in images]  # used on the consumer stream, then dropped
+        del images
+        reserved.append(torch.cuda.memory_reserved())
+    assert len(sums) == len(items)
+    assert reserved[-1] == reserved[4], [r >> 20 for r in reserved]
+
+
 def test_chunks_give_a_first_chunk_of_its_own_size_then_n():
     """The GPU folder job's first window is small (its result does not wait for nvJPEG to start)."""
     from fastmtcnn.overlap import chunks
