@@ -124,7 +124,7 @@ def test_the_warm_up_launches_every_kernel_as_a_folder_window_and_a_photo_do(sha
     jitted = [v for v in vars(K).values() if isinstance(v, triton.runtime.jit.JITFunction)]
     launches = Launches(monkeypatch)
     launches.stub(*jitted)
-    monkeypatch.setattr(K, "available", lambda device: True)
+    monkeypatch.setattr(torch_backend, "triton_usable", lambda device: True)
     det = MTCNN(minsize=40, backend="torch", device="cpu")
     # the GPU's settings (fp16, NHWC, fused nets), which the options refuse on the CPU
     be = det.backend = torch_backend.TorchBackend("cpu", fp16=True, channels_last=True, fixed_shapes=True)

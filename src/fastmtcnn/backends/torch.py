@@ -70,6 +70,12 @@ def _stop_warmups() -> None:
         t.join()
 
 
+def triton_usable(device: torch.device) -> bool:
+    """Whether the Triton kernels may run on `device`: CUDA, with Triton installed (imported later, by the
+    kernels' warm-up; one that then fails to import turns them off with a warning)."""
+    return device.type == "cuda" and importlib.util.find_spec("triton") is not None
+
+
 def _kernels():
     """`torch_kernels`, imported where the kernels are first used (see `TorchBackend.__init__`)."""
     from . import torch_kernels
@@ -196,9 +202,9 @@ class TorchBackend:
         # Triton is imported by the kernels' warm-up, not here: importing it parses every kernel's source
         # (0.37 s of a fresh process's 1.5-2 s to its first result, H200 cProfile), and a first result runs
         # torch ops. Installed but broken, it fails the warm-up, which turns the kernels off.
-        self.kernels = bool(kernels) and cuda and importlib.util.find_spec("triton") is not None
+        self.kernels = bool(kernels) and triton_usable(self.device)
         self.fused_nets = self.kernels and bool(fuse_nets) and self.channels_last
-        self._fused = None  # the fused nets (`torch_kernels.fused_nets`), made by the warm-up
+        self._fused = None  # `fused`, made on first use (the warm-up)
         self._compiled = False  # Triton kernels in use: once compiled (`_compile_kernels`) or captured
         self.graph_batch = int(graph_batch)
         self.caps = tuple(caps) if caps else None
@@ -212,6 +218,13 @@ class TorchBackend:
         self._answered = False  # a call was answered: the next one starts the warm-up
         if self.kernels:  # started by the second call (`submit_images`): the first result never shares the GIL
             self.warmup = threading.Thread(target=self._compile_kernels, name="fastmtcnn-triton", daemon=True)
+
+    @property
+    def fused(self) -> tuple:
+        """The nets with Triton epilogues (`torch_kernels.fused_nets`), made where first used."""
+        if self._fused is None:
+            self._fused = _kernels().fused_nets(*self._plain)
+        return self._fused
 
     @property
     def fused_nms(self) -> bool:
@@ -236,8 +249,6 @@ class TorchBackend:
                 self._compile_aside()
             if _EXITING.is_set():
                 return
-            if self.fused_nets and self._fused is None:
-                self._fused = _kernels().fused_nets(*self._plain)
             with torch.cuda.device(self.device), torch.cuda.stream(torch.cuda.Stream(self.device)):
                 for step in self._kernel_steps():
                     if _EXITING.is_set():
@@ -272,14 +283,14 @@ class TorchBackend:
         yield lambda: None  # the integral's kernels ran just now: a place to stop
         plan = batch_plan(self, [(40, 40)], Config(minsize=12))
         x, mask, _ = self.canvas(ii, plan, list(range(len(plan.canvases))), kernels=True)
-        if self._fused:
-            yield lambda: self._fused[0](x, mask)
+        if self.fused_nets:
+            yield lambda: self.fused[0](x, mask)
         win = torch.tensor([[0, 24, 0, 24]], device=dev)
         f = torch.zeros(1, dtype=torch.int64, device=dev)
         for size, net in ((24, 1), (48, 2)):
             c = _kernels().crops(ii.flat, _image_table(ii), f, win, size, self.dtype, MEAN, SCALE)
-            if self._fused:
-                yield lambda c=c, net=net: self._fused[net](c.contiguous(memory_format=torch.channels_last))
+            if self.fused_nets:
+                yield lambda c=c, net=net: self.fused[net](c.contiguous(memory_format=torch.channels_last))
         yield from self._nms_steps()
 
     def _nms_steps(self):
@@ -332,6 +343,8 @@ class TorchBackend:
         if where is None:
             return None
         kernels = _kernels()
+        if kernels.triton is None:  # installed but would not import: the warm-up turns the kernels off
+            return None
         h = hashlib.sha256()
         for f in (Path(__file__), Path(kernels.__file__)):
             h.update(f.read_bytes())
@@ -506,7 +519,7 @@ class TorchBackend:
         fused = self.fused_nets and self._compiled
         with torch.inference_mode(), self._exact():
             try:
-                out = (self._fused if fused else self._plain)[k](x, *args[1:])
+                out = (self.fused if fused else self._plain)[k](x, *args[1:])
             except Exception as e:  # noqa: BLE001 - a fused kernel failed here: the plain net, exactly
                 if not fused:
                     raise
