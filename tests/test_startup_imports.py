@@ -112,7 +112,7 @@ def test_import_help_and_a_bad_flag_load_neither_opencv_nor_numpy():
 
 
 def test_a_torch_detection_imports_triton_only_for_its_kernels(shared_data):
-    """Issue #18: importing Triton parses every kernel's source (0.37 s of a fresh GPU process's 1.5-2 s to its
+    """Issue #18: importing Triton parses every kernel's source (0.37 s of a fresh GPU process's 2.1 s to its
     first result, H200 cProfile); a first result runs torch ops, and the CPU never runs the kernels. So the
     torch backend imports Triton only when its kernels warm up (GPU test below: not for a first result)."""
     pytest.importorskip("torch")

@@ -200,7 +200,7 @@ class TorchBackend:
             nets = tuple(m.to(memory_format=torch.channels_last) for m in nets)
         self._plain = nets
         # Triton is imported by the kernels' warm-up, not here: importing it parses every kernel's source
-        # (0.37 s of a fresh process's 1.5-2 s to its first result, H200 cProfile), and a first result runs
+        # (0.37 s of a fresh process's 2.1 s to its first result, H200 cProfile), and a first result runs
         # torch ops. Installed but broken, it fails the warm-up, which turns the kernels off.
         self.kernels = bool(kernels) and triton_usable(self.device)
         self.fused_nets = self.kernels and bool(fuse_nets) and self.channels_last
