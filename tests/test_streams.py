@@ -241,3 +241,31 @@ def test_frames_in_flight_are_bounded_by_the_queues_whatever_the_length(shared_d
             assert chunk < held <= bound, (held, bound)  # they did read ahead, and no further than the queues
         assert reader.stats.frames - len(handed) <= bound
     assert handed == list(range(90)) and sd.stats["long"].frames == 90
+
+
+def test_a_file_job_waits_for_cached_gpu_kernels_once_its_first_results_are_out_and_a_live_one_never(clips):
+    """As a folder job: a job of files waits for kernels that load from an earlier process's cache (else
+    they load beside the job on torch ops), but only after its first results are handed out; a camera's
+    frames would go stale meanwhile, so a job with a live source never waits. The backend here is the CPU
+    engine with the two GPU-backend methods the stream job asks for put on it."""
+    a, b = clips
+    for sources, waits in (([str(a), str(b)], 1), ([str(a), "live"], 0)):
+        det = MTCNN(minsize=40)
+        first_out = threading.Event()
+        asked = []
+
+        def wait_for_kernels(timeout=None):
+            asked.append(first_out.wait(DEADLOCK_S))  # never returns True if it blocks the first results
+            return True
+
+        det.backend.kernels_cached = lambda: True
+        det.backend.wait_for_kernels = wait_for_kernels
+        if sources[-1] == "live":
+            sources[-1] = FrameReader(parse_source("rtsp://camera.invalid/live"),
+                                      opener=scripted_opener([FakeCapture(bgr_frames(3))]), drop_stale=False,
+                                      retries=0, on_event=lambda m: None)
+        n = 0
+        for _ in StreamDetector(det, sources, chunk=4, skip_failed=True):
+            n += 1
+            first_out.set()
+        assert asked == [True] * waits and n == 9 + (7 if waits else 3)
