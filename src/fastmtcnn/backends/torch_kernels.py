@@ -20,7 +20,8 @@ integral against `crop.integral_image`, canvas and crops against
 division `div_rn`, then the same subtraction and power-of-two scaling), the
 suppression bits against `torch_nms.suppression` (`boxes.overlap`), the
 fused nets against `nets.py`'s modules. Without Triton (CPU, or a build
-without it) `available()` is False and the backend uses the torch versions;
+without it; `triton` is then None here) the backend uses the torch versions
+(`torch.triton_usable`, and its warm-up where Triton will not import);
 a kernel that fails to compile or run on a machine makes the backend warn
 and switch to them too.
 
@@ -38,10 +39,6 @@ try:
     import triton.language as tl
 except ImportError:  # pragma: no cover - depends on the environment
     triton = None
-
-
-def available(device: torch.device) -> bool:
-    return triton is not None and device.type == "cuda"
 
 
 def _jit(*, sizes: tuple[str, ...], views: tuple[str, ...] = ()):
