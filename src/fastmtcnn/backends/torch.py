@@ -249,6 +249,7 @@ class TorchBackend:
                 self._compile_aside()
             if _EXITING.is_set():
                 return
+            _kernels().remember_triton_key(cache.folder("triton"))
             with torch.cuda.device(self.device), torch.cuda.stream(torch.cuda.Stream(self.device)):
                 for step in self._kernel_steps():
                     if _EXITING.is_set():
