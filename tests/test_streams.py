@@ -243,29 +243,31 @@ def test_frames_in_flight_are_bounded_by_the_queues_whatever_the_length(shared_d
     assert handed == list(range(90)) and sd.stats["long"].frames == 90
 
 
-def test_a_file_job_waits_for_cached_gpu_kernels_once_its_first_results_are_out_and_a_live_one_never(clips):
-    """As a folder job: a job of files waits for kernels that load from an earlier process's cache (else
-    they load beside the job on torch ops), but only after its first results are handed out; a camera's
-    frames would go stale meanwhile, so a job with a live source never waits. The backend here is the CPU
-    engine with the two GPU-backend methods the stream job asks for put on it."""
+def test_a_file_job_loads_cached_gpu_kernels_from_its_start_and_waits_for_them_before_detecting_a_live_one_never(
+        clips):
+    """As a folder job: a job of files starts loading the kernels an earlier process compiled when it is
+    made (while its sources open) and waits for them before its first detection (else its first chunk runs
+    on torch ops, paying their one-time costs, and the job waits after it anyway); a camera's frames would
+    go stale meanwhile, so a job with a live source never waits. The backend here is the CPU engine with
+    the two GPU-backend methods the stream job asks for put on it."""
     a, b = clips
-    for sources, waits in (([str(a), str(b)], 1), ([str(a), "live"], 0)):
+    for sources, waits in (([str(a), str(b)], True), ([str(a), "live"], False)):
         det = MTCNN(minsize=40)
-        first_out = threading.Event()
-        asked = []
-
-        def wait_for_kernels(timeout=None):
-            asked.append(first_out.wait(DEADLOCK_S))  # never returns True if it blocks the first results
-            return True
-
+        events: list = []
         det.backend.kernels_cached = lambda: True
-        det.backend.wait_for_kernels = wait_for_kernels
+        det.backend.wait_for_kernels = lambda timeout=None, events=events: events.append(("wait", timeout))
+        detect_batch = det.detect_batch
+        det.detect_batch = lambda frames, events=events, f=detect_batch: events.append("detect") or f(frames)
         if sources[-1] == "live":
             sources[-1] = FrameReader(parse_source("rtsp://camera.invalid/live"),
                                       opener=scripted_opener([FakeCapture(bgr_frames(3))]), drop_stale=False,
                                       retries=0, on_event=lambda m: None)
-        n = 0
-        for _ in StreamDetector(det, sources, chunk=4, skip_failed=True):
-            n += 1
-            first_out.set()
-        assert asked == [True] * waits and n == 9 + (7 if waits else 3)
+        job = StreamDetector(det, sources, chunk=4, skip_failed=True)
+        assert events == ([("wait", 0)] if waits else [])  # loading from the start, not waited for yet
+        n = sum(1 for _ in job)
+        waited = [e for e in events if e != "detect"]
+        assert n == 9 + (7 if waits else 3) and events.count("detect") > 1
+        if waits:
+            assert waited == [("wait", 0), ("wait", None)] and events[2] == "detect"
+        else:
+            assert waited == []

@@ -251,6 +251,9 @@ class StreamDetector:
                 st.tracking = tracker.stats
         n_files = sum(s.kind == "file" for s in specs)
         self._files_only = n_files == len(specs)
+        self._kernels = self._cached_kernels()
+        if self._kernels is not None:
+            self._kernels.wait_for_kernels(0)  # they load while the sources open and the first frames decode
         sessions = nvdec_sessions or max(1, 4 // max(1, n_files))  # ~4 NVDEC sessions per GPU job in all
 
         # a decoder that cannot work is a setting error: raised here, before any source is opened
@@ -409,30 +412,33 @@ class StreamDetector:
                         import torch
 
                         frames.record_stream(torch.cuda.current_stream(frames.device))
+                if first and self._kernels is not None:
+                    self._kernels.wait_for_kernels()
+                first = False
                 self._detect_batch(batch)
                 batch.groups = []  # frees the stacked frames before the next batch is gathered
                 self._count_live(batch, +1)
                 self._live_detecting = False
                 if not self._put(self._done, batch):
                     return
-                if first:
-                    first = False
-                    self._await_kernels()
         except BaseException as e:  # noqa: BLE001 (handed to the caller's thread)
             self._put(self._done, e)
 
-    def _await_kernels(self) -> None:
-        """Once the first results are out, a job of files waits for GPU kernels that load from an earlier
-        process's disk cache (`TorchBackend.wait_for_kernels`), as a folder job does.
+    def _cached_kernels(self):
+        """The GPU backend whose kernels a job of files waits for before its first detection, or None.
 
-        Why: otherwise they load on a thread while the job runs on torch ops,
-        and both share the interpreter: a new 1080p clip's first run in a
-        process went at 0.23 of a warm run's FPS (H100). Live sources do not
-        wait: their frames would go stale meanwhile.
+        Why: kernels that load from an earlier process's disk cache
+        (`TorchBackend.kernels_cached`) start loading when the job is made, while
+        its sources open and its first frames decode, and the job waits for them
+        before its first chunk, as a folder job does. Run before them on torch
+        ops, a new 1080p clip's first chunk took 1.1-1.3 s (those ops' own
+        one-time costs) and then waited 0.7-0.8 s for the kernels anyway (H200).
+        Live sources do not wait: their frames would go stale meanwhile.
         """
         backend = getattr(self.detector, "backend", None)
         if self._files_only and getattr(backend, "kernels_cached", bool)():
-            backend.wait_for_kernels()
+            return backend
+        return None
 
     def _detect_batch(self, batch: _Batch) -> None:
         """batch.faces (and in tracking mode batch.tracked), one per item."""
