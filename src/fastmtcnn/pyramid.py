@@ -208,9 +208,10 @@ def _skyline(sizes: Sequence[tuple[int, int]], width: int, order: Sequence[int])
     return ys, xs
 
 
-def _cover(y: np.ndarray, x: np.ndarray, h: np.ndarray, w: np.ndarray, tile: int, cols: int):
-    """The tile windows of a strip that each (y, x, h, w) rectangle touches: (rectangle index, window row,
-    window col) of every pair, in rectangle order, then row, then col. Vectorized: most levels touch one."""
+def _cover(y: np.ndarray, x: np.ndarray, h: np.ndarray, w: np.ndarray, tile: int, cols):
+    """The tile windows of a strip `cols` tiles wide (or one width per rectangle) that each (y, x, h, w)
+    rectangle touches: (rectangle index, window row, window col) of every pair, in rectangle order, then
+    row, then col. Vectorized: most levels touch one."""
     step = tile - 10
     r0, c0 = y // step, x // step
     nr = np.maximum((y + h - 11) // step - r0 + 1, 0)
@@ -228,26 +229,31 @@ def _layout(sizes: list[tuple[int, int]], tile: int) -> tuple[int, np.ndarray, n
     The strip is cut into tiles that overlap by 10 pixels; a few widths are
     tried (narrowest possible, and about as wide as tall, half and twice that):
     wide strips pack small levels better, narrow ones waste less in the last row.
-    A photo's own levels are also tried with the skyline packer.
+    A photo's own levels are also tried with the skyline packer. The tiles of
+    every try are counted in one vectorized pass (numpy's per-call cost would
+    otherwise dominate a single photo's plan).
     """
     step = tile - 10
+    n = len(sizes)
     hw = np.array(sizes, np.int64).reshape(-1, 2).T
     area = int((hw[0] * hw[1]).sum())
     narrowest = max(1, -(-(int(hw[1].max()) - 10) // step))
     side = area ** 0.5 / step
-    packers = (_shelves, _skyline) if len(sizes) <= _SKYLINE_MAX else (_shelves,)
-    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i][0], -sizes[i][1], i))  # tallest first
-    best = None
-    for cols in sorted({narrowest, narrowest + 1, *(max(narrowest, round(side * f)) for f in (0.5, 1, 2))}):
-        for packer in packers:
-            places = np.array(packer(sizes, cols * step + 10, order), np.int64)
-            _, r, c = _cover(*places, *hw, tile, cols)
-            used = np.unique(r * cols + c)
-            if best is None or len(used) < len(best[2]):
-                best = (cols, places, used)
-    return best
-
-
+    packers = (_shelves, _skyline) if n <= _SKYLINE_MAX else (_shelves,)
+    order = sorted(range(n), key=lambda i: (-sizes[i][0], -sizes[i][1], i))  # tallest first
+    tries = [(cols, packer) for cols in sorted({narrowest, narrowest + 1,
+                                                *(max(narrowest, round(side * f)) for f in (0.5, 1, 2))})
+             for packer in packers]
+    places = np.array([packer(sizes, cols * step + 10, order) for cols, packer in tries], np.int64)  # (t, 2, n)
+    width = np.repeat(np.array([cols for cols, _ in tries], np.int64), n)
+    k, r, c = _cover(places[:, 0].ravel(), places[:, 1].ravel(), np.tile(hw[0], len(tries)),
+                     np.tile(hw[1], len(tries)), tile, width)
+    win = r * width[k] + c  # window id on its try's strip
+    span = int(win.max()) + 1 if len(win) else 1
+    ids = np.unique(k // n * span + win)  # sorted by try, then window
+    counts = np.bincount(ids // span, minlength=len(tries))
+    best = int(np.argmin(counts))  # the first try of the fewest tiles
+    return tries[best][0], places[best], ids[ids // span == best] - best * span
 @dataclass(frozen=True)
 class Plan:
     """Where every pyramid level of a batch of images goes: canvases of pieces. Pixel-free."""
