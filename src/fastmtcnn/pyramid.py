@@ -254,6 +254,8 @@ def _layout(sizes: list[tuple[int, int]], tile: int) -> tuple[int, np.ndarray, n
     counts = np.bincount(ids // span, minlength=len(tries))
     best = int(np.argmin(counts))  # the first try of the fewest tiles
     return tries[best][0], places[best], ids[ids // span == best] - best * span
+
+
 @dataclass(frozen=True)
 class Plan:
     """Where every pyramid level of a batch of images goes: canvases of pieces. Pixel-free."""

@@ -29,6 +29,10 @@ This module imports nothing from the backend that uses it.
 """
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -54,10 +58,6 @@ def remember_triton_key(folder: str | None) -> None:
     if triton is None or folder is None:
         return
     try:
-        import hashlib
-        import os
-        from pathlib import Path
-
         from triton.runtime import cache as tc
 
         compute = getattr(tc, "triton_key", None)
