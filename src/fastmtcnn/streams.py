@@ -394,7 +394,7 @@ class StreamDetector:
 
     # -- stage 3: detection ---------------------------------------------------------------------------
     def _detect(self) -> None:
-        first = True
+        kernels = self._kernels  # waited for once, before the first detection
         try:
             while not self._stop.is_set():
                 try:
@@ -412,9 +412,9 @@ class StreamDetector:
                         import torch
 
                         frames.record_stream(torch.cuda.current_stream(frames.device))
-                if first and self._kernels is not None:
-                    self._kernels.wait_for_kernels()
-                first = False
+                if kernels is not None:
+                    kernels.wait_for_kernels()
+                    kernels = None
                 self._detect_batch(batch)
                 batch.groups = []  # frees the stacked frames before the next batch is gathered
                 self._count_live(batch, +1)
