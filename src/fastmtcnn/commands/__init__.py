@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable, Iterator
 
 
 def unique_stem(path: str, used: set[str]) -> str:
@@ -51,6 +52,29 @@ def progress(items, total: int | None = None, unit: str = "img"):
 def error_text(path: str, e: BaseException) -> str:
     """One line for a failed input, naming it once."""
     return str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+
+
+def photo_records(det, paths: list[str], bar, handle: Callable[[object, dict], None]) -> Iterator[dict]:
+    """One record per input, in order: `{"path": ...}` filled in by `handle(result, record)`, or given an
+    "error" (a file that cannot be read or decoded, or an output that cannot be written).
+
+    Why one loop for the photo commands: each reads ahead through `photos.detect_photos` (nvJPEG on a
+    CUDA detector) and must turn a bad input into an error row and go on: a batch never drops an input.
+    """
+    from ..images import ImageError
+    from ..photos import detect_photos
+
+    for r in detect_photos(det, paths):
+        bar.update(1)
+        record: dict = {"path": r.path}
+        try:
+            if not r.ok:
+                raise r.error
+            handle(r, record)
+        except (ImageError, OSError) as e:
+            record["error"] = error_text(r.path, e)
+            bar.write(f"error: {record['error']}", file=sys.stderr)
+        yield record
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:

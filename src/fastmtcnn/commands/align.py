@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 from ..cli import add_detector_args, detector_from_args
-from . import error_text, input_paths, output_dir, plural, progress, unique_stem
+from . import input_paths, output_dir, photo_records, plural, progress, unique_stem
 
 KINDS = ("aligned", "margin")
 
@@ -38,8 +37,6 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..align import align_faces, margin_crops, template
     from ..draw import save_rgb
-    from ..images import ImageError
-    from ..photos import detect_photos
 
     if args.size < 8 or args.margin_size < 8:
         raise ValueError("--size and --margin-size must be >= 8 pixels")
@@ -53,48 +50,41 @@ def run(args: argparse.Namespace) -> int:
     det = detector_from_args(args)
     used: set[str] = set()
     records: list[dict] = []
-    failed = crops = faces_total = 0
+    crops = faces_total = 0
     t0 = time.perf_counter()
     bar = progress(paths)
+
+    def handle(r, rec: dict) -> None:
+        nonlocal crops, faces_total
+        img = r.rgb()  # the crops are cut on the host
+        faces = r.faces[r.faces.scores >= args.min_score]
+        stem = unique_stem(r.path, used)
+        rec.update(width=img.shape[1], height=img.shape[0], faces=faces.to_list())
+        made = {}
+        if "aligned" in kinds:
+            made["aligned"], mats = align_faces(img, faces.landmarks, args.size)
+            for f, m in zip(rec["faces"], mats):
+                f["transform"] = [[round(float(v), 6) for v in row] for row in m]
+        if "margin" in kinds:
+            made["margin"] = margin_crops(img, faces.boxes, args.margin_size, args.margin)
+        for i, f in enumerate(rec["faces"]):
+            for kind, arr in made.items():
+                name = f"{kind}/{stem}_{i}.{args.format}"
+                save_rgb(out / name, arr[i])
+                f[kind] = name
+                crops += 1
+        faces_total += len(faces)
+        if not args.quiet:
+            bar.write(f"{r.path}: {plural(len(faces), 'face')}")
+
     try:
-        for r in detect_photos(det, paths):  # read ahead, decoded (nvJPEG on a CUDA detector), size groups
-            path = r.path
-            bar.update(1)
-            rec: dict = {"path": path}
-            try:
-                if not r.ok:
-                    raise r.error
-                img = r.rgb()  # the crops are cut on the host
-                faces = r.faces[r.faces.scores >= args.min_score]
-                stem = unique_stem(path, used)
-                rec.update(width=img.shape[1], height=img.shape[0], faces=faces.to_list())
-                made = {}
-                if "aligned" in kinds:
-                    made["aligned"], mats = align_faces(img, faces.landmarks, args.size)
-                    for f, m in zip(rec["faces"], mats):
-                        f["transform"] = [[round(float(v), 6) for v in row] for row in m]
-                if "margin" in kinds:
-                    made["margin"] = margin_crops(img, faces.boxes, args.margin_size, args.margin)
-                for i, f in enumerate(rec["faces"]):
-                    for kind, arr in made.items():
-                        name = f"{kind}/{stem}_{i}.{args.format}"
-                        save_rgb(out / name, arr[i])
-                        f[kind] = name
-                        crops += 1
-                faces_total += len(faces)
-                if not args.quiet:
-                    bar.write(f"{path}: {plural(len(faces), 'face')}")
-            except (ImageError, OSError) as e:
-                failed += 1
-                msg = error_text(path, e)
-                rec["error"] = msg
-                bar.write(f"error: {msg}", file=sys.stderr)
-            records.append(rec)
+        records.extend(photo_records(det, paths, bar, handle))
     finally:
         bar.close()
         index = {"aligned_size": args.size, "template": template(args.size).round(4).tolist(),
                  "margin_size": args.margin_size, "margin": args.margin, "crops": list(kinds), "images": records}
         (out / "index.json").write_text(json.dumps(index, indent=1))
+    failed = sum("error" in rec for rec in records)
     print(f"{plural(len(paths), 'image')}, {plural(faces_total, 'face')}, {plural(crops, 'crop')}, {failed} failed, "
           f"{time.perf_counter() - t0:.2f}s -> {out}/index.json")
     return 1 if failed else 0

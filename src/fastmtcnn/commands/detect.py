@@ -7,7 +7,7 @@ import sys
 import time
 
 from ..cli import add_detector_args, detector_from_args
-from . import annotated_suffix, error_text, input_paths, open_output, output_dir, plural, progress, unique_stem
+from . import annotated_suffix, input_paths, open_output, output_dir, photo_records, plural, progress, unique_stem
 
 
 def register(sub) -> None:
@@ -26,9 +26,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..images import ImageError
-    from ..photos import detect_photos
-
     det = detector_from_args(args)
     paths = input_paths(args.paths)
     save_dir = output_dir(args.save_dir, "--save-dir") if args.save_dir else None
@@ -38,37 +35,31 @@ def run(args: argparse.Namespace) -> int:
     failed = faces_total = 0
     t0 = time.perf_counter()
     bar = progress(paths)
-    try:
-        for r in detect_photos(det, paths):  # read ahead, decoded (nvJPEG on a CUDA detector), size groups
-            path = r.path
-            bar.update(1)
-            record: dict = {"path": path}
-            try:
-                if not r.ok:
-                    raise r.error
-                faces = r.faces
-                w, h = r.size
-                record.update(width=w, height=h, faces=faces.to_list())
-                faces_total += len(faces)
-                line = f"{path}: {plural(len(faces), 'face')} ({w}x{h})"
-                if save_dir:
-                    from ..draw import draw, save_rgb
 
-                    out = save_dir / f"{unique_stem(path, used)}{annotated_suffix(path)}"
-                    save_rgb(out, draw(r.rgb(), faces))
-                    record["annotated"] = str(out)
-                    line += f" -> {out}"
-                bar.write(line, file=text)
-                if not args.quiet:
-                    for i, f in enumerate(record["faces"], 1):
-                        (x1, y1, x2, y2), s, lm = f["box"], f["score"], f["landmarks"]
-                        bar.write(f"  face {i}: box ({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}) score {s:.4f} "
-                                  f"eyes ({lm[0][0]:.0f}, {lm[0][1]:.0f}) ({lm[1][0]:.0f}, {lm[1][1]:.0f})", file=text)
-            except (ImageError, OSError) as e:
-                failed += 1
-                msg = error_text(path, e)
-                record["error"] = msg
-                bar.write(f"error: {msg}", file=sys.stderr)
+    def handle(r, record: dict) -> None:
+        nonlocal faces_total
+        faces = r.faces
+        w, h = r.size
+        record.update(width=w, height=h, faces=faces.to_list())
+        faces_total += len(faces)
+        line = f"{r.path}: {plural(len(faces), 'face')} ({w}x{h})"
+        if save_dir:
+            from ..draw import draw, save_rgb
+
+            out = save_dir / f"{unique_stem(r.path, used)}{annotated_suffix(r.path)}"
+            save_rgb(out, draw(r.rgb(), faces))
+            record["annotated"] = str(out)
+            line += f" -> {out}"
+        bar.write(line, file=text)
+        if not args.quiet:
+            for i, f in enumerate(record["faces"], 1):
+                (x1, y1, x2, y2), s, lm = f["box"], f["score"], f["landmarks"]
+                bar.write(f"  face {i}: box ({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}) score {s:.4f} "
+                          f"eyes ({lm[0][0]:.0f}, {lm[0][1]:.0f}) ({lm[1][0]:.0f}, {lm[1][1]:.0f})", file=text)
+
+    try:
+        for record in photo_records(det, paths, bar, handle):
+            failed += "error" in record
             if jf:
                 jf.write(json.dumps(record) + "\n")
                 jf.flush()
