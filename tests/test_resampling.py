@@ -66,7 +66,6 @@ def test_integrals_host_is_integral_image_for_images_of_any_sizes(photo):
 def test_pyramid_level_pieces_are_torchs_area_interpolation(photo, torch):
     h, w = photo.shape[:2]
     ii = integrals_host([photo]).image(0)
-    ii16 = ii.astype(np.uint16)  # the integral modulo 2**16: exact for small bins, which it is used for
     sizes = [level_size(h, w, s) for ms in (12, 20, 40) for s in pyramid_scales(h, w, ms, 0.709)]
     sizes += [(h, w), (2 * h + 1, w + 3), (7, 300), (h + 1, w + 1)]
     rng = np.random.default_rng(1)
@@ -80,8 +79,8 @@ def test_pyramid_level_pieces_are_torchs_area_interpolation(photo, torch):
         for r0, r1 in zip(rows[:-1], rows[1:]):
             for c0, c1 in zip(cols[:-1], cols[1:]):
                 piece = (int(r0), int(r1)), (int(c0), int(c1))
-                level_rows(ii, oh, ow, piece[0], got[:, r0:r1, c0:c1], cols=piece[1])
-                level_rows(ii, oh, ow, piece[0], got16[:, r0:r1, c0:c1], ii16, piece[1])
+                level_rows(ii, oh, ow, piece[0], got[:, r0:r1, c0:c1], piece[1], low16=False)
+                level_rows(ii, oh, ow, piece[0], got16[:, r0:r1, c0:c1], piece[1])  # modulo 2**16 if it can
                 np.testing.assert_array_equal(resize_region(ii, oh, ow, *piece), whole[:, r0:r1, c0:c1])
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"{oh}x{ow}")
         np.testing.assert_array_equal(got, whole, err_msg=f"{oh}x{ow}: same sums, same float32 steps")
@@ -138,7 +137,7 @@ def test_sums_past_2_to_the_31_wrap_and_stay_exact():
 
     oh, ow = 1551, 1551
     got = np.empty((3, 6, ow), np.float32)
-    level_rows(ii.image(0), oh, ow, (oh - 6, oh), got, ii.image(0).astype(np.uint16))  # the last rows: it wrapped
+    level_rows(ii.image(0), oh, ow, (oh - 6, oh), got)  # the last rows: it wrapped
     (ys, ye), (xs, xe) = (b[0] for b in area_bins(np, np.zeros(1, np.int64), np.array([3100]), oh)), \
         (b[0] for b in area_bins(np, np.zeros(1, np.int64), np.array([3100]), ow))
     for r in range(6):

@@ -35,6 +35,7 @@ Two implementations of those numbers:
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -95,16 +96,21 @@ class Integrals:
         """Wrap a filled buffer: the per-image tables are made from `sizes` where `flat` lives."""
         xp = xp or array_namespace(flat)
         sizes = tuple((int(h), int(w)) for h, w in sizes)
-        off = _host_offsets(sizes)[:-1]
+        off = _host_offsets(sizes)[:-1].copy()  # writable: torch.asarray warns on a read-only array
         hw = np.array(sizes, np.int64).reshape(-1, 2)
         kw = {} if device is None else {"device": device}
         return cls(flat, xp.asarray(off, **kw), xp.asarray(hw[:, 0].copy(), **kw),
                    xp.asarray(hw[:, 1].copy(), **kw), sizes)
 
 
+@lru_cache(maxsize=64)
 def _host_offsets(sizes: tuple[tuple[int, int], ...]) -> np.ndarray:
-    """Row offset of each image's integral in the flat buffer, and the total, (n + 1,) int64."""
-    return np.concatenate([[0], np.cumsum([(h + 1) * (w + 1) for h, w in sizes], dtype=np.int64)])
+    """Row offset of each image's integral in the flat buffer, and the total, (n + 1,) int64.
+
+    Read-only and cached: a tile asks for its pieces' images (`Integrals.image`) once per piece."""
+    off = np.concatenate([[0], np.cumsum([(h + 1) * (w + 1) for h, w in sizes], dtype=np.int64)])
+    off.setflags(write=False)
+    return off
 
 
 def integrals(images) -> Integrals:
@@ -205,6 +211,10 @@ def integrals_host(images) -> Integrals:
     return Integrals.of(flat, sizes, np)
 
 
+#: the uint16 half of an int32 that holds its low 16 bits (`level_rows`)
+_LOW16 = 0 if sys.byteorder == "little" else 1
+
+
 @lru_cache(maxsize=512)
 def _bins_1d(n: int, m: int, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bins of [0, n) into m as flat offsets into rows of `channels`-interleaved sums, and their lengths.
@@ -220,7 +230,7 @@ def _bins_1d(n: int, m: int, channels: int) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def level_rows(ii: np.ndarray, level_h: int, level_w: int, rows: tuple[int, int], out: np.ndarray,
-               ii16: np.ndarray | None = None, cols: tuple[int, int] | None = None) -> None:
+               cols: tuple[int, int] | None = None, low16: bool = True) -> None:
     """Rows [r0, r1) x cols [c0, c1) of an image's pyramid level (level_h x level_w), normalized, into
     `out` (3, r1-r0, c1-c0) (default: every column).
 
@@ -230,17 +240,19 @@ def level_rows(ii: np.ndarray, level_h: int, level_w: int, rows: tuple[int, int]
     horizontal ones flat gathers per channel; then `area_resize`'s float32
     steps, in place on `out`.
 
-    ii16: the same integral modulo 2**16 (uint16), used for levels whose bins
-    hold fewer than 2**16 // 255 pixels: differences modulo 2**16 are then
-    the exact sums, and half the bytes move (measured 1.5x faster).
+    low16: for levels whose bins hold fewer than 2**16 // 255 pixels, read
+    the integral modulo 2**16 (the low half of each int32, a view: no copy of
+    the integral): differences modulo 2**16 are then the exact sums, and the
+    gathers move half the bytes (a 12 MP photo's tiles: 1.3x faster, and
+    73 MB less memory than a uint16 copy, 2 cores).
     """
     H1, W1, C = ii.shape
     r0, r1 = rows
     c0, c1 = cols or (0, level_w)
     ys, ye, ny = _bins_1d(H1 - 1, level_h, 1)
     xs, xe, nx = _bins_1d(W1 - 1, level_w, C)
-    if ii16 is not None and int(ny.max()) * int(nx.max()) * 255 < 1 << 16:
-        ii = ii16
+    if low16 and int(ny.max()) * int(nx.max()) * 255 < 1 << 16:
+        ii = ii.view(np.uint16)[..., _LOW16::2]
     # only the integral's columns the piece's bins reach: a level cut into tiles reads each row once
     lo, hi = int(xs[c0]), int(xe[c1 - 1]) + C
     xs, xe, nx = xs[c0:c1] - lo, xe[c0:c1] - lo, nx[c0:c1]

@@ -119,12 +119,11 @@ class HostBackend:
     def pnet_tiles(self, ii: Integrals, plan: Plan, timer=NO_TIMER):
         """(tile index, reg, prob) of each tile of the plan, in order: each piece of a pyramid level made
         into a reused tile buffer (`crop.level_rows`), PNet run on it (`_stream`)."""
-        ii16: dict[int, np.ndarray] = {}  # the integral modulo 2**16 (crop.level_rows): once per image
 
         def tiles():
             for k, canvas in enumerate(plan.canvases):
                 with timer("pyramid"):
-                    x, mask = self._tile(ii, canvas, ii16, k % (self.held + 1)), canvas.mask()
+                    x, mask = self._tile(ii, canvas, k % (self.held + 1)), canvas.mask()
                 yield x, mask
 
         for k, (reg, prob) in enumerate(self._stream("pnet", tiles(), timer)):
@@ -138,7 +137,7 @@ class HostBackend:
                 out = self._infer(net, *arrays)
             yield out
 
-    def _tile(self, ii: Integrals, canvas: Canvas, ii16: dict[int, np.ndarray], slot: int = 0) -> np.ndarray:
+    def _tile(self, ii: Integrals, canvas: Canvas, slot: int = 0) -> np.ndarray:
         """The canvas's PNet input (1, 3, h, w) in this thread's reused buffer `slot` (of `held` + 1).
 
         Pixels outside every piece keep whatever an earlier tile left there,
@@ -152,8 +151,6 @@ class HostBackend:
             ring = self._local.tiles = [np.zeros(shape, np.float32) for _ in range(self.held + 1)]
         x = ring[slot]
         for p in canvas.pieces:
-            if p.image not in ii16:
-                ii16[p.image] = ii.image(p.image).astype(np.uint16)
             level_rows(ii.image(p.image), p.level_h, p.level_w, (p.src_y, p.src_y + p.h),
-                       x[0, :, p.y:p.y + p.h, p.x:p.x + p.w], ii16[p.image], (p.src_x, p.src_x + p.w))
+                       x[0, :, p.y:p.y + p.h, p.x:p.x + p.w], (p.src_x, p.src_x + p.w))
         return x
