@@ -683,3 +683,31 @@ def test_gpu_a_dropped_detector_frees_its_graphs_at_once(photos):
     holder[0].detect_batch(frames)
     assert holder[0].backend.graph_stats["captures"] >= 1
     assert freed_at_once(holder)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_a_jobs_warm_up_runs_first_launches_beside_it_and_a_call_waits_for_them(photos):
+    """A job's `wait_for_kernels(0)` starts, beside the kernels' loading, a tiny image through the cascade on
+    torch ops (CUDA's module loads and cuDNN's first calls, once per process); a call made meanwhile waits
+    for it instead of sharing the backend, and gives the results of a detector without kernels."""
+    names = ("bob_multiple-faces.jpg", "yolov5_zidane.jpg")
+    plain = MTCNN(backend="torch", device="cuda", fp16=False, kernels=False, graphs=False)
+    want = {name: plain.detect(photos[name]) for name in names}  # before any warm-up thread runs
+    det = MTCNN(backend="torch", device="cuda", fp16=False)
+    be = det.backend
+    if be.warmup is None:
+        pytest.skip("no Triton here: no kernels to load")
+    be.wait_for_kernels(0)
+    first = be._first_launch
+    assert first is not None and first.name == "fastmtcnn-first"
+    for name in names:
+        assert_same_detections(want[name], det.detect(photos[name]), name)
+        assert be._first_launch is None and not first.is_alive()
+    assert be.wait_for_kernels(300), "Triton kernels did not load"
+    for name in names:
+        assert_same_detections(want[name], det.detect(photos[name]), f"{name}, with the kernels")
+    det2 = MTCNN(backend="torch", device="cuda", fp16=False)
+    det2.detect(photos[names[1]])  # a call answered first: its warm-up starts without them
+    det2.backend.wait_for_kernels(0)
+    assert det2.backend._first_launch is None

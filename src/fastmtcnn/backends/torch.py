@@ -216,6 +216,7 @@ class TorchBackend:
         self.graph_stats = {"captures": 0, "replays": 0, "fallbacks": 0, "eager": 0, "reruns": 0}
         self.warmup: threading.Thread | None = None
         self._answered = False  # a call was answered: the next one starts the warm-up
+        self._first_launch: threading.Thread | None = None  # `_launch_ops`, started with a job's warm-up
         if self.kernels:  # started by the second call (`submit_images`): the first result never shares the GIL
             self.warmup = threading.Thread(target=self._compile_kernels, name="fastmtcnn-triton", daemon=True)
 
@@ -372,12 +373,43 @@ class TorchBackend:
         rate when it waits for them first; loading them aside, on a thread, while the job runs shares the
         interpreter with it, and the kernels were measured to be still loading at the end of a 384-photo
         pass. A job whose kernels must be compiled (`kernels_cached` False) should not wait: that is ~13 s.
+        Started before any call, the warm-up comes with `_launch_ops` beside it.
         """
         if self.warmup is None:
             return self._compiled
+        if self.warmup.ident is None and not self._answered and not _EXITING.is_set():
+            self._first_launch = threading.Thread(target=self._launch_ops, name="fastmtcnn-first", daemon=True)
+            _WARMUPS.add(self._first_launch)
+            self._first_launch.start()
         self._start_warmup()
+        if timeout:
+            self._after_first_launch()
         self.warmup.join(timeout)
         return self._compiled
+
+    def _after_first_launch(self) -> None:
+        """Wait for `_launch_ops` if it runs: a call never shares the backend with it."""
+        first = self._first_launch
+        if first is not None and first is not threading.current_thread():
+            first.join()
+            self._first_launch = None
+
+    def _launch_ops(self) -> None:
+        """One tiny image through the cascade on torch ops, results dropped, beside the kernels' loading.
+
+        Why: a process's first call pays, once, for CUDA loading the module of each op on its first
+        launch and for cuDNN's first calls: ~0.3 s of a fresh video job's first 1080p chunk (H100), paid
+        after the kernels had loaded. A job that waits for them (`wait_for_kernels`) pays it meanwhile."""
+        try:
+            with torch.inference_mode(), torch.cuda.device(self.device):
+                wait = self.submit_images([torch.zeros((64, 64, 3), dtype=torch.uint8, device=self.device)],
+                                          Config())
+                if wait is not None:
+                    wait()
+        except Exception:  # noqa: BLE001 - whatever failed here fails again, and is reported, in the job's call
+            pass
+        finally:
+            _WARMUPS.discard(threading.current_thread())
 
     def _start_warmup(self) -> None:
         if self.warmup is not None and self.warmup.ident is None and not _EXITING.is_set():
@@ -578,6 +610,7 @@ class TorchBackend:
         """
         if not self.fixed_shapes or not cfg.use_packed:
             return None
+        self._after_first_launch()
         if self._answered:
             self._start_warmup()
         with torch.inference_mode():
