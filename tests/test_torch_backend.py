@@ -711,3 +711,26 @@ def test_gpu_a_jobs_warm_up_runs_first_launches_beside_it_and_a_call_waits_for_t
     det2.detect(photos[names[1]])  # a call answered first: its warm-up starts without them
     det2.backend.wait_for_kernels(0)
     assert det2.backend._first_launch is None
+
+
+def test_a_jobs_warm_up_starts_the_first_launch_once_and_not_with_graphs_always():
+    """The thread orchestration of `wait_for_kernels` (on CPU torch, with a stand-in for the kernels'
+    warm-up): the first launch starts with the warm-up, before any call, is waited for by a waiting call,
+    and is left out where a call was answered already or where its tiny call would capture a graph."""
+    def backend(graphs: str, answered: bool = False):
+        be = MTCNN(backend="torch", device="cpu").backend
+        be.warmup = threading.Thread(target=lambda: None)  # stands in for the Triton warm-up
+        be.graph_mode, be._answered = graphs, answered
+        return be
+
+    be = backend("auto")
+    be.wait_for_kernels(0)
+    first = be._first_launch
+    assert first is not None and first.name == "fastmtcnn-first" and be.warmup.ident is not None
+    be.wait_for_kernels()
+    assert be._first_launch is None and not first.is_alive()
+    be.wait_for_kernels(0)  # started once per backend
+    assert be._first_launch is None
+    for be in (backend("always"), backend("auto", answered=True)):
+        be.wait_for_kernels(0)
+        assert be._first_launch is None and be.warmup.ident is not None

@@ -377,7 +377,9 @@ class TorchBackend:
         """
         if self.warmup is None:
             return self._compiled
-        if self.warmup.ident is None and not self._answered and not _EXITING.is_set():
+        # not with graphs "always": its tiny call would capture a graph of its own, after the kernels
+        if self.warmup.ident is None and not self._answered and self.graph_mode != "always" \
+                and not _EXITING.is_set():
             self._first_launch = threading.Thread(target=self._launch_ops, name="fastmtcnn-first", daemon=True)
             _WARMUPS.add(self._first_launch)
             self._first_launch.start()
