@@ -88,7 +88,7 @@ class Integrals:
     def image(self, i: int):
         """Image i's integral as an (H+1, W+1, C) view."""
         h, w = self.sizes[i]
-        start = _host_offsets(self.sizes)[i]
+        start = integral_offsets(self.sizes)[i]
         return self.flat[start:start + (h + 1) * (w + 1)].reshape(h + 1, w + 1, self.flat.shape[1])
 
     @classmethod
@@ -96,7 +96,7 @@ class Integrals:
         """Wrap a filled buffer: the per-image tables are made from `sizes` where `flat` lives."""
         xp = xp or array_namespace(flat)
         sizes = tuple((int(h), int(w)) for h, w in sizes)
-        off = _host_offsets(sizes)[:-1].copy()  # writable: torch.asarray warns on a read-only array
+        off = integral_offsets(sizes)[:-1].copy()  # writable: torch.asarray warns on a read-only array
         hw = np.array(sizes, np.int64).reshape(-1, 2)
         kw = {} if device is None else {"device": device}
         return cls(flat, xp.asarray(off, **kw), xp.asarray(hw[:, 0].copy(), **kw),
@@ -104,8 +104,8 @@ class Integrals:
 
 
 @lru_cache(maxsize=64)
-def _host_offsets(sizes: tuple[tuple[int, int], ...]) -> np.ndarray:
-    """Row offset of each image's integral in the flat buffer, and the total, (n + 1,) int64.
+def integral_offsets(sizes: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """Row offset of each (H, W) image's integral in one flat buffer, and the total, (n + 1,) int64.
 
     Read-only and cached: a tile asks for its pieces' images (`Integrals.image`) once per piece."""
     off = np.concatenate([[0], np.cumsum([(h + 1) * (w + 1) for h, w in sizes], dtype=np.int64)])
@@ -204,7 +204,7 @@ def integrals_host(images) -> Integrals:
     import cv2
 
     sizes = [tuple(im.shape[:2]) for im in images]
-    off = _host_offsets(tuple(sizes))
+    off = integral_offsets(tuple(sizes))
     flat = np.empty((int(off[-1]), 3), np.int32)
     for im, a, (h, w) in zip(images, off, sizes):
         cv2.integral(im, flat[a:a + (h + 1) * (w + 1)].reshape(h + 1, w + 1, 3), sdepth=cv2.CV_32S)

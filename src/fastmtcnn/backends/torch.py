@@ -29,7 +29,7 @@ import torch
 from .. import boxes as bx
 from .. import cache
 from ..config import Config
-from ..crop import MEAN, SCALE, Integrals, area_resize, integral_image
+from ..crop import MEAN, SCALE, Integrals, area_resize, integral_image, integral_offsets
 from ..nets import PNET_MASK_VALUE, torch_nets
 from ..pipeline import NO_TIMER, StageTimer, batch_plan
 from ..pyramid import TILE, Plan, pnet_out
@@ -485,7 +485,7 @@ class TorchBackend:
 
     def _integrals_with(self, images, use: bool, force: bool = False) -> Integrals:
         sizes = [tuple(im.shape[:2]) for im in images]
-        offsets = np.concatenate([[0], np.cumsum([(h + 1) * (w + 1) for h, w in sizes])])
+        offsets = integral_offsets(tuple(sizes))
         flat = torch.empty((int(offsets[-1]), 3), dtype=torch.int32, device=self.device)
         self._integrate(images, flat, offsets, use, force)
         return Integrals.of(flat, sizes, device=self.device)
@@ -726,7 +726,7 @@ class TorchBackend:
     def _load(self, inp: Inputs, images, plan: Plan) -> None:
         """The batch's integral images (made in the cascade's buffer) and tables; nothing here waits for
         the device (a queued call before this one may still run)."""
-        off = np.concatenate([[0], np.cumsum([(h + 1) * (w + 1) for h, w in plan.sizes])])
+        off = integral_offsets(tuple(plan.sizes))
         self._integrate(images, inp.ii, off, use=self.kernels and self._compiled)
         inp.load(plan, off)
 
