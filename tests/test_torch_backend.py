@@ -9,7 +9,6 @@ run on the device machine: `pytest -m gpu tests/test_torch_backend.py`).
 from __future__ import annotations
 
 import threading
-import warnings
 
 import numpy as np
 import pytest
@@ -712,25 +711,6 @@ def test_gpu_a_jobs_warm_up_runs_first_launches_beside_it_and_a_call_waits_for_t
     det2.detect(photos[names[1]])  # a call answered first: its warm-up starts without them
     det2.backend.wait_for_kernels(0)
     assert det2.backend._first_launch is None
-
-
-@pytest.mark.gpu
-@gpu
-def test_gpu_a_new_backend_loads_cublas_and_cudnn_aside_and_a_first_capture_waits_for_them(photos):
-    """MTCNN(device="cuda") loads cuBLAS and cuDNN on a thread while its nets go up and its first call
-    begins. With graphs always, that first call captures: the capture waits for the thread (its first
-    loads stay out of it), so it captures once, without a fallback, and gives the eager results."""
-    name = "bob_multiple-faces.jpg"
-    want = MTCNN(backend="torch", device="cuda", fp16=False, kernels=False, graphs=False).detect(photos[name])
-    det = MTCNN(backend="torch", device="cuda", fp16=False, graphs=True)
-    libraries = det.backend._libraries
-    assert libraries is not None and libraries.name == "fastmtcnn-libraries"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # "CUDA graphs off": a capture that failed
-        got = det.detect(photos[name])
-    assert not libraries.is_alive()
-    assert det.backend.graph_stats["captures"] == 1, det.backend.graph_stats
-    assert_same_detections(want, got, name)
 
 
 def test_a_jobs_warm_up_starts_the_first_launch_once_and_not_with_graphs_always():

@@ -70,35 +70,6 @@ def _stop_warmups() -> None:
         t.join()
 
 
-def _start(thread: threading.Thread) -> None:
-    """Start a helper thread that the interpreter's exit waits for (`_stop_warmups`)."""
-    _WARMUPS.add(thread)
-    thread.start()
-
-
-def _load_libraries(device: torch.device, dtype: torch.dtype, channels_last: bool) -> None:
-    """cuBLAS and cuDNN loaded by a tiny linear and a tiny convolution, on a thread the backend starts once
-    made.
-
-    Why: a fresh process's first result waits for both libraries (loading, handles, their first kernels)
-    the first time its cascade reaches a convolution and a linear layer. Loaded here, that overlaps with
-    what the first call does before (decoding, planning, the integral and the tiles; PNet for cuBLAS).
-    Same libraries, same algorithms: results do not change. On a stream of its own (a non-blocking one):
-    work on the legacy default stream would break a capture that another thread makes meanwhile."""
-    try:
-        with torch.inference_mode(), torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
-            fmt = torch.channels_last if channels_last else torch.contiguous_format
-            nn = torch.nn.functional
-            nn.linear(torch.zeros((2, 8), dtype=dtype, device=device), torch.zeros((4, 8), dtype=dtype, device=device))
-            x = torch.zeros((1, 3, 16, 16), dtype=dtype, device=device).to(memory_format=fmt)
-            nn.conv2d(x, torch.zeros((4, 3, 3, 3), dtype=dtype, device=device).to(memory_format=fmt))
-            torch.cuda.current_stream(device).synchronize()
-    except Exception:  # noqa: BLE001 - the first call loads them itself, and reports what fails
-        pass
-    finally:
-        _WARMUPS.discard(threading.current_thread())
-
-
 def triton_usable(device: torch.device) -> bool:
     """Whether the Triton kernels may run on `device`: CUDA, with Triton installed (imported later, by the
     kernels' warm-up; one that then fails to import turns them off with a warning)."""
@@ -248,12 +219,6 @@ class TorchBackend:
         self._first_launch: threading.Thread | None = None  # `_launch_ops`, started with a job's warm-up
         if self.kernels:  # started by the second call (`submit_images`): the first result never shares the GIL
             self.warmup = threading.Thread(target=self._compile_kernels, name="fastmtcnn-triton", daemon=True)
-        # last: started before the nets went up, it slowed that by 0.1 s and gained less (H100)
-        self._libraries: threading.Thread | None = None  # `_load_libraries`
-        if cuda and not _EXITING.is_set():
-            self._libraries = threading.Thread(target=_load_libraries, name="fastmtcnn-libraries", daemon=True,
-                                               args=(self.device, self.dtype, self.channels_last))
-            _start(self._libraries)
 
     @property
     def fused(self) -> tuple:
@@ -416,7 +381,8 @@ class TorchBackend:
         if self.warmup.ident is None and not self._answered and self.graph_mode != "always" \
                 and not _EXITING.is_set():
             self._first_launch = threading.Thread(target=self._launch_ops, name="fastmtcnn-first", daemon=True)
-            _start(self._first_launch)
+            _WARMUPS.add(self._first_launch)
+            self._first_launch.start()
         self._start_warmup()
         if timeout:
             self._after_first_launch()
@@ -449,7 +415,8 @@ class TorchBackend:
 
     def _start_warmup(self) -> None:
         if self.warmup is not None and self.warmup.ident is None and not _EXITING.is_set():
-            _start(self.warmup)
+            _WARMUPS.add(self.warmup)
+            self.warmup.start()
 
     @contextmanager
     def _kernels_on(self):
@@ -765,8 +732,6 @@ class TorchBackend:
 
     def _capture(self, key, images, plan: Plan):
         shape, (cfg, _), caps, iters = key
-        if self._libraries is not None:  # its first loads stay out of the capture (graphs "always": 1st call)
-            self._libraries.join()
         cascade = TiledCascade(self, cfg, shape, caps, iters)
         inp = Inputs(shape, self.device)
         self._load(inp, images, plan)  # the warm-ups run on real images: representative autotune
