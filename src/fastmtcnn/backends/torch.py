@@ -70,6 +70,13 @@ def _stop_warmups() -> None:
         t.join()
 
 
+def _start(thread: threading.Thread) -> None:
+    """Start a backend's helper thread, registered first so that the interpreter's exit waits for it
+    (`_stop_warmups`)."""
+    _WARMUPS.add(thread)
+    thread.start()
+
+
 def triton_usable(device: torch.device) -> bool:
     """Whether the Triton kernels may run on `device`: CUDA, with Triton installed (imported later, by the
     kernels' warm-up; one that then fails to import turns them off with a warning)."""
@@ -381,8 +388,7 @@ class TorchBackend:
         if self.warmup.ident is None and not self._answered and self.graph_mode != "always" \
                 and not _EXITING.is_set():
             self._first_launch = threading.Thread(target=self._launch_ops, name="fastmtcnn-first", daemon=True)
-            _WARMUPS.add(self._first_launch)
-            self._first_launch.start()
+            _start(self._first_launch)
         self._start_warmup()
         if timeout:
             self._after_first_launch()
@@ -415,8 +421,7 @@ class TorchBackend:
 
     def _start_warmup(self) -> None:
         if self.warmup is not None and self.warmup.ident is None and not _EXITING.is_set():
-            _WARMUPS.add(self.warmup)
-            self.warmup.start()
+            _start(self.warmup)
 
     @contextmanager
     def _kernels_on(self):
